@@ -160,7 +160,7 @@ def design_matrix(labels: Sequence[str] | pd.Series | np.ndarray, registry: Regi
 
 
 def get_counts(adata: AnnData, registry: Registry) -> np.ndarray | sp.csr_matrix:
-    """Raw count matrix named by the registry (``X`` or a layer), CSR if sparse; never densified or copied."""
+    """Raw count matrix named by the registry (``X`` or a layer); never densified (other sparse formats become CSR)."""
     mat = adata.X if registry.layer is None else adata.layers[registry.layer]
     if sp.issparse(mat) and not sp.isspmatrix_csr(mat):
         mat = sp.csr_matrix(mat)

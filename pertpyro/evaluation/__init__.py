@@ -1,0 +1,49 @@
+"""Evaluation: splits, shift metrics, baselines and the benchmark runner (DESIGN.md §5).
+
+Typical use::
+
+    split = pertpyro.evaluation.split_cells(adata, seed=0)
+    train, test = adata[split == "train"].copy(), adata[split == "test"].copy()
+    table = pertpyro.evaluation.ate_metrics(model, test, adata_train=train)
+    print(pertpyro.evaluation.format_table(table))
+"""
+
+from pertpyro.evaluation._baselines import BASELINES, additive, no_change, shrunk_training_mean, training_mean
+from pertpyro.evaluation._metrics import (
+    METRIC_COLUMNS,
+    LabelMoments,
+    label_moments,
+    log_normalise,
+    mean_expression,
+    observed_shift,
+    shift_metrics,
+    strong_perturbations,
+    summarise,
+    topk_jaccard,
+)
+from pertpyro.evaluation._runner import ate_metrics, format_table, to_perturbed_reference
+from pertpyro.evaluation._splits import split_cells, split_heldout_combinations, split_heldout_perturbations
+
+__all__ = [
+    "BASELINES",
+    "METRIC_COLUMNS",
+    "LabelMoments",
+    "additive",
+    "ate_metrics",
+    "format_table",
+    "label_moments",
+    "log_normalise",
+    "mean_expression",
+    "no_change",
+    "observed_shift",
+    "shift_metrics",
+    "shrunk_training_mean",
+    "split_cells",
+    "split_heldout_combinations",
+    "split_heldout_perturbations",
+    "strong_perturbations",
+    "summarise",
+    "to_perturbed_reference",
+    "topk_jaccard",
+    "training_mean",
+]

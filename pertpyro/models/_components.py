@@ -1,0 +1,78 @@
+"""Neural building blocks: the amortised encoder of the basal state and the decoder to gene logits."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _mlp(n_in: int, n_hidden: int, n_out: int, n_layers: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = n_in
+    for _ in range(n_layers):
+        layers += [nn.Linear(width, n_hidden), nn.LayerNorm(n_hidden), nn.ReLU()]
+        width = n_hidden
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+class BasalEncoder(nn.Module):
+    """Amortised posterior ``q(z_basal | x, batch)``: log1p counts and a one-hot batch to a diagonal Normal.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes (input width).
+    n_batches
+        Number of batch categories (one-hot appended to the input; 0 for none).
+    latent_dim
+        Dimension of the basal latent state.
+    n_hidden
+        Width of the hidden layers.
+    n_layers
+        Number of hidden layers.
+    """
+
+    def __init__(self, n_genes: int, n_batches: int, latent_dim: int, *, n_hidden: int = 128, n_layers: int = 1):
+        super().__init__()
+        self.n_batches = n_batches
+        self.net = _mlp(n_genes + n_batches, n_hidden, 2 * latent_dim, n_layers)
+
+    def forward(self, counts: torch.Tensor, batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loc, scale)`` of ``q(z_basal)``, each ``(cells, latent_dim)``."""
+        library = counts.sum(-1, keepdim=True).clamp_min(1.0)
+        inputs = torch.log1p(1e4 * counts / library)
+        if self.n_batches > 1:
+            inputs = torch.cat([inputs, nn.functional.one_hot(batch_index, self.n_batches).to(inputs.dtype)], -1)
+        loc, raw_scale = self.net(inputs).chunk(2, dim=-1)
+        return loc, nn.functional.softplus(raw_scale) + 1e-4
+
+
+class GeneDecoder(nn.Module):
+    """Basal state (and batch) to unnormalised gene logits: ``MLP(z) + gene_bias + batch_offset[b]``.
+
+    Parameters
+    ----------
+    latent_dim
+        Dimension of the basal latent state.
+    n_genes
+        Number of genes.
+    n_batches
+        Number of batch categories (a per-batch, per-gene offset; 0 or 1 for none).
+    n_hidden
+        Width of the hidden layer; ``0`` gives a linear decoder.
+    gene_bias
+        Initial per-gene log-proportions (e.g. log of the mean expression share).
+    """
+
+    def __init__(
+        self, latent_dim: int, n_genes: int, n_batches: int, *, n_hidden: int = 128, gene_bias: torch.Tensor | None = None
+    ):
+        super().__init__()
+        self.net = _mlp(latent_dim, n_hidden, n_genes, 1) if n_hidden > 0 else nn.Linear(latent_dim, n_genes)
+        self.gene_bias = nn.Parameter(torch.zeros(n_genes) if gene_bias is None else gene_bias.clone().float())
+        self.batch_offset = nn.Parameter(torch.zeros(max(n_batches, 1), n_genes))
+
+    def forward(self, z: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        """Gene logits of shape ``z.shape[:-1] + (n_genes,)``."""
+        return self.net(z) + self.gene_bias + self.batch_offset[batch_index]

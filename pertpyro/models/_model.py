@@ -1,0 +1,363 @@
+"""``PerturbationModel``: the user-facing class from a registered AnnData to effects with uncertainty."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyro
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+from pertpyro import __version__
+from pertpyro._settings import local_params, set_seed
+from pertpyro.causal._ate import average_treatment_effect
+from pertpyro.data._loader import CellData, make_loader, program_args
+from pertpyro.data._registry import Registry, get_counts, get_registry, perturbation_labels
+from pertpyro.inference._iwelbo import iwelbo_per_cell
+from pertpyro.inference._lightning import SVIModule, fit
+from pertpyro.models._program import PerturbationGuide, PerturbationProgram
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "model.pt"
+
+
+def _gene_log_share(counts: np.ndarray | sp.spmatrix) -> torch.Tensor:
+    totals = np.asarray(counts.sum(axis=0), dtype=np.float64).ravel() + 0.5
+    return torch.from_numpy(np.log(totals / totals.sum())).float()
+
+
+def _subset_batch(data: CellData, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    batch = data[rows]
+    batch["idx"] = torch.arange(len(rows))
+    return batch
+
+
+class PerturbationModel:
+    """Bayesian model of a CRISPR perturbation screen (SAMS-VAE family, with knockout efficacy).
+
+    Each cell's counts are a negative binomial around ``library * softmax(decoder(z_basal) + shift)``, where the
+    shift is the sum of sparse per-target effects on the gene logits, applied only if the knockout took in that
+    cell (``efficacy``). See :mod:`pertpyro.models._program` for the generative story and site names.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :func:`pertpyro.setup_anndata` (raw counts); the training cells.
+    latent_dim
+        Dimension of the basal latent state.
+    n_hidden
+        Hidden width of the encoder and decoder (decoder: 0 = linear).
+    sparse_effects
+        Spike-and-slab ``effect_mask`` on the effects.
+    efficacy
+        Per-cell ``efficacy`` latent (cells that escaped the knockout).
+    mask_prior
+        Initial prior inclusion probability of an effect.
+    seed
+        Seed of the parameter initialisation.
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        latent_dim: int = 10,
+        n_hidden: int = 128,
+        sparse_effects: bool = True,
+        efficacy: bool = True,
+        mask_prior: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        self.registry = get_registry(adata)
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be positive, got {latent_dim}.")
+        if self.registry.n_targets == 0:
+            raise ValueError("The registered data have no perturbation targets (every cell is a control).")
+        labels = perturbation_labels(adata, self.registry)
+        if not np.any(labels == self.registry.control):
+            raise ValueError(f"The training data have no control cells labelled {self.registry.control!r}.")
+        self.adata = adata
+        self.init_kwargs: dict[str, Any] = {
+            "latent_dim": latent_dim,
+            "n_hidden": n_hidden,
+            "sparse_effects": sparse_effects,
+            "efficacy": efficacy,
+            "mask_prior": mask_prior,
+            "seed": seed,
+        }
+        data = CellData(adata, self.registry)
+        self._data = data
+        set_seed(seed)
+        n_batches = self.registry.n_batches
+        with local_params():  # PyroModules built in local mode keep their parameters to themselves
+            self._build(data, adata, n_batches)
+        self.history_: pd.DataFrame | None = None
+        self.is_trained = False
+
+    def _build(self, data: CellData, adata: AnnData, n_batches: int) -> None:
+        kw = self.init_kwargs
+        self.program = PerturbationProgram(
+            self.registry.n_genes,
+            self.registry.n_targets,
+            n_batches,
+            kw["latent_dim"],
+            n_hidden=kw["n_hidden"],
+            target_frequency=torch.from_numpy(data.perturbation.mean(0)),
+            gene_bias=_gene_log_share(get_counts(adata, self.registry)),
+            sparse_effects=kw["sparse_effects"],
+            efficacy=kw["efficacy"],
+            mask_prior=kw["mask_prior"],
+        )
+        self.guide = PerturbationGuide(self.program, n_batches, n_hidden=kw["n_hidden"])
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        *,
+        max_epochs: int | None = None,
+        batch_size: int = 512,
+        lr: float = 5e-3,
+        validation_adata: AnnData | None = None,
+        validation_fraction: float = 0.1,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        strategy: str = "auto",
+        early_stopping: bool = True,
+        patience: int = 20,
+        seed: int = 0,
+        log_dir: str | Path | None = None,
+        progress_bar: bool = True,
+    ) -> pd.DataFrame:
+        """Fit model and guide by stochastic variational inference (Lightning underneath).
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells; ``None`` picks ``min(400, max(50, 2e6 // n_cells))``.
+        batch_size
+            Cells per minibatch.
+        lr
+            Adam learning rate.
+        validation_adata
+            Held-out cells for the validation ELBO and early stopping; ``None`` holds out
+            ``validation_fraction`` of the training cells at random.
+        validation_fraction
+            Fraction held out when ``validation_adata`` is ``None``.
+        accelerator, devices, strategy
+            Passed to ``lightning.Trainer`` (``accelerator="gpu"`` trains on a GPU).
+        early_stopping
+            Stop when the validation ELBO stalls for ``patience`` epochs.
+        patience
+            Epochs without improvement before stopping.
+        seed
+            Seed of minibatch order and of every Monte-Carlo draw (results are reproducible on CPU).
+        log_dir
+            Folder for the CSV log of the losses.
+        progress_bar
+            Show a progress bar.
+
+        Returns
+        -------
+        The loss history (also in ``history_``): negative ELBO per cell, train and validation.
+        """
+        set_seed(seed)
+        n = self._data.perturbation.shape[0]
+        if validation_adata is None:
+            if not 0 < validation_fraction < 1:
+                raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}.")
+            order = np.random.default_rng(seed).permutation(n)
+            n_val = max(1, int(round(validation_fraction * n)))
+            train_data, val_data = _RowSubset(self._data, order[n_val:]), _RowSubset(self._data, order[:n_val])
+        else:
+            train_data, val_data = self._data, CellData(validation_adata, self.registry)
+        if max_epochs is None:
+            max_epochs = int(min(400, max(50, 2_000_000 // len(train_data))))
+        module = SVIModule(self.program, self.guide, n_train=len(train_data), n_val=len(val_data), lr=lr)
+        train_loader = make_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed)
+        val_loader = make_loader(val_data, batch_size=max(batch_size, 2048), shuffle=False)
+        logger.info("Training on %d cells, validating on %d, for at most %d epochs.", len(train_data),
+                    len(val_data), max_epochs)
+        history = fit(module, train_loader, val_loader, max_epochs=max_epochs, accelerator=accelerator,
+                      devices=devices, strategy=strategy, early_stopping=early_stopping, patience=patience,
+                      log_dir=log_dir, progress_bar=progress_bar)
+        self.history_ = history if self.history_ is None else pd.concat([self.history_, history], ignore_index=True)
+        self.is_trained = True
+        return history
+
+    # ------------------------------------------------------------------ queries
+    def _population(self, cells: AnnData | None, max_cells: int | None, seed: int) -> dict[str, torch.Tensor]:
+        data = self._data if cells is None else CellData(cells, self.registry)
+        if cells is None:
+            rows = np.flatnonzero(perturbation_labels(self.adata, self.registry) == self.registry.control)
+        else:
+            rows = np.arange(len(data))
+        if max_cells is not None and len(rows) > max_cells:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_cells, replace=False))
+        return _subset_batch(data, rows)
+
+    def _check_trained(self) -> None:
+        if not self.is_trained:
+            raise RuntimeError("The model is not trained yet: call model.train() first.")
+
+    def ate(
+        self,
+        perturbations: Sequence[str] | str | None = None,
+        *,
+        n_samples: int = 100,
+        ci: float = 0.9,
+        responders: bool = False,
+        cells: AnnData | None = None,
+        max_cells: int | None = 2000,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Average treatment effect of perturbations against control, with credible intervals.
+
+        The effect is the shift of mean ``log1p(1e4 x / sum x)``, predicted by simulating counts at the
+        population's depth under ``poutine.do(perturbation=...)``, over the basal states of the population cells.
+
+        Parameters
+        ----------
+        perturbations
+            Labels: single targets or combinations (``"A+B"``) of seen targets; ``None`` = every seen target.
+        n_samples
+            Posterior draws.
+        ci
+            Mass of the equal-tailed credible interval.
+        responders
+            Effect among cells where the knockout took (``do(efficacy=1)``); default intent-to-treat, what a
+            screen observes.
+        cells
+            Population whose basal states are used (default: the training data's control cells).
+        max_cells
+            Subsample the population to at most this many cells (``None``: all).
+        seed
+            Seed of the Monte-Carlo draws.
+
+        Returns
+        -------
+        Tidy DataFrame with columns ``perturbation``, ``gene``, ``mean``, ``lower``, ``upper``.
+        """
+        self._check_trained()
+        if perturbations is None:
+            perturbations = list(self.registry.targets)
+        elif isinstance(perturbations, str):
+            perturbations = [perturbations]
+        population = self._population(cells, max_cells, seed)
+        return average_treatment_effect(self.program, self.guide, population, perturbations, self.registry,
+                                        n_samples=n_samples, ci=ci, responders=responders, seed=seed)
+
+    def predict_shift(self, labels: Sequence[str], *, n_samples: int = 100, seed: int = 0) -> pd.DataFrame:
+        """Posterior-mean shift per label, as a ``labels x genes`` DataFrame (what :mod:`pertpyro.evaluate` reads)."""
+        table = self.ate(list(labels), n_samples=n_samples, seed=seed)
+        wide = table.pivot(index="perturbation", columns="gene", values="mean")
+        return wide.loc[list(labels), list(self.registry.genes)]
+
+    def iwelbo(self, adata: AnnData, *, n_particles: int = 20, batch_size: int = 1024, seed: int = 0) -> float:
+        """Mean importance-weighted ELBO (nats per cell) of the cells of ``adata``, e.g. held-out test cells."""
+        self._check_trained()
+        data = CellData(adata, self.registry)
+        values = []
+        with torch.random.fork_rng():
+            pyro.set_rng_seed(seed)
+            for start in range(0, len(data), batch_size):
+                rows = np.arange(start, min(start + batch_size, len(data)))
+                values.append(iwelbo_per_cell(self.program, self.guide, _subset_batch(data, rows),
+                                              n_particles=n_particles))
+        return float(torch.cat(values).mean())
+
+    @torch.no_grad()
+    def get_latent_representation(self, adata: AnnData | None = None, *, batch_size: int = 4096) -> np.ndarray:
+        """Posterior mean of ``z_basal`` per cell, ``(n_cells, latent_dim)``; write it to ``obsm`` yourself."""
+        data = self._data if adata is None else CellData(adata, self.registry)
+        out = []
+        for batch in make_loader(data, batch_size=batch_size, shuffle=False):
+            loc, _ = self.guide.encoder(batch["counts"], batch["batch_index"])
+            out.append(loc)
+        return torch.cat(out).numpy()
+
+    def effect_inclusion(self) -> pd.DataFrame:
+        """Posterior probability that each target affects each gene (``targets x genes``)."""
+        if not self.program.sparse_effects:
+            raise ValueError("This model has no effect mask (sparse_effects=False).")
+        probs = torch.sigmoid(self.guide.mask_logit.detach()).numpy()
+        return pd.DataFrame(probs, index=list(self.registry.targets), columns=list(self.registry.genes))
+
+    def efficacy_probability(self) -> pd.Series:
+        """Estimated fraction of cells per target in which the knockout took effect."""
+        rho = torch.sigmoid(self.program.efficacy_logit.detach()).numpy()
+        return pd.Series(rho, index=list(self.registry.targets), name="efficacy")
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write parameters, settings, registry and history to folder ``path`` (``model.pt`` + ``registry.json``)."""
+        path = Path(path)
+        target = path / CHECKPOINT_FILE
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "program": self.program.state_dict(),
+                "guide": self.guide.state_dict(),
+                "init_kwargs": self.init_kwargs,
+                "registry": self.registry.to_dict(),
+                "history": None if self.history_ is None else self.history_.to_dict(orient="list"),
+                "is_trained": self.is_trained,
+                "version": __version__,
+            },
+            target,
+        )
+        (path / "registry.json").write_text(json.dumps(self.registry.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, adata: AnnData) -> PerturbationModel:
+        """Rebuild a saved model on ``adata`` (the training data, or data with the same genes and targets)."""
+        target = Path(path) / CHECKPOINT_FILE
+        if not target.exists():
+            raise FileNotFoundError(f"No saved pertpyro model at {target}.")
+        state = torch.load(target, map_location="cpu", weights_only=False)
+        saved = Registry.from_dict(state["registry"])
+        current = get_registry(adata)
+        if saved.genes != current.genes or saved.targets != current.targets or saved.batches != current.batches:
+            raise ValueError("The AnnData's registered genes, targets or batches differ from the saved model's.")
+        model = cls(adata, **state["init_kwargs"])
+        with local_params():
+            model.program.load_state_dict(state["program"])
+            model.guide.load_state_dict(state["guide"])
+        model.registry = saved
+        model.history_ = None if state["history"] is None else pd.DataFrame(state["history"])
+        model.is_trained = bool(state["is_trained"])
+        return model
+
+    def __repr__(self) -> str:
+        r = self.registry
+        status = "trained" if self.is_trained else "untrained"
+        return (f"PerturbationModel({self.adata.n_obs} cells x {r.n_genes} genes, {r.n_targets} targets, "
+                f"latent_dim={self.init_kwargs['latent_dim']}, {status})")
+
+
+class _RowSubset(torch.utils.data.Dataset):
+    """A view of some rows of a :class:`CellData` (the random validation hold-out)."""
+
+    def __init__(self, data: CellData, rows: np.ndarray) -> None:
+        self.data, self.rows = data, np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        batch = self.data[self.rows[np.asarray(idx)]]
+        batch["idx"] = torch.as_tensor(np.sort(np.asarray(idx)))
+        return batch
+
+
+__all__ = ["PerturbationModel", "program_args"]

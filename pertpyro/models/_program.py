@@ -1,0 +1,245 @@
+"""The generative model and its guide: one Pyro program with switchable blocks.
+
+Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k``)::
+
+    mu_g, sigma_g, pi, rho_t, theta_g          point-estimated hyperparameters (empirical Bayes)
+    effect[t, g]      ~ Normal(mu_g, sigma_g)                      targets x genes plate
+    effect_mask[t, g] ~ RelaxedBernoulli(pi)   (hard 0/1 forward)  targets x genes plate (``sparse_effects``)
+    for each cell n (plate "cells", subsampled):
+        z_basal[n]      ~ Normal(0, I_K)
+        perturbation[n] ~ Bernoulli(freq_t)    observed multi-hot d_n (so ``poutine.do`` can set it)
+        efficacy[n]     ~ Bernoulli(prod_t rho_t ** d_nt)   enumerated in training (``efficacy``)
+        logits[n]       = decoder(z_basal[n], batch_n) + efficacy[n] * d_n @ (effect * effect_mask)
+        x[n]            ~ NegativeBinomial(mean = library_n * softmax(logits[n]), dispersion theta_g)
+
+The perturbation acts as an offset on the decoder's gene logits (gene-space effects): a knockout's effect on
+gene g is read off directly, the basal latent cannot absorb it through the decoder's nonlinearity, and the
+per-gene prior ``N(mu_g, sigma_g)`` shares strength across targets (empirical-Bayes shrinkage), which is what
+beats the per-perturbation training mean on held-out cells. ``efficacy`` is the Mixscape idea as a latent: many
+cells that received a guide escaped the knockout and look like controls.
+
+The effect mask uses a relaxed (concrete) Bernoulli in the model *and* the guide, so that the KL term of the
+ELBO compares two densities on the same space (Maddison et al. 2017); its forward value is hard 0/1
+(straight-through), so ``do(effect_mask=...)`` takes plain 0/1 tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from pyro.nn.module import to_pyro_module_
+from torch import nn
+
+from pertpyro.models._components import BasalEncoder, GeneDecoder
+from pertpyro.models._sites import (
+    CELLS_PLATE,
+    COUNTS,
+    EFFECT,
+    EFFECT_MASK,
+    EFFICACY,
+    GENES_PLATE,
+    PERTURBATION,
+    TARGETS_PLATE,
+    Z_BASAL,
+)
+
+MAX_PLATE_NESTING = 2
+"""Plates nest at most two deep (targets x genes); the enumerated ``efficacy`` dimension sits left of them."""
+
+
+def _inverse_softplus(x: float) -> float:
+    return x + math.log(-math.expm1(-x))
+
+
+class PerturbationProgram(PyroModule):
+    """Generative model ``p(x, z_basal, efficacy, effect, effect_mask | perturbation)`` (see module docstring).
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes ``G``.
+    n_targets
+        Number of individual perturbation targets ``T``.
+    n_batches
+        Number of batch categories (0 or 1: no batch covariate).
+    latent_dim
+        Dimension ``K`` of the basal latent state.
+    n_hidden
+        Hidden width of the decoder (0: linear decoder).
+    target_frequency
+        Fraction of cells carrying each target, the prior of the observed ``perturbation`` site.
+    gene_bias
+        Initial per-gene log expression share for the decoder bias.
+    sparse_effects
+        Whether the spike-and-slab ``effect_mask`` block is on.
+    efficacy
+        Whether the per-cell ``efficacy`` block is on (otherwise every perturbed cell responds).
+    mask_prior
+        Initial prior inclusion probability of an effect (learned).
+    mask_temperature
+        Temperature of the relaxed Bernoulli of the mask.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_targets: int,
+        n_batches: int,
+        latent_dim: int,
+        *,
+        n_hidden: int = 128,
+        target_frequency: torch.Tensor | None = None,
+        gene_bias: torch.Tensor | None = None,
+        sparse_effects: bool = True,
+        efficacy: bool = True,
+        mask_prior: float = 0.5,
+        mask_temperature: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.n_genes, self.n_targets, self.latent_dim = n_genes, n_targets, latent_dim
+        self.sparse_effects, self.use_efficacy = sparse_effects, efficacy
+        self.decoder = GeneDecoder(latent_dim, n_genes, n_batches, n_hidden=n_hidden, gene_bias=gene_bias)
+        self.log_theta = nn.Parameter(torch.full((n_genes,), math.log(5.0)))
+        self.effect_prior_loc = nn.Parameter(torch.zeros(n_genes))
+        self.effect_prior_raw_scale = nn.Parameter(torch.full((n_genes,), _inverse_softplus(0.3)))
+        self.efficacy_logit = nn.Parameter(torch.full((n_targets,), 1.0))
+        self.mask_prior_logit = nn.Parameter(torch.tensor(math.log(mask_prior / (1 - mask_prior))))
+        freq = torch.full((n_targets,), 0.5) if target_frequency is None else target_frequency.float()
+        self.register_buffer("target_frequency", freq.clamp(1e-4, 1 - 1e-4))
+        self.register_buffer("mask_temperature", torch.tensor(float(mask_temperature)))
+        self.register_buffer("zero", torch.tensor(0.0))
+        to_pyro_module_(self.decoder)
+
+    # ----- deterministic pieces, shared by the model, the queries and the plain-torch benchmark -----
+    def effect_prior_scale(self) -> torch.Tensor:
+        """Per-gene prior scale ``sigma_g`` of the effects, shape ``(G,)``."""
+        return nn.functional.softplus(self.effect_prior_raw_scale) + 1e-3
+
+    def response_probability(self, perturbation: torch.Tensor) -> torch.Tensor:
+        """``P(efficacy = 1)`` per cell: the product of the per-target response rates of its targets."""
+        log_rho = nn.functional.logsigmoid(self.efficacy_logit)
+        return torch.exp(perturbation @ log_rho).clamp(1e-4, 1 - 1e-4)
+
+    def nb_distribution(self, logits: torch.Tensor, library: torch.Tensor) -> dist.NegativeBinomial:
+        """Counts distribution with mean ``library * softmax(logits)`` and per-gene dispersion ``theta``."""
+        log_mean = torch.log_softmax(logits, -1) + torch.log(library).unsqueeze(-1)
+        return dist.NegativeBinomial(total_count=self.log_theta.exp(), logits=log_mean - self.log_theta)
+
+    def forward(
+        self,
+        counts: torch.Tensor | None,
+        perturbation: torch.Tensor,
+        batch_index: torch.Tensor,
+        library: torch.Tensor,
+        idx: torch.Tensor,
+        n_cells: int,
+    ) -> torch.Tensor:
+        """Run the model on a minibatch of cells.
+
+        Parameters
+        ----------
+        counts
+            Raw counts ``(B, G)``, or ``None`` to simulate them.
+        perturbation
+            Multi-hot targets ``(B, T)``.
+        batch_index
+            Batch code per cell ``(B,)``.
+        library
+            Library size per cell ``(B,)`` (total counts observed, or the depth to simulate at).
+        idx
+            Indices of the minibatch cells among all ``n_cells`` (the ``cells`` plate subsample).
+        n_cells
+            Number of cells in the data set (the plate size; scales local sites by ``n_cells / B``).
+
+        Returns
+        -------
+        Counts ``(B, G)``: the observed ones, or a draw when ``counts`` is ``None``.
+        """
+        G, T = self.n_genes, self.n_targets
+        # ---- global sites (scale 1) ----
+        with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
+            effect = pyro.sample(
+                EFFECT, dist.Normal(self.effect_prior_loc, self.effect_prior_scale()).expand([T, G])
+            )  # (T, G)
+            if self.sparse_effects:
+                mask = pyro.sample(
+                    EFFECT_MASK,
+                    dist.RelaxedBernoulliStraightThrough(
+                        self.mask_temperature, logits=self.mask_prior_logit.expand([T, G])
+                    ),
+                )  # (T, G), hard 0/1 values
+                effect = effect * mask
+        # ---- local sites (scale n_cells / B) ----
+        with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
+            z = pyro.sample(Z_BASAL, dist.Normal(self.zero, 1.0).expand([self.latent_dim]).to_event(1))  # (B, K)
+            d = pyro.sample(
+                PERTURBATION, dist.Bernoulli(self.target_frequency).expand([idx.shape[0], T]).to_event(1), obs=perturbation
+            )  # (B, T)
+            shift = d @ effect  # (B, G)
+            if self.use_efficacy:
+                responds = pyro.sample(
+                    EFFICACY, dist.Bernoulli(self.response_probability(d)), infer={"enumerate": "parallel"}
+                )  # (B,) or (2, 1, 1) when enumerated
+                shift = responds.unsqueeze(-1) * shift
+            logits = self.decoder(z, batch_index) + shift  # (..., B, G)
+            return pyro.sample(COUNTS, self.nb_distribution(logits, library).to_event(1), obs=counts)
+
+
+class PerturbationGuide(PyroModule):
+    """Variational family: amortised Normal for ``z_basal``; mean-field Normal for ``effect``; relaxed
+    Bernoulli (straight-through) for ``effect_mask``. ``efficacy`` is summed out exactly by enumeration.
+
+    Parameters
+    ----------
+    program
+        The model whose sites this guide covers.
+    n_batches
+        Number of batch categories.
+    n_hidden
+        Hidden width of the encoder.
+    n_layers
+        Number of hidden layers of the encoder.
+    """
+
+    def __init__(self, program: PerturbationProgram, n_batches: int, *, n_hidden: int = 128, n_layers: int = 1):
+        super().__init__()
+        G, T = program.n_genes, program.n_targets
+        self.sparse_effects = program.sparse_effects
+        self.encoder = BasalEncoder(G, n_batches if n_batches > 1 else 0, program.latent_dim, n_hidden=n_hidden,
+                                    n_layers=n_layers)
+        self.effect_loc = nn.Parameter(torch.zeros(T, G))
+        self.effect_raw_scale = nn.Parameter(torch.full((T, G), _inverse_softplus(0.05)))
+        self.mask_logit = nn.Parameter(torch.full((T, G), 2.0))
+        self.register_buffer("mask_temperature", program.mask_temperature.clone())
+        to_pyro_module_(self.encoder)
+
+    def effect_scale(self) -> torch.Tensor:
+        """Posterior scale of the effects, ``(T, G)``."""
+        return nn.functional.softplus(self.effect_raw_scale) + 1e-5
+
+    def forward(
+        self,
+        counts: torch.Tensor | None,
+        perturbation: torch.Tensor,
+        batch_index: torch.Tensor,
+        library: torch.Tensor,
+        idx: torch.Tensor,
+        n_cells: int,
+    ) -> None:
+        """Draw the latent sites; same signature as the model (``counts`` is required here)."""
+        if counts is None:
+            raise ValueError("The guide needs observed counts to infer each cell's basal state.")
+        T, G = self.effect_loc.shape
+        with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
+            pyro.sample(EFFECT, dist.Normal(self.effect_loc, self.effect_scale()))
+            if self.sparse_effects:
+                pyro.sample(
+                    EFFECT_MASK, dist.RelaxedBernoulliStraightThrough(self.mask_temperature, logits=self.mask_logit)
+                )
+        with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
+            loc, scale = self.encoder(counts, batch_index)
+            pyro.sample(Z_BASAL, dist.Normal(loc, scale).to_event(1))
