@@ -32,7 +32,7 @@ from pertpyro._keys import TRUTH_KEY
 
 logger = logging.getLogger(__name__)
 
-_CHUNK_ENTRIES = 2**20
+_CHUNK_ENTRIES = 2**18
 """Cells are generated in chunks of about this many (cell, gene) entries: bounds memory, sets the random streams."""
 
 _TARGET_SUM = 1e4
@@ -83,7 +83,7 @@ def simulate(
     combination_fraction: float = 0.1,
     control: str = "control",
     delimiter: str = "+",
-    n_truth_cells: int = 20_000,
+    n_truth_cells: int = 10_000,
     n_jobs: int | None = None,
     seed: int = 0,
 ) -> AnnData:
@@ -474,7 +474,7 @@ def _true_shifts(basal: _Basal, label_effect: np.ndarray, *, n_cells: int, seed:
         perturbed_sum = np.empty((n_labels, n_genes))
         for p in range(n_labels):
             ratio = exp_effect[p] / (prop @ exp_effect[p])[:, None]  # (rows, G)
-            down = ratio < 1.0
+            down = (ratio < 1.0) & (x > 0)  # Binomial(0, r) = 0: skip empty entries
             xp = x.copy()
             xp[down] = rng.binomial(x[down], ratio[down])
             up = ratio > 1.0

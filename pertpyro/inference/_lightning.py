@@ -134,6 +134,9 @@ def fit(
     callbacks: list[Callback] = [history]
     if early_stopping:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=patience, mode="min", min_delta=1e-4))
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    level = lightning_logger.level
+    lightning_logger.setLevel(logging.WARNING)  # no banner about absent TPUs in the user's log
     csv_logger = CSVLogger(str(log_dir), name="", version="") if log_dir is not None else False
     trainer = pl.Trainer(
         max_epochs=max_epochs,
@@ -149,9 +152,6 @@ def fit(
         log_every_n_steps=1,
         deterministic=False,
     )
-    lightning_logger = logging.getLogger("lightning.pytorch")
-    level = lightning_logger.level
-    lightning_logger.setLevel(logging.WARNING)  # no banner about absent TPUs in the user's log
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
