@@ -1,5 +1,6 @@
 """Datasets: the shipped Papalexi 2021 screen, the CollecTRI network, the ground-truth simulator."""
 
 from pertpyro.data._datasets import collectri, papalexi2021
+from pertpyro.data._public import adamson2016, norman2019, replogle2022, to_contract
 
-__all__ = ["collectri", "papalexi2021"]
+__all__ = ["adamson2016", "collectri", "norman2019", "papalexi2021", "replogle2022", "to_contract"]

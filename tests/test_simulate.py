@@ -74,22 +74,26 @@ def test_shapes_labels_and_counts(sim):
     truth = sim.uns[TRUTH_KEY]
     n_targets, n_genes, n_perts = 6, 120, 8
     assert sim.shape == (8000, n_genes)
-    assert sim.obs_names.is_unique and sim.var_names.is_unique
+    assert sim.obs_names.is_unique
+    assert sim.var_names.is_unique
     assert list(sim.var_names[:2]) == ["G0000", "G0001"]
     assert list(truth["targets"]) == list(sim.var_names[:n_targets])
 
-    assert sp.isspmatrix_csr(sim.X) and sim.X.dtype == np.float32
+    assert sp.isspmatrix_csr(sim.X)
+    assert sim.X.dtype == np.float32
     np.testing.assert_array_equal(sim.X.data, np.round(sim.X.data))
     assert (sim.X.data > 0).all()
     np.testing.assert_array_equal(sim.obs["n_counts"].to_numpy(), np.asarray(sim.X.sum(axis=1)).ravel())
 
     perts = list(truth["perturbations"])
-    assert len(perts) == n_perts and "control" not in perts
+    assert len(perts) == n_perts
+    assert "control" not in perts
     combos = perts[n_targets:]
     assert all("+" in p for p in combos)
     for p in combos:
         first, second = p.split("+")
-        assert first < second and {first, second} <= set(truth["targets"])
+        assert first < second
+        assert {first, second} <= set(truth["targets"])
     obs_labels = sim.obs["perturbation"]
     assert isinstance(obs_labels.dtype, pd.CategoricalDtype)
     assert set(obs_labels.astype(str)) == {"control", *perts}
@@ -107,9 +111,12 @@ def test_shapes_labels_and_counts(sim):
     assert truth["shift"].shape == truth["responder_shift"].shape == (n_perts, n_genes)
     assert truth["efficacy_prob"].shape == (n_targets,)
     assert ((truth["efficacy_prob"] >= 0.5) & (truth["efficacy_prob"] <= 0.9)).all()
-    assert truth["W"].shape == (5, n_genes) and truth["theta"].shape == (n_genes,)
-    assert truth["latent_dim"] == 5 and truth["seed"] == 1
-    assert truth["params"]["n_cells"] == 8000 and truth["params"]["n_strong"] == 3
+    assert truth["W"].shape == (5, n_genes)
+    assert truth["theta"].shape == (n_genes,)
+    assert truth["latent_dim"] == 5
+    assert truth["seed"] == 1
+    assert truth["params"]["n_cells"] == 8000
+    assert truth["params"]["n_strong"] == 3
     assert truth["strong"].sum() == 3
     # combinations add on the logit scale
     design = truth["design"]
