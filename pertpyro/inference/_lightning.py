@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pandas as pd
+import pyro
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
@@ -40,16 +41,22 @@ class SVIModule(pl.LightningModule):
         Number of validation cells.
     lr
         Adam learning rate.
+    validate
+        Run Pyro's and torch's argument and shape checks in every step (slower; the tests turn it on).
     """
 
-    def __init__(self, program: torch.nn.Module, guide: torch.nn.Module, *, n_train: int, n_val: int, lr: float):
+    def __init__(
+        self, program: torch.nn.Module, guide: torch.nn.Module, *, n_train: int, n_val: int, lr: float,
+        validate: bool = False,
+    ):
         super().__init__()
+        self.validate = validate
         self.program, self.guide = program, guide
         self.n_train, self.n_val, self.lr = n_train, n_val, lr
         self.elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
 
     def _loss(self, batch: dict[str, torch.Tensor], n_cells: int) -> torch.Tensor:
-        with local_params():
+        with local_params(), pyro.validation_enabled(self.validate):
             return self.elbo.differentiable_loss(self.program, self.guide, *program_args(batch, n_cells)) / n_cells
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102

@@ -17,7 +17,9 @@ def _mlp(n_in: int, n_hidden: int, n_out: int, n_layers: int) -> nn.Sequential:
 
 
 class BasalEncoder(nn.Module):
-    """Amortised posterior ``q(z_basal | x, batch)``: log1p counts and a one-hot batch to a diagonal Normal.
+    """Amortised posterior ``q(z_basal | x, batch[, perturbation])``: log-normalised counts, a one-hot batch and
+    optionally the cell's targets, to a diagonal Normal. Seeing the targets lets the encoder learn not to explain
+    a knockout's effect by the basal state (which would shrink the effects and bias the treatment effects).
 
     Parameters
     ----------
@@ -27,23 +29,32 @@ class BasalEncoder(nn.Module):
         Number of batch categories (one-hot appended to the input; 0 for none).
     latent_dim
         Dimension of the basal latent state.
+    n_targets
+        Number of targets whose multi-hot design is appended to the input (0: the encoder does not see it).
     n_hidden
         Width of the hidden layers.
     n_layers
         Number of hidden layers.
     """
 
-    def __init__(self, n_genes: int, n_batches: int, latent_dim: int, *, n_hidden: int = 128, n_layers: int = 1):
+    def __init__(
+        self, n_genes: int, n_batches: int, latent_dim: int, *, n_targets: int = 0, n_hidden: int = 128,
+        n_layers: int = 1,
+    ):
         super().__init__()
-        self.n_batches = n_batches
-        self.net = _mlp(n_genes + n_batches, n_hidden, 2 * latent_dim, n_layers)
+        self.n_batches, self.n_targets = n_batches, n_targets
+        self.net = _mlp(n_genes + n_batches + n_targets, n_hidden, 2 * latent_dim, n_layers)
 
-    def forward(self, counts: torch.Tensor, batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, counts: torch.Tensor, batch_index: torch.Tensor, perturbation: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loc, scale)`` of ``q(z_basal)``, each ``(cells, latent_dim)``."""
         library = counts.sum(-1, keepdim=True).clamp_min(1.0)
         inputs = torch.log1p(1e4 * counts / library)
         if self.n_batches > 1:
             inputs = torch.cat([inputs, nn.functional.one_hot(batch_index, self.n_batches).to(inputs.dtype)], -1)
+        if self.n_targets:
+            inputs = torch.cat([inputs, perturbation.to(inputs.dtype)], -1)
         loc, raw_scale = self.net(inputs).chunk(2, dim=-1)
         return loc, nn.functional.softplus(raw_scale) + 1e-4
 

@@ -61,6 +61,8 @@ class PerturbationModel:
         Per-cell ``efficacy`` latent (cells that escaped the knockout).
     mask_prior
         Initial prior inclusion probability of an effect.
+    encode_perturbation
+        Whether the basal-state encoder sees each cell's targets (helps it leave the effects to ``effect``).
     seed
         Seed of the parameter initialisation.
     """
@@ -74,6 +76,7 @@ class PerturbationModel:
         sparse_effects: bool = True,
         efficacy: bool = True,
         mask_prior: float = 0.5,
+        encode_perturbation: bool = True,
         seed: int = 0,
     ) -> None:
         self.registry = get_registry(adata)
@@ -91,6 +94,7 @@ class PerturbationModel:
             "sparse_effects": sparse_effects,
             "efficacy": efficacy,
             "mask_prior": mask_prior,
+            "encode_perturbation": encode_perturbation,
             "seed": seed,
         }
         data = CellData(adata, self.registry)
@@ -116,7 +120,8 @@ class PerturbationModel:
             efficacy=kw["efficacy"],
             mask_prior=kw["mask_prior"],
         )
-        self.guide = PerturbationGuide(self.program, n_batches, n_hidden=kw["n_hidden"])
+        self.guide = PerturbationGuide(self.program, n_batches, n_hidden=kw["n_hidden"],
+                                       encode_perturbation=kw["encode_perturbation"])
 
     # ------------------------------------------------------------------ training
     def train(
@@ -279,7 +284,7 @@ class PerturbationModel:
         data = self._data if adata is None else CellData(adata, self.registry)
         out = []
         for batch in make_loader(data, batch_size=batch_size, shuffle=False):
-            loc, _ = self.guide.encoder(batch["counts"], batch["batch_index"])
+            loc, _ = self.guide.encoder(batch["counts"], batch["batch_index"], batch["perturbation"])
             out.append(loc)
         return torch.cat(out).numpy()
 

@@ -2,8 +2,8 @@
 
 Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k``)::
 
-    mu_g, sigma_g, pi, rho_t, theta_g          point-estimated hyperparameters (empirical Bayes)
-    effect[t, g]      ~ Normal(mu_g, sigma_g)                      targets x genes plate
+    sigma_g, pi, rho_t, theta_g                point-estimated hyperparameters (empirical Bayes)
+    effect[t, g]      ~ Normal(0, sigma_g)                         targets x genes plate
     effect_mask[t, g] ~ RelaxedBernoulli(pi)   (hard 0/1 forward)  targets x genes plate (``sparse_effects``)
     for each cell n (plate "cells", subsampled):
         z_basal[n]      ~ Normal(0, I_K)
@@ -14,8 +14,8 @@ Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k
 
 The perturbation acts as an offset on the decoder's gene logits (gene-space effects): a knockout's effect on
 gene g is read off directly, the basal latent cannot absorb it through the decoder's nonlinearity, and the
-per-gene prior ``N(mu_g, sigma_g)`` shares strength across targets (empirical-Bayes shrinkage), which is what
-beats the per-perturbation training mean on held-out cells. ``efficacy`` is the Mixscape idea as a latent: many
+per-gene prior ``N(0, sigma_g)`` shares strength across targets (empirical-Bayes shrinkage toward no change,
+with the scale learned per gene), which is what beats the per-perturbation training mean on held-out cells. ``efficacy`` is the Mixscape idea as a latent: many
 cells that received a guide escaped the knockout and look like controls.
 
 The effect mask uses a relaxed (concrete) Bernoulli in the model *and* the guide, so that the KL term of the
@@ -35,6 +35,7 @@ from pyro.nn.module import to_pyro_module_
 from torch import nn
 
 from pertpyro.models._components import BasalEncoder, GeneDecoder
+from pertpyro.models._distributions import NegativeBinomialLogMean
 from pertpyro.models._sites import (
     CELLS_PLATE,
     COUNTS,
@@ -104,7 +105,6 @@ class PerturbationProgram(PyroModule):
         self.sparse_effects, self.use_efficacy = sparse_effects, efficacy
         self.decoder = GeneDecoder(latent_dim, n_genes, n_batches, n_hidden=n_hidden, gene_bias=gene_bias)
         self.log_theta = nn.Parameter(torch.full((n_genes,), math.log(5.0)))
-        self.effect_prior_loc = nn.Parameter(torch.zeros(n_genes))
         self.effect_prior_raw_scale = nn.Parameter(torch.full((n_genes,), _inverse_softplus(0.3)))
         self.efficacy_logit = nn.Parameter(torch.full((n_targets,), 1.0))
         self.mask_prior_logit = nn.Parameter(torch.tensor(math.log(mask_prior / (1 - mask_prior))))
@@ -124,10 +124,10 @@ class PerturbationProgram(PyroModule):
         log_rho = nn.functional.logsigmoid(self.efficacy_logit)
         return torch.exp(perturbation @ log_rho).clamp(1e-4, 1 - 1e-4)
 
-    def nb_distribution(self, logits: torch.Tensor, library: torch.Tensor) -> dist.NegativeBinomial:
+    def nb_distribution(self, logits: torch.Tensor, library: torch.Tensor) -> NegativeBinomialLogMean:
         """Counts distribution with mean ``library * softmax(logits)`` and per-gene dispersion ``theta``."""
         log_mean = torch.log_softmax(logits, -1) + torch.log(library).unsqueeze(-1)
-        return dist.NegativeBinomial(total_count=self.log_theta.exp(), logits=log_mean - self.log_theta)
+        return NegativeBinomialLogMean(log_mean, self.log_theta)
 
     def forward(
         self,
@@ -163,7 +163,7 @@ class PerturbationProgram(PyroModule):
         # ---- global sites (scale 1) ----
         with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
             effect = pyro.sample(
-                EFFECT, dist.Normal(self.effect_prior_loc, self.effect_prior_scale()).expand([T, G])
+                EFFECT, dist.Normal(self.zero, self.effect_prior_scale()).expand([T, G])
             )  # (T, G)
             if self.sparse_effects:
                 mask = pyro.sample(
@@ -203,14 +203,19 @@ class PerturbationGuide(PyroModule):
         Hidden width of the encoder.
     n_layers
         Number of hidden layers of the encoder.
+    encode_perturbation
+        Whether the encoder sees each cell's targets.
     """
 
-    def __init__(self, program: PerturbationProgram, n_batches: int, *, n_hidden: int = 128, n_layers: int = 1):
+    def __init__(
+        self, program: PerturbationProgram, n_batches: int, *, n_hidden: int = 128, n_layers: int = 1,
+        encode_perturbation: bool = True,
+    ):
         super().__init__()
         G, T = program.n_genes, program.n_targets
         self.sparse_effects = program.sparse_effects
-        self.encoder = BasalEncoder(G, n_batches if n_batches > 1 else 0, program.latent_dim, n_hidden=n_hidden,
-                                    n_layers=n_layers)
+        self.encoder = BasalEncoder(G, n_batches if n_batches > 1 else 0, program.latent_dim,
+                                    n_targets=T if encode_perturbation else 0, n_hidden=n_hidden, n_layers=n_layers)
         self.effect_loc = nn.Parameter(torch.zeros(T, G))
         self.effect_raw_scale = nn.Parameter(torch.full((T, G), _inverse_softplus(0.05)))
         self.mask_logit = nn.Parameter(torch.full((T, G), 2.0))
@@ -241,5 +246,5 @@ class PerturbationGuide(PyroModule):
                     EFFECT_MASK, dist.RelaxedBernoulliStraightThrough(self.mask_temperature, logits=self.mask_logit)
                 )
         with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
-            loc, scale = self.encoder(counts, batch_index)
+            loc, scale = self.encoder(counts, batch_index, perturbation)
             pyro.sample(Z_BASAL, dist.Normal(loc, scale).to_event(1))

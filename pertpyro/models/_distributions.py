@@ -1,0 +1,64 @@
+"""Count distributions parameterised the way the decoder produces them (log means), cheap to enumerate over."""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions import TorchDistribution, constraints
+from torch.distributions.utils import broadcast_all
+
+
+class NegativeBinomialLogMean(TorchDistribution):
+    """Negative binomial with log mean ``log_mean`` and log inverse-dispersion ``log_theta``.
+
+    ``Var[x] = mu + mu**2 / theta``. The log-gamma terms depend only on the counts and ``theta``, so when the
+    mean carries extra (e.g. enumerated) batch dimensions they are computed once at the counts' shape.
+
+    Parameters
+    ----------
+    log_mean
+        Log of the mean, any shape broadcastable with ``log_theta``.
+    log_theta
+        Log of the inverse dispersion ``theta``.
+    """
+
+    arg_constraints = {"log_mean": constraints.real, "log_theta": constraints.real}
+    support = constraints.nonnegative_integer
+    has_rsample = False
+
+    def __init__(self, log_mean: torch.Tensor, log_theta: torch.Tensor, validate_args: bool | None = None) -> None:
+        self.log_mean, self.log_theta = log_mean, log_theta
+        batch_shape = torch.broadcast_shapes(log_mean.shape, log_theta.shape)
+        super().__init__(batch_shape, validate_args=validate_args)
+
+    @property
+    def mean(self) -> torch.Tensor:  # noqa: D102
+        return self.log_mean.exp().expand(self.batch_shape)
+
+    @property
+    def variance(self) -> torch.Tensor:  # noqa: D102
+        mu = self.mean
+        return mu + mu**2 / self.log_theta.exp()
+
+    def expand(self, batch_shape: torch.Size, _instance: NegativeBinomialLogMean | None = None):  # noqa: D102
+        new = self._get_checked_instance(NegativeBinomialLogMean, _instance)
+        new.log_mean = self.log_mean.expand(batch_shape)
+        new.log_theta = self.log_theta.expand(batch_shape)
+        super(NegativeBinomialLogMean, new).__init__(torch.Size(batch_shape), validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if self._validate_args:
+            self._validate_sample(value)
+        theta = self.log_theta.exp()
+        normaliser = torch.lgamma(value + theta) - torch.lgamma(theta) - torch.lgamma(value + 1.0)  # counts' shape
+        log_total = torch.logaddexp(self.log_theta, self.log_mean)
+        return normaliser + theta * (self.log_theta - log_total) + value * (self.log_mean - log_total)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: D102
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            log_mean, log_theta = broadcast_all(self.log_mean, self.log_theta)
+            theta = log_theta.exp().expand(shape)
+            rate = torch._standard_gamma(theta) * (log_mean - log_theta).exp().expand(shape)
+            return torch.poisson(rate)
