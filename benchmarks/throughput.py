@@ -33,8 +33,9 @@ def plain_torch_loss(program, guide, counts, perturbation, batch_index, library,
     if program.sparse_effects:
         q_mask = dist.RelaxedBernoulliStraightThrough(guide.mask_temperature, logits=guide.mask_logit)
         mask = q_mask.rsample()
-        p_mask = dist.RelaxedBernoulliStraightThrough(program.mask_temperature,
-                                                       logits=program.mask_prior_logit.expand_as(guide.mask_logit))
+        p_mask = dist.RelaxedBernoulliStraightThrough(
+            program.mask_temperature, logits=program.mask_prior_logit.expand_as(guide.mask_logit)
+        )
         kl_global = kl_global + (q_mask.log_prob(mask) - p_mask.log_prob(mask)).sum()
         effect = effect * mask
     # local sites
@@ -62,7 +63,7 @@ def _epoch(step, loader, n_cells) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def main() -> None:  # noqa: D103
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=512)
@@ -102,8 +103,10 @@ def main() -> None:  # noqa: D103
         rates["pyro"].append(_epoch(pyro_step, loader, n))
         rates["torch"].append(_epoch(torch_step, loader, n))
     pyro_rate, torch_rate = statistics.median(rates["pyro"]), statistics.median(rates["torch"])
-    print(f"cells/s per epoch (median of {args.epochs}, batch {args.batch_size}, {args.threads} threads, "
-          f"{n} cells x {adata.n_vars} genes)")
+    print(
+        f"cells/s per epoch (median of {args.epochs}, batch {args.batch_size}, {args.threads} threads, "
+        f"{n} cells x {adata.n_vars} genes)"
+    )
     print(f"  pertpyro (Pyro TraceEnum_ELBO): {pyro_rate:,.0f}")
     print(f"  hand-written PyTorch ELBO     : {torch_rate:,.0f}")
     print(f"  ratio pyro / torch            : {pyro_rate / torch_rate:.3f}")

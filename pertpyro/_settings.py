@@ -25,7 +25,7 @@ def set_seed(seed: int) -> None:
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}.")
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (users' legacy numpy code reads the global state)
     pyro.set_rng_seed(seed)
     torch.manual_seed(seed)
 

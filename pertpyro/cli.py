@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import logging
 import sys
 import time
@@ -29,19 +30,33 @@ DEFAULTS: dict[str, Any] = {
         "layer": None,
     },
     "split": {"kind": "random", "seed": 0, "heldout": None},
-    "model": {},
-    "train": {"max_epochs": 200, "batch_size": 512, "lr": 5e-3, "seed": 0, "early_stopping": True, "patience": 20},
+    "model": None,  # PerturbationModel's keyword arguments (filled from its signature)
+    "train": None,  # PerturbationModel.train's keyword arguments (filled from its signature)
     "evaluate": {"n_samples": 100, "top_k": 20, "iwelbo_particles": 10},
 }
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.csv"
 
 
+def _keyword_defaults(fn: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    params = inspect.signature(fn).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in skip}
+
+
+def _defaults() -> dict[str, Any]:
+    from pertpyro.models._model import PerturbationModel
+
+    out = copy.deepcopy(DEFAULTS)
+    out["model"] = _keyword_defaults(PerturbationModel.__init__)
+    out["train"] = _keyword_defaults(PerturbationModel.train, skip=("validation_adata", "log_dir"))
+    return out
+
+
 def _merge(base: dict, override: dict, path: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in (override or {}).items():
         if key not in base:
-            raise ValueError(f"Unknown config key {path}{key!r}; known keys: {sorted(base)}.")
+            raise ValueError(f"Unknown config key '{path}{key}'; known keys: {sorted(base)}.")
         if isinstance(base[key], dict) and base[key] and isinstance(value, dict):
             out[key] = _merge(base[key], value, f"{path}{key}.")
         else:
@@ -61,7 +76,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"No config file at {path}.")
     raw = yaml.safe_load(path.read_text()) or {}
-    config = _merge(DEFAULTS, raw)
+    config = _merge(_defaults(), raw)
     if config["output"] is None:
         config["output"] = str(Path("runs") / config["name"])
     return config
@@ -82,8 +97,13 @@ def load_data(config: dict[str, Any]) -> AnnData:
         adata = pertpyro.datasets.simulate(**data["simulate"])
     else:
         raise ValueError(f"Unknown dataset {data['dataset']!r}: use papalexi2021, simulate, or data.path.")
-    pertpyro.setup_anndata(adata, perturbation_key=data["perturbation_key"], control=data["control"],
-                           batch_key=data["batch_key"], layer=data["layer"])
+    pertpyro.setup_anndata(
+        adata,
+        perturbation_key=data["perturbation_key"],
+        control=data["control"],
+        batch_key=data["batch_key"],
+        layer=data["layer"],
+    )
     return adata
 
 
@@ -149,8 +169,14 @@ def evaluate(run_dir: str | Path) -> pd.DataFrame:
         return original(labels, n_samples=ev["n_samples"])
 
     model.predict_shift = predict_shift  # the evaluation's number of posterior draws
-    table = evaluation.ate_metrics(model, parts["test"], adata_train=parts["train"], top_k=ev["top_k"],
-                                   reference=("control", "perturbed"), iwelbo=False)
+    table = evaluation.ate_metrics(
+        model,
+        parts["test"],
+        adata_train=parts["train"],
+        top_k=ev["top_k"],
+        reference=("control", "perturbed"),
+        iwelbo=False,
+    )
     table.insert(len(table.columns), "iwelbo", float("nan"))
     iwelbo = model.iwelbo(parts["test"], n_particles=ev["iwelbo_particles"])
     table.loc[table["method"] == table["method"].iloc[0], "iwelbo"] = iwelbo

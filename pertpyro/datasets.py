@@ -4,4 +4,13 @@ from pertpyro.data._datasets import collectri, papalexi2021
 from pertpyro.data._public import adamson2016, norman2019, replogle2022, to_contract
 from pertpyro.data._simulate import simulate, truth_shift_frame
 
-__all__ = ["adamson2016", "collectri", "norman2019", "papalexi2021", "replogle2022", "simulate", "to_contract", "truth_shift_frame"]
+__all__ = [
+    "adamson2016",
+    "collectri",
+    "norman2019",
+    "papalexi2021",
+    "replogle2022",
+    "simulate",
+    "to_contract",
+    "truth_shift_frame",
+]

@@ -53,8 +53,9 @@ def test_plain_user_svi_loop_trains(tiny_adata):
     model = pertpyro.PerturbationModel(tiny_adata, latent_dim=3)
     data = CellData(tiny_adata, model.registry)
     pyro.clear_param_store()
-    svi = SVI(model.program, model.guide, pyro.optim.Adam({"lr": 1e-2}),
-              TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING))
+    svi = SVI(
+        model.program, model.guide, pyro.optim.Adam({"lr": 1e-2}), TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
+    )
     before = model.guide.effect_loc.detach().clone()
     losses = []
     for _ in range(15):
@@ -153,8 +154,9 @@ def test_predictive_with_site_names(tiny_adata):
     model.train(**FAST)
     args = _first_batch(model, batch_size=50)
     with pertpyro.local_params():
-        predictive = pyro.infer.Predictive(model.program, guide=model.guide, num_samples=4,
-                                           return_sites=(sites.COUNTS, sites.EFFECT))
+        predictive = pyro.infer.Predictive(
+            model.program, guide=model.guide, num_samples=4, return_sites=(sites.COUNTS, sites.EFFECT)
+        )
         out = predictive(args.counts, *args[1:])
     assert out[sites.EFFECT].shape == (4, 1, 3, 30) or out[sites.EFFECT].shape == (4, 3, 30)
     assert out[sites.COUNTS].shape[-2:] == (50, 30)

@@ -10,8 +10,9 @@ from pertpyro.data._simulate import truth_shift_frame
 @pytest.fixture(scope="module")
 def fitted():
     pertpyro.set_seed(0)
-    adata = pertpyro.datasets.simulate(n_cells=4000, n_genes=100, n_targets=8, n_combinations=2, seed=1,
-                                       n_truth_cells=4000)
+    adata = pertpyro.datasets.simulate(
+        n_cells=4000, n_genes=100, n_targets=8, n_combinations=2, seed=1, n_truth_cells=4000
+    )
     pertpyro.setup_anndata(adata, batch_key="batch")
     model = pertpyro.PerturbationModel(adata, latent_dim=5, seed=0)
     model.train(max_epochs=60, batch_size=256, lr=1e-2, seed=0, progress_bar=False, patience=10)

@@ -65,8 +65,14 @@ def simulate_label_means(
     n_labels = designs.shape[0]
     n_genes = population["counts"].shape[1]
     per_chunk = max(1, max_elements // max(1, n * n_genes))
-    args = (population["counts"], population["perturbation"], population["batch_index"], population["library"],
-            torch.arange(n), n)
+    args = (
+        population["counts"],
+        population["perturbation"],
+        population["batch_index"],
+        population["library"],
+        torch.arange(n),
+        n,
+    )
     out = torch.empty(n_samples, n_labels, n_genes)
     with local_params():
         for s in range(n_samples):
@@ -95,9 +101,7 @@ def simulate_label_means(
     return out
 
 
-def ate_table(
-    draws: torch.Tensor, labels: Sequence[str], genes: Sequence[str], *, ci: float
-) -> pd.DataFrame:
+def ate_table(draws: torch.Tensor, labels: Sequence[str], genes: Sequence[str], *, ci: float) -> pd.DataFrame:
     """Tidy ``(perturbation, gene, mean, lower, upper)`` from draws ``(S, L, G)`` of shifts."""
     lo, hi = (1 - ci) / 2, 1 - (1 - ci) / 2
     arr = draws.numpy()
@@ -159,8 +163,9 @@ def average_treatment_effect(
     labels = [str(label) for label in labels]
     if not labels:
         raise ValueError("Give at least one perturbation label.")
-    designs = torch.from_numpy(np.concatenate([np.zeros((1, registry.n_targets), np.float32),
-                                               design_matrix(labels, registry)]))
+    designs = torch.from_numpy(
+        np.concatenate([np.zeros((1, registry.n_targets), np.float32), design_matrix(labels, registry)])
+    )
     with torch.random.fork_rng():
         pyro.set_rng_seed(seed)
         means = simulate_label_means(program, guide, population, designs, n_samples=n_samples, responders=responders)

@@ -69,7 +69,9 @@ class CellData(Dataset):
         }
 
 
-def make_loader(data: CellData, *, batch_size: int, shuffle: bool, seed: int = 0, pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    data: CellData, *, batch_size: int, shuffle: bool, seed: int = 0, pin_memory: bool = False
+) -> DataLoader:
     """Minibatch loader over ``data``: one sampler draw is a whole batch, sliced in one vectorised call."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")

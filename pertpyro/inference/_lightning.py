@@ -46,7 +46,13 @@ class SVIModule(pl.LightningModule):
     """
 
     def __init__(
-        self, program: torch.nn.Module, guide: torch.nn.Module, *, n_train: int, n_val: int, lr: float,
+        self,
+        program: torch.nn.Module,
+        guide: torch.nn.Module,
+        *,
+        n_train: int,
+        n_val: int,
+        lr: float,
         validate: bool = False,
     ):
         super().__init__()
@@ -59,19 +65,19 @@ class SVIModule(pl.LightningModule):
         with local_params(), pyro.validation_enabled(self.validate):
             return self.elbo.differentiable_loss(self.program, self.guide, *program_args(batch, n_cells)) / n_cells
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch, self.n_train)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["idx"].shape[0])
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         # The held-out cells stand in for a training set of the same size, so that the global KL term weighs as
         # much per cell as in the training loss and the two are comparable. No gradients: the plain estimate.
         with local_params():
             loss = self.elbo.loss(self.program, self.guide, *program_args(batch, self.n_train)) / self.n_train
         self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["idx"].shape[0])
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
@@ -81,7 +87,7 @@ class History(Callback):
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:  # noqa: D102
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", "val_loss")}
         self.rows.append({"epoch": trainer.current_epoch, **metrics})
         if not all(math.isfinite(v) for v in metrics.values()):

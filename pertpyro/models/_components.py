@@ -17,9 +17,10 @@ def _mlp(n_in: int, n_hidden: int, n_out: int, n_layers: int) -> nn.Sequential:
 
 
 class BasalEncoder(nn.Module):
-    """Amortised posterior ``q(z_basal | x, batch[, perturbation])``: log-normalised counts, a one-hot batch and
-    optionally the cell's targets, to a diagonal Normal. Seeing the targets lets the encoder learn not to explain
-    a knockout's effect by the basal state (which would shrink the effects and bias the treatment effects).
+    """Amortised posterior ``q(z_basal | x, batch[, perturbation])`` as a diagonal Normal.
+
+    Inputs are log-normalised counts, a one-hot batch and optionally the cell's targets. Seeing the targets lets the
+    encoder learn not to explain a knockout's effect by the basal state (which would shrink the effects).
 
     Parameters
     ----------
@@ -38,7 +39,13 @@ class BasalEncoder(nn.Module):
     """
 
     def __init__(
-        self, n_genes: int, n_batches: int, latent_dim: int, *, n_targets: int = 0, n_hidden: int = 128,
+        self,
+        n_genes: int,
+        n_batches: int,
+        latent_dim: int,
+        *,
+        n_targets: int = 0,
+        n_hidden: int = 128,
         n_layers: int = 1,
     ):
         super().__init__()
@@ -77,7 +84,13 @@ class GeneDecoder(nn.Module):
     """
 
     def __init__(
-        self, latent_dim: int, n_genes: int, n_batches: int, *, n_hidden: int = 128, gene_bias: torch.Tensor | None = None
+        self,
+        latent_dim: int,
+        n_genes: int,
+        n_batches: int,
+        *,
+        n_hidden: int = 128,
+        gene_bias: torch.Tensor | None = None,
     ):
         super().__init__()
         self.net = _mlp(latent_dim, n_hidden, n_genes, 1) if n_hidden > 0 else nn.Linear(latent_dim, n_genes)

@@ -6,6 +6,8 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch.distributions.utils import broadcast_all
 
+_EMPTY = torch.Size()
+
 
 class NegativeBinomialLogMean(TorchDistribution):
     """Negative binomial with log mean ``log_mean`` and log inverse-dispersion ``log_theta``.
@@ -31,15 +33,15 @@ class NegativeBinomialLogMean(TorchDistribution):
         super().__init__(batch_shape, validate_args=validate_args)
 
     @property
-    def mean(self) -> torch.Tensor:  # noqa: D102
+    def mean(self) -> torch.Tensor:
         return self.log_mean.exp().expand(self.batch_shape)
 
     @property
-    def variance(self) -> torch.Tensor:  # noqa: D102
+    def variance(self) -> torch.Tensor:
         mu = self.mean
         return mu + mu**2 / self.log_theta.exp()
 
-    def expand(self, batch_shape: torch.Size, _instance: NegativeBinomialLogMean | None = None):  # noqa: D102
+    def expand(self, batch_shape: torch.Size, _instance: NegativeBinomialLogMean | None = None):
         new = self._get_checked_instance(NegativeBinomialLogMean, _instance)
         new.log_mean = self.log_mean.expand(batch_shape)
         new.log_theta = self.log_theta.expand(batch_shape)
@@ -47,7 +49,7 @@ class NegativeBinomialLogMean(TorchDistribution):
         new._validate_args = self._validate_args
         return new
 
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
         theta = self.log_theta.exp()
@@ -55,7 +57,7 @@ class NegativeBinomialLogMean(TorchDistribution):
         log_total = torch.logaddexp(self.log_theta, self.log_mean)
         return normaliser + theta * (self.log_theta - log_total) + value * (self.log_mean - log_total)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: D102
+    def sample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         with torch.no_grad():
             log_mean, log_theta = broadcast_all(self.log_mean, self.log_theta)

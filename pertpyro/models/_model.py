@@ -120,8 +120,9 @@ class PerturbationModel:
             efficacy=kw["efficacy"],
             mask_prior=kw["mask_prior"],
         )
-        self.guide = PerturbationGuide(self.program, n_batches, n_hidden=kw["n_hidden"],
-                                       encode_perturbation=kw["encode_perturbation"])
+        self.guide = PerturbationGuide(
+            self.program, n_batches, n_hidden=kw["n_hidden"], encode_perturbation=kw["encode_perturbation"]
+        )
 
     # ------------------------------------------------------------------ training
     def train(
@@ -188,11 +189,22 @@ class PerturbationModel:
         module = SVIModule(self.program, self.guide, n_train=len(train_data), n_val=len(val_data), lr=lr)
         train_loader = make_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed)
         val_loader = make_loader(val_data, batch_size=max(batch_size, 2048), shuffle=False)
-        logger.info("Training on %d cells, validating on %d, for at most %d epochs.", len(train_data),
-                    len(val_data), max_epochs)
-        history = fit(module, train_loader, val_loader, max_epochs=max_epochs, accelerator=accelerator,
-                      devices=devices, strategy=strategy, early_stopping=early_stopping, patience=patience,
-                      log_dir=log_dir, progress_bar=progress_bar)
+        logger.info(
+            "Training on %d cells, validating on %d, for at most %d epochs.", len(train_data), len(val_data), max_epochs
+        )
+        history = fit(
+            module,
+            train_loader,
+            val_loader,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            early_stopping=early_stopping,
+            patience=patience,
+            log_dir=log_dir,
+            progress_bar=progress_bar,
+        )
         self.history_ = history if self.history_ is None else pd.concat([self.history_, history], ignore_index=True)
         self.is_trained = True
         return history
@@ -256,8 +268,17 @@ class PerturbationModel:
         elif isinstance(perturbations, str):
             perturbations = [perturbations]
         population = self._population(cells, max_cells, seed)
-        return average_treatment_effect(self.program, self.guide, population, perturbations, self.registry,
-                                        n_samples=n_samples, ci=ci, responders=responders, seed=seed)
+        return average_treatment_effect(
+            self.program,
+            self.guide,
+            population,
+            perturbations,
+            self.registry,
+            n_samples=n_samples,
+            ci=ci,
+            responders=responders,
+            seed=seed,
+        )
 
     def predict_shift(self, labels: Sequence[str], *, n_samples: int = 100, seed: int = 0) -> pd.DataFrame:
         """Posterior-mean shift per label, as a ``labels x genes`` DataFrame (what :mod:`pertpyro.evaluate` reads)."""
@@ -274,8 +295,9 @@ class PerturbationModel:
             pyro.set_rng_seed(seed)
             for start in range(0, len(data), batch_size):
                 rows = np.arange(start, min(start + batch_size, len(data)))
-                values.append(iwelbo_per_cell(self.program, self.guide, _subset_batch(data, rows),
-                                              n_particles=n_particles))
+                values.append(
+                    iwelbo_per_cell(self.program, self.guide, _subset_batch(data, rows), n_particles=n_particles)
+                )
         return float(torch.cat(values).mean())
 
     @torch.no_grad()
@@ -346,8 +368,10 @@ class PerturbationModel:
     def __repr__(self) -> str:
         r = self.registry
         status = "trained" if self.is_trained else "untrained"
-        return (f"PerturbationModel({self.adata.n_obs} cells x {r.n_genes} genes, {r.n_targets} targets, "
-                f"latent_dim={self.init_kwargs['latent_dim']}, {status})")
+        return (
+            f"PerturbationModel({self.adata.n_obs} cells x {r.n_genes} genes, {r.n_targets} targets, "
+            f"latent_dim={self.init_kwargs['latent_dim']}, {status})"
+        )
 
 
 class _RowSubset(torch.utils.data.Dataset):

@@ -162,9 +162,7 @@ class PerturbationProgram(PyroModule):
         G, T = self.n_genes, self.n_targets
         # ---- global sites (scale 1) ----
         with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
-            effect = pyro.sample(
-                EFFECT, dist.Normal(self.zero, self.effect_prior_scale()).expand([T, G])
-            )  # (T, G)
+            effect = pyro.sample(EFFECT, dist.Normal(self.zero, self.effect_prior_scale()).expand([T, G]))  # (T, G)
             if self.sparse_effects:
                 mask = pyro.sample(
                     EFFECT_MASK,
@@ -177,7 +175,9 @@ class PerturbationProgram(PyroModule):
         with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
             z = pyro.sample(Z_BASAL, dist.Normal(self.zero, 1.0).expand([self.latent_dim]).to_event(1))  # (B, K)
             d = pyro.sample(
-                PERTURBATION, dist.Bernoulli(self.target_frequency).expand([idx.shape[0], T]).to_event(1), obs=perturbation
+                PERTURBATION,
+                dist.Bernoulli(self.target_frequency).expand([idx.shape[0], T]).to_event(1),
+                obs=perturbation,
             )  # (B, T)
             shift = d @ effect  # (B, G)
             if self.use_efficacy:
@@ -190,8 +190,10 @@ class PerturbationProgram(PyroModule):
 
 
 class PerturbationGuide(PyroModule):
-    """Variational family: amortised Normal for ``z_basal``; mean-field Normal for ``effect``; relaxed
-    Bernoulli (straight-through) for ``effect_mask``. ``efficacy`` is summed out exactly by enumeration.
+    """Variational family of :class:`PerturbationProgram`.
+
+    Amortised Normal for ``z_basal``; mean-field Normal for ``effect``; relaxed Bernoulli (straight-through) for
+    ``effect_mask``. ``efficacy`` has no guide: it is summed out exactly by enumeration.
 
     Parameters
     ----------
@@ -208,14 +210,25 @@ class PerturbationGuide(PyroModule):
     """
 
     def __init__(
-        self, program: PerturbationProgram, n_batches: int, *, n_hidden: int = 128, n_layers: int = 1,
+        self,
+        program: PerturbationProgram,
+        n_batches: int,
+        *,
+        n_hidden: int = 128,
+        n_layers: int = 1,
         encode_perturbation: bool = True,
     ):
         super().__init__()
         G, T = program.n_genes, program.n_targets
         self.sparse_effects = program.sparse_effects
-        self.encoder = BasalEncoder(G, n_batches if n_batches > 1 else 0, program.latent_dim,
-                                    n_targets=T if encode_perturbation else 0, n_hidden=n_hidden, n_layers=n_layers)
+        self.encoder = BasalEncoder(
+            G,
+            n_batches if n_batches > 1 else 0,
+            program.latent_dim,
+            n_targets=T if encode_perturbation else 0,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+        )
         self.effect_loc = nn.Parameter(torch.zeros(T, G))
         self.effect_raw_scale = nn.Parameter(torch.full((T, G), _inverse_softplus(0.05)))
         self.mask_logit = nn.Parameter(torch.full((T, G), 2.0))

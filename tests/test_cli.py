@@ -1,0 +1,68 @@
+"""The command line: fit -> evaluate -> query on a tiny simulated screen."""
+
+import pandas as pd
+import pytest
+import yaml
+
+from pertpyro import cli
+
+
+@pytest.fixture
+def config(tmp_path):
+    cfg = {
+        "name": "tiny",
+        "output": str(tmp_path / "run"),
+        "data": {
+            "dataset": "simulate",
+            "simulate": {
+                "n_cells": 600,
+                "n_genes": 30,
+                "n_targets": 3,
+                "n_combinations": 1,
+                "n_truth_cells": 0,
+                "seed": 0,
+            },
+            "batch_key": "batch",
+        },
+        "model": {"latent_dim": 2, "n_hidden": 16},
+        "train": {"max_epochs": 2, "batch_size": 128, "progress_bar": False},
+        "evaluate": {"n_samples": 3, "iwelbo_particles": 2},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_fit_evaluate_query(config, tmp_path, capsys):
+    assert cli.main(["fit", str(config)]) == 0
+    run = tmp_path / "run"
+    for name in ("model.pt", "split.csv", "config.yaml"):
+        assert (run / name).exists()
+    assert (run / "logs" / "metrics.csv").exists()  # Lightning's CSV log of the losses
+    assert cli.main(["evaluate", str(run)]) == 0
+    table = pd.read_csv(run / "metrics.csv")
+    assert table["method"].iloc[0] == "PerturbationModel"
+    assert {"training_mean", "no_change"} <= set(table["method"])
+    assert table.loc[0, "iwelbo"] < 0
+    out = tmp_path / "q.csv"
+    assert cli.main(["query", str(run), "--do", "perturbation=G0000", "--out", str(out)]) == 0
+    q = pd.read_csv(out)
+    assert list(q.columns) == ["perturbation", "gene", "mean", "lower", "upper"]
+    assert (q["lower"] <= q["upper"]).all()
+
+
+def test_bad_config_key_is_rejected(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"train": {"max_epoch": 3}}))
+    assert cli.main(["fit", str(path)]) == 2
+    assert "Unknown config key 'train.max_epoch'" in capsys.readouterr().err
+
+
+def test_query_rejects_unknown_site(config, tmp_path):
+    cli.main(["fit", str(config)])
+    assert cli.main(["query", str(tmp_path / "run"), "--do", "artifact=0"]) == 2
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert cli.main(["fit", str(tmp_path / "nope.yaml")]) == 2
+    assert "No config file" in capsys.readouterr().err
