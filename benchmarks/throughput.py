@@ -28,7 +28,7 @@ def plain_torch_loss(program, guide, counts, perturbation, batch_index, library,
     # global sites
     q_effect = dist.Normal(guide.effect_loc, guide.effect_scale())
     effect = q_effect.rsample()
-    p_effect = dist.Normal(0.0, program.effect_prior_scale())
+    p_effect = program.effect_prior()
     kl_global = (q_effect.log_prob(effect) - p_effect.log_prob(effect)).sum()
     if program.sparse_effects:
         q_mask = dist.RelaxedBernoulliStraightThrough(guide.mask_temperature, logits=guide.mask_logit)

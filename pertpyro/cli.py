@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "split": {"kind": "random", "seed": 0, "heldout": None},
     "model": None,  # PerturbationModel's keyword arguments (filled from its signature)
     "train": None,  # PerturbationModel.train's keyword arguments (filled from its signature)
-    "evaluate": {"n_samples": 100, "top_k": 20, "iwelbo_particles": 10},
+    "evaluate": {"n_samples": 30, "top_k": 20, "iwelbo_particles": 10},
 }
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.csv"
@@ -164,11 +164,7 @@ def evaluate(run_dir: str | Path) -> pd.DataFrame:
     model = PerturbationModel.load(run_dir, parts["train"])
     ev = config["evaluate"]
     original = model.predict_shift
-
-    def predict_shift(labels: list[str]) -> pd.DataFrame:
-        return original(labels, n_samples=ev["n_samples"])
-
-    model.predict_shift = predict_shift  # the evaluation's number of posterior draws
+    model.predict_shift = lambda labels: original(labels, n_samples=ev["n_samples"])  # the config's draws
     table = evaluation.ate_metrics(
         model,
         parts["test"],

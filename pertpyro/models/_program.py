@@ -52,7 +52,9 @@ MAX_PLATE_NESTING = 2
 """Plates nest at most two deep (targets x genes); the enumerated ``efficacy`` dimension sits left of them."""
 
 
-def _inverse_softplus(x: float) -> float:
+def _inverse_softplus(x: float | torch.Tensor) -> float | torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x + torch.log(-torch.expm1(-x))
     return x + math.log(-math.expm1(-x))
 
 
@@ -83,6 +85,9 @@ class PerturbationProgram(PyroModule):
         Initial prior inclusion probability of an effect (learned).
     mask_temperature
         Temperature of the relaxed Bernoulli of the mask.
+    effect_df
+        Degrees of freedom of a Student-t effect prior (heavy tails: strong effects are not shrunk while weak
+        ones are); 0 gives a Normal prior.
     """
 
     def __init__(
@@ -99,8 +104,10 @@ class PerturbationProgram(PyroModule):
         efficacy: bool = True,
         mask_prior: float = 0.5,
         mask_temperature: float = 0.5,
+        effect_df: float = 0.0,
     ) -> None:
         super().__init__()
+        self.effect_df = float(effect_df)
         self.n_genes, self.n_targets, self.latent_dim = n_genes, n_targets, latent_dim
         self.sparse_effects, self.use_efficacy = sparse_effects, efficacy
         self.decoder = GeneDecoder(latent_dim, n_genes, n_batches, n_hidden=n_hidden, gene_bias=gene_bias)
@@ -118,6 +125,12 @@ class PerturbationProgram(PyroModule):
     def effect_prior_scale(self) -> torch.Tensor:
         """Per-gene prior scale ``sigma_g`` of the effects, shape ``(G,)``."""
         return nn.functional.softplus(self.effect_prior_raw_scale) + 1e-3
+
+    def effect_prior(self) -> dist.Distribution:
+        """Prior of one target's effects: per-gene scale ``sigma_g``, Normal or heavy-tailed Student-t."""
+        if self.effect_df > 0:
+            return dist.StudentT(self.effect_df, self.zero, self.effect_prior_scale())
+        return dist.Normal(self.zero, self.effect_prior_scale())
 
     def response_probability(self, perturbation: torch.Tensor) -> torch.Tensor:
         """``P(efficacy = 1)`` per cell: the product of the per-target response rates of its targets."""
@@ -162,7 +175,7 @@ class PerturbationProgram(PyroModule):
         G, T = self.n_genes, self.n_targets
         # ---- global sites (scale 1) ----
         with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
-            effect = pyro.sample(EFFECT, dist.Normal(self.zero, self.effect_prior_scale()).expand([T, G]))  # (T, G)
+            effect = pyro.sample(EFFECT, self.effect_prior().expand([T, G]))  # (T, G)
             if self.sparse_effects:
                 mask = pyro.sample(
                     EFFECT_MASK,
