@@ -45,12 +45,18 @@ def plain_torch_loss(program, guide, counts, perturbation, batch_index, library,
     log_d = dist.Bernoulli(program.target_frequency).log_prob(perturbation).sum(-1)
     base = program.decoder(z, batch_index)
     shift = perturbation @ effect
+    log_lib = torch.log(library)
+    lib_loc = program.library_loc[batch_index]
+    lib_scale = torch.nn.functional.softplus(program.library_raw_scale[batch_index]) + 1e-3
+    nb = program.nb_distribution
     if program.use_efficacy:
         p = program.response_probability(perturbation)
-        both = program.nb_distribution(torch.stack([base, base + shift]), library).log_prob(counts).sum(-1)
+        lib_both = dist.Normal(torch.stack([lib_loc, lib_loc + perturbation @ program.library_effect]), lib_scale)
+        both = nb(torch.stack([base, base + shift]), log_lib).log_prob(counts).sum(-1) + lib_both.log_prob(log_lib)
         ll = torch.logsumexp(torch.stack([torch.log1p(-p), torch.log(p)]) + both, 0)
     else:
-        ll = program.nb_distribution(base + shift, library).log_prob(counts).sum(-1)
+        lib = dist.Normal(lib_loc + perturbation @ program.library_effect, lib_scale).log_prob(log_lib)
+        ll = nb(base + shift, log_lib).log_prob(counts).sum(-1) + lib
     return (kl_global - scale * (ll + log_d - kl_z).sum()) / n_cells
 
 

@@ -9,7 +9,7 @@ from pyro import poutine
 
 from pertpyro._settings import local_params
 from pertpyro.models._program import PerturbationGuide, PerturbationProgram
-from pertpyro.models._sites import COUNTS, EFFECT, EFFECT_MASK, EFFICACY, PERTURBATION, Z_BASAL
+from pertpyro.models._sites import COUNTS, EFFECT, EFFECT_MASK, EFFICACY, LIBRARY, PERTURBATION, Z_BASAL
 
 
 def _local_log_prob(trace: poutine.Trace, name: str) -> torch.Tensor:
@@ -23,7 +23,8 @@ def iwelbo_per_cell(
 ) -> torch.Tensor:
     """IWELBO of each cell of ``batch`` given the posterior mean of the global sites.
 
-    ``log (1/K) sum_k p(x, d, z_k) / q(z_k | x)`` with ``p(x, d, z) = p(z) p(d) sum_e p(e | d) p(x | z, d, e)``,
+    ``log (1/K) sum_k p(x, l, d, z_k) / q(z_k | x)`` with
+    ``p(x, l, d, z) = p(z) p(d) sum_e p(e | d) p(l | d, e) p(x | z, d, e, l)`` (``l``: log library size),
     where the effects are fixed at their posterior mean (mask: posterior inclusion > 1/2). A tighter bound on
     ``log p(x | globals)`` than the ELBO; higher is better.
 
@@ -49,7 +50,7 @@ def iwelbo_per_cell(
                 if value is not None:
                     data[EFFICACY] = torch.full((n,), value)
                 tr = poutine.trace(poutine.condition(program, data=data)).get_trace(*args)
-                log_p = _local_log_prob(tr, Z_BASAL) + _local_log_prob(tr, PERTURBATION) + _local_log_prob(tr, COUNTS)
+                log_p = sum(_local_log_prob(tr, site) for site in (Z_BASAL, PERTURBATION, LIBRARY, COUNTS))
                 if value is not None:
                     log_p = log_p + _local_log_prob(tr, EFFICACY)
                 joint.append(log_p)

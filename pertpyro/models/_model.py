@@ -34,9 +34,22 @@ def _gene_log_share(counts: np.ndarray | sp.spmatrix) -> torch.Tensor:
     return torch.from_numpy(np.log(totals / totals.sum())).float()
 
 
+def _library_moments(data: CellData, n_batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and sd of the log library size per batch (the starting point of the library model)."""
+    log_lib = np.log(data.library)
+    codes = data.batch_index
+    locs, scales = [], []
+    for b in range(max(n_batches, 1)):
+        values = log_lib[codes == b] if np.any(codes == b) else log_lib
+        locs.append(values.mean())
+        scales.append(values.std() if len(values) > 1 else 0.5)
+    return torch.tensor(locs), torch.tensor(scales)
+
+
 def _initial_effects(data: CellData, response_rate: float) -> torch.Tensor:
     """Method-of-moments start for the effects: per target, the log ratio of each gene's expression share in its
-    cells to that in control cells, inverted through the responder/escaper mixture (a rate ``response_rate``)."""
+    cells to that in control cells, inverted through the responder/escaper mixture (a rate ``response_rate``).
+    """
     design = sp.csr_matrix(data.perturbation)
     counts = data.counts if sp.issparse(data.counts) else sp.csr_matrix(data.counts)
     control = (data.perturbation.sum(1) == 0).astype(np.float64)
@@ -139,6 +152,7 @@ class PerturbationModel:
             efficacy=kw["efficacy"],
             mask_prior=kw["mask_prior"],
             effect_df=kw["effect_df"],
+            library_init=_library_moments(data, n_batches),
         )
         effects = _initial_effects(data, float(torch.sigmoid(self.program.efficacy_logit.detach()[0])))
         with torch.no_grad():

@@ -10,6 +10,8 @@ EFFECT = "effect"
 """Per-target effect on the decoder's gene logits, shape ``(targets, genes)``."""
 EFFECT_MASK = "effect_mask"
 """Per-target, per-gene inclusion of the effect (spike-and-slab), shape ``(targets, genes)``."""
+LIBRARY = "library"
+"""Per-cell log total counts, observed, shape ``(cells,)``; a knockout may shift it (``library_effect``)."""
 COUNTS = "x"
 """Observed UMI counts, shape ``(cells, genes)``."""
 
@@ -17,7 +19,7 @@ CELLS_PLATE = "cells"
 TARGETS_PLATE = "targets"
 GENES_PLATE = "genes"
 
-LOCAL_SITES = (Z_BASAL, PERTURBATION, EFFICACY, COUNTS)
+LOCAL_SITES = (Z_BASAL, PERTURBATION, EFFICACY, LIBRARY, COUNTS)
 """Sites inside the ``cells`` plate (scaled by ``n_cells / batch_size`` under subsampling)."""
 GLOBAL_SITES = (EFFECT, EFFECT_MASK)
 """Sites outside the ``cells`` plate (counted once per step)."""
