@@ -47,8 +47,10 @@ def _library_moments(data: CellData, n_batches: int) -> tuple[torch.Tensor, torc
 
 
 def _initial_effects(data: CellData, response_rate: float) -> torch.Tensor:
-    """Method-of-moments start for the effects: per target, the log ratio of each gene's expression share in its
-    cells to that in control cells, inverted through the responder/escaper mixture (a rate ``response_rate``).
+    """Method-of-moments start for the effects.
+
+    Per target, the log ratio of each gene's expression share in its cells to that in control cells, inverted
+    through the responder/escaper mixture with response rate ``response_rate``.
     """
     design = sp.csr_matrix(data.perturbation)
     counts = data.counts if sp.issparse(data.counts) else sp.csr_matrix(data.counts)
