@@ -37,7 +37,6 @@ def simulate_label_means(
     *,
     n_samples: int,
     responders: bool = False,
-    max_elements: int = 2**25,
 ) -> torch.Tensor:
     """Posterior draws of the mean log-normalised expression of ``population`` under each design.
 
@@ -54,8 +53,6 @@ def simulate_label_means(
         Posterior draws.
     responders
         Intervene on ``efficacy = 1`` as well (the effect among cells where the knockout took).
-    max_elements
-        Largest ``labels x cells x genes`` block simulated at once (memory bound).
 
     Returns
     -------
@@ -64,7 +61,6 @@ def simulate_label_means(
     n = population["idx"].shape[0]
     n_labels = designs.shape[0]
     n_genes = population["counts"].shape[1]
-    per_chunk = max(1, max_elements // max(1, n * n_genes))
     args = (
         population["counts"],
         population["perturbation"],
@@ -81,23 +77,18 @@ def simulate_label_means(
             for site in (EFFECT, EFFECT_MASK):
                 if site in guide_trace.nodes:
                     fixed[site] = guide_trace.nodes[site]["value"]
-            for start in range(0, n_labels, per_chunk):
-                block = designs[start : start + per_chunk]
-                n_block = block.shape[0]
-                rep = {Z_BASAL: fixed[Z_BASAL].repeat(n_block, 1)} | {k: v for k, v in fixed.items() if k != Z_BASAL}
-                action = {PERTURBATION: block.repeat_interleave(n, dim=0)}
+            conditioned = poutine.condition(program, data=fixed)
+            # Common random numbers: every arm of this draw replays the same random stream, so the efficacy
+            # draws and the gamma-Poisson count noise are shared across arms and cancel in the differences.
+            draw_seed = int(torch.randint(0, 2**62, ()))
+            for label in range(n_labels):
+                action = {PERTURBATION: designs[label].expand(n, -1)}
                 if responders:
-                    action[EFFICACY] = torch.ones(n_block * n)
-                intervened = poutine.do(poutine.condition(program, data=rep), data=action)
-                counts = intervened(  # prediction
-                    None,
-                    population["perturbation"].repeat(n_block, 1),
-                    population["batch_index"].repeat(n_block),
-                    population["library"].repeat(n_block),
-                    torch.arange(n_block * n),
-                    n_block * n,
-                )
-                out[s, start : start + n_block] = log_normalise(counts).reshape(n_block, n, n_genes).mean(1)
+                    action[EFFICACY] = torch.ones(n)
+                with torch.random.fork_rng():
+                    torch.manual_seed(draw_seed)
+                    counts = poutine.do(conditioned, data=action)(None, *args[1:])  # action, prediction
+                out[s, label] = log_normalise(counts).mean(0)
     return out
 
 
