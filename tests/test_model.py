@@ -23,7 +23,7 @@ def _first_batch(model, batch_size=64):
 
 
 def test_plate_scaling(tiny_adata):
-    model = pertpyro.PerturbationModel(tiny_adata, latent_dim=3)
+    model = pertpyro.PerturbationModel(tiny_adata, latent_dim=3, sparse_effects=True)
     args = _first_batch(model)
     with pertpyro.local_params():
         guide_trace = poutine.trace(model.guide).get_trace(*args)
@@ -94,8 +94,9 @@ def test_training_is_deterministic_under_seed(tiny_adata):
     pd.testing.assert_frame_equal(a.ate("A", n_samples=3), b.ate("A", n_samples=3))
 
 
-def test_save_load_same_predictions(tiny_adata, tmp_path):
-    model = pertpyro.PerturbationModel(tiny_adata, latent_dim=3)
+@pytest.mark.parametrize("sparse_effects", [False, True])
+def test_save_load_same_predictions(tiny_adata, tmp_path, sparse_effects):
+    model = pertpyro.PerturbationModel(tiny_adata, latent_dim=3, sparse_effects=sparse_effects)
     model.train(**FAST)
     before = model.ate(["A", "A+B"], n_samples=4, seed=2)
     model.save(tmp_path / "run")

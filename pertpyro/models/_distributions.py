@@ -43,8 +43,9 @@ class NegativeBinomialLogMean(TorchDistribution):
 
     def expand(self, batch_shape: torch.Size, _instance: NegativeBinomialLogMean | None = None):
         new = self._get_checked_instance(NegativeBinomialLogMean, _instance)
-        new.log_mean = self.log_mean.expand(batch_shape)
-        new.log_theta = self.log_theta.expand(batch_shape)
+        # Parameters stay at their own shapes (broadcast happens in log_prob), so an expansion by Pyro's plates
+        # does not multiply the log-gamma work.
+        new.log_mean, new.log_theta = self.log_mean, self.log_theta
         super(NegativeBinomialLogMean, new).__init__(torch.Size(batch_shape), validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -55,7 +56,8 @@ class NegativeBinomialLogMean(TorchDistribution):
         theta = self.log_theta.exp()
         normaliser = torch.lgamma(value + theta) - torch.lgamma(theta) - torch.lgamma(value + 1.0)  # counts' shape
         log_total = torch.logaddexp(self.log_theta, self.log_mean)
-        return normaliser + theta * (self.log_theta - log_total) + value * (self.log_mean - log_total)
+        out = normaliser + theta * (self.log_theta - log_total) + value * (self.log_mean - log_total)
+        return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
 
     def sample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
