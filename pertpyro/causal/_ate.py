@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pyro
 import torch
-from pyro import poutine
 
 from pertpyro._settings import local_params
+from pertpyro.causal._counterfactual import abduct, intervene
 from pertpyro.data._registry import Registry, design_matrix
-from pertpyro.models._sites import EFFECT, EFFECT_MASK, EFFICACY, PERTURBATION, Z_BASAL
+from pertpyro.models._sites import EFFICACY, PERTURBATION
 
 
 def log_normalise(counts: torch.Tensor) -> torch.Tensor:
@@ -59,27 +59,13 @@ def simulate_label_means(
     Tensor ``(n_samples, L, G)``.
     """
     n = population["idx"].shape[0]
-    n_labels = designs.shape[0]
-    n_genes = population["counts"].shape[1]
-    args = (
-        population["counts"],
-        population["perturbation"],
-        population["batch_index"],
-        population["library"],
-        torch.arange(n),
-        n,
-    )
+    n_labels, n_genes = designs.shape[0], population["counts"].shape[1]
     out = torch.empty(n_samples, n_labels, n_genes)
     with local_params():
         for s in range(n_samples):
-            guide_trace = poutine.trace(guide).get_trace(*args)  # abduction
-            fixed = {Z_BASAL: guide_trace.nodes[Z_BASAL]["value"]}
-            for site in (EFFECT, EFFECT_MASK):
-                if site in guide_trace.nodes:
-                    fixed[site] = guide_trace.nodes[site]["value"]
-            conditioned = poutine.condition(program, data=fixed)
+            latents = abduct(guide, population)
             # Common random numbers: every arm of this draw replays the same random stream, so the efficacy
-            # draws and the gamma-Poisson count noise are shared across arms and cancel in the differences.
+            # draws and the gamma-Poisson count noise are shared across arms and largely cancel in differences.
             draw_seed = int(torch.randint(0, 2**62, ()))
             for label in range(n_labels):
                 action = {PERTURBATION: designs[label].expand(n, -1)}
@@ -87,7 +73,7 @@ def simulate_label_means(
                     action[EFFICACY] = torch.ones(n)
                 with torch.random.fork_rng():
                     torch.manual_seed(draw_seed)
-                    counts = poutine.do(conditioned, data=action)(None, *args[1:])  # action, prediction
+                    counts = intervene(program, latents, population, action)
                 out[s, label] = log_normalise(counts).mean(0)
     return out
 

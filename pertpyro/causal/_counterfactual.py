@@ -1,0 +1,60 @@
+"""The counterfactual engine: abduction (guide), action (``pyro.poutine.do``), prediction (model replay).
+
+Interventions are given by site name and value (``{"perturbation": design, "efficacy": 1.0}``); the engine turns
+them into tensors for the cells of a minibatch. Every query of pertpyro that asks "what if" goes through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from pyro import poutine
+
+from pertpyro.models._sites import EFFECT, EFFECT_MASK, EFFICACY, PERTURBATION, Z_BASAL
+
+INTERVENABLE_SITES = (PERTURBATION, EFFICACY)
+"""Sites of the current model that ``do`` accepts (more arrive with the artifact and GRN blocks)."""
+
+
+def program_inputs(batch: dict[str, torch.Tensor]) -> tuple:
+    """Model/guide arguments for a batch of cells treated as a data set of their own."""
+    n = batch["idx"].shape[0]
+    return batch["counts"], batch["perturbation"], batch["batch_index"], batch["library"], torch.arange(n), n
+
+
+def abduct(guide: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One posterior draw of the latent sites given the cells' factual data: ``z_basal`` and the global sites."""
+    trace = poutine.trace(guide).get_trace(*program_inputs(batch))
+    return {name: trace.nodes[name]["value"] for name in (Z_BASAL, EFFECT, EFFECT_MASK) if name in trace.nodes}
+
+
+def intervene(
+    program: torch.nn.Module,
+    latents: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    action: Mapping[str, torch.Tensor],
+) -> torch.Tensor:
+    """Counts of the cells of ``batch`` under ``poutine.do(action)``, given the abducted ``latents``.
+
+    Parameters
+    ----------
+    program
+        The model.
+    latents
+        Values of latent sites from :func:`abduct` (held fixed: the cells keep their basal states).
+    batch
+        The cells' factual data (the factual perturbation and depth enter the model as observed).
+    action
+        Site name to intervened value, each broadcastable to the site's shape for these cells.
+
+    Returns
+    -------
+    Simulated counts ``(cells, genes)``.
+    """
+    unknown = sorted(set(action) - set(INTERVENABLE_SITES))
+    if unknown:
+        raise ValueError(f"Cannot intervene on {unknown}: this model's intervenable sites are {INTERVENABLE_SITES}.")
+    args = program_inputs(batch)
+    conditioned = poutine.condition(program, data=latents)
+    return poutine.do(conditioned, data=dict(action))(None, *args[1:])
