@@ -37,6 +37,7 @@ def simulate_label_means(
     *,
     n_samples: int,
     responders: bool = False,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Posterior draws of the mean log-normalised expression of ``population`` under each design.
 
@@ -53,6 +54,9 @@ def simulate_label_means(
         Posterior draws.
     responders
         Intervene on ``efficacy = 1`` as well (the effect among cells where the knockout took).
+    weights
+        Optional ``(L, cells)`` weights of the population cells in each arm's mean (e.g. to match an arm's batch
+        composition); uniform when ``None``.
 
     Returns
     -------
@@ -74,7 +78,8 @@ def simulate_label_means(
                 with torch.random.fork_rng():
                     torch.manual_seed(draw_seed)
                     counts = intervene(program, latents, population, action)
-                out[s, label] = log_normalise(counts).mean(0)
+                values = log_normalise(counts)
+                out[s, label] = values.mean(0) if weights is None else weights[label] @ values / weights[label].sum()
     return out
 
 
@@ -106,6 +111,7 @@ def average_treatment_effect(
     n_samples: int = 100,
     ci: float = 0.9,
     responders: bool = False,
+    weights: np.ndarray | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Shift of mean ``log1p(1e4 x / sum x)`` under each perturbation label against control.
@@ -126,6 +132,9 @@ def average_treatment_effect(
         Mass of the equal-tailed credible interval.
     responders
         Effect among responders (``efficacy = 1``) instead of intent-to-treat.
+    weights
+        Optional ``(labels, cells)`` weights of the population cells in each label's arm (the control arm is
+        unweighted).
     seed
         Seed of this query; the global RNG state is left untouched.
 
@@ -145,6 +154,11 @@ def average_treatment_effect(
     )
     with torch.random.fork_rng():
         pyro.set_rng_seed(seed)
-        means = simulate_label_means(program, guide, population, designs, n_samples=n_samples, responders=responders)
+        arm_weights = None
+        if weights is not None:
+            arm_weights = torch.cat([torch.ones(1, weights.shape[1]), torch.as_tensor(weights, dtype=torch.float32)])
+        means = simulate_label_means(
+            program, guide, population, designs, n_samples=n_samples, responders=responders, weights=arm_weights
+        )
     shifts = means[:, 1:] - means[:, :1]
     return ate_table(shifts, labels, registry.genes, ci=ci)

@@ -5,13 +5,16 @@ Counts stay in their original (sparse CSR or dense) form; each minibatch slices 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.distributed as dist
 from anndata import AnnData
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from pertpyro.data._registry import Registry, batch_codes, design_matrix, get_counts, perturbation_labels
 
@@ -69,15 +72,129 @@ class CellData(Dataset):
         }
 
 
+class DistributedBatchSampler(Sampler[list[int]]):
+    """Minibatches of one process's share of the cells, for multi-process (DDP) training.
+
+    Every epoch the cells are put in one order shared by all processes (a permutation seeded by ``seed`` and the
+    epoch when ``shuffle``, else the data order), cut into ``num_replicas`` disjoint shards whose sizes differ by at
+    most one, and this process's shard into the same number of minibatches on every process (DDP needs equal step
+    counts). So in one epoch the processes together see every cell exactly once. Batches hold at most
+    ``batch_size`` cells (``batch_size + 1`` when the shards differ in size); the ``cells`` plate scales each by its
+    own size, so every step stays an unbiased estimate of the full-data ELBO.
+
+    Parameters
+    ----------
+    n_cells
+        Number of cells of the dataset.
+    batch_size
+        Cells per minibatch (at most; see above).
+    shuffle
+        Random order every epoch (training) or the data order (validation).
+    seed
+        Seed of the order; must be the same on every process.
+    num_replicas, rank
+        Number of processes and this process's rank; ``None`` reads them from ``torch.distributed`` when each epoch
+        starts (one process when it is not initialised), so the sampler can be built before the processes are.
+    """
+
+    def __init__(
+        self,
+        n_cells: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        if (num_replicas is None) != (rank is None):
+            raise ValueError("Give both num_replicas and rank, or neither.")
+        if num_replicas is not None and not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must lie in [0, {num_replicas}), got {rank}.")
+        self.n_cells, self.batch_size, self.shuffle, self.seed = n_cells, batch_size, shuffle, seed
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` (Lightning calls this at the start of every epoch)."""
+        self.epoch = epoch
+
+    def _world(self) -> tuple[int, int]:
+        if self.num_replicas is not None:
+            return self.num_replicas, self.rank
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
+
+    def __len__(self) -> int:
+        world, _ = self._world()
+        return max(1, math.ceil((self.n_cells // world) / self.batch_size))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        world, rank = self._world()
+        if self.n_cells < world:
+            raise ValueError(f"{self.n_cells} cells cannot be split across {world} processes.")
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_cells)
+        else:
+            order = np.arange(self.n_cells)
+        shard = np.array_split(order, world)[rank]
+        for batch in np.array_split(shard, len(self)):
+            yield batch.tolist()
+
+
 def make_loader(
-    data: CellData, *, batch_size: int, shuffle: bool, seed: int = 0, pin_memory: bool = False
+    data: CellData,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    pin_memory: bool = False,
+    distributed: bool = False,
 ) -> DataLoader:
-    """Minibatch loader over ``data``: one sampler draw is a whole batch, sliced in one vectorised call."""
+    """Minibatch loader over ``data``: one sampler draw is a whole batch, sliced in one vectorised call.
+
+    ``distributed=True`` gives each process of a multi-process run its own shard of the cells
+    (:class:`DistributedBatchSampler`).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    base = RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(data)
-    sampler = BatchSampler(base, batch_size=batch_size, drop_last=False)
+    if distributed:
+        sampler = DistributedBatchSampler(len(data), batch_size, shuffle=shuffle, seed=seed)
+    else:
+        base = (
+            RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(data)
+        )
+        sampler = BatchSampler(base, batch_size=batch_size, drop_last=False)
     return DataLoader(data, sampler=sampler, batch_size=None, pin_memory=pin_memory)
+
+
+def shard_loader(loader: DataLoader) -> DataLoader:
+    """The loader ``loader`` made by :func:`make_loader`, with each process of a multi-process run on its own shard.
+
+    Same dataset, batch size, order (shuffled or not) and seed.
+    """
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedBatchSampler):
+        return loader
+    if not (isinstance(sampler, BatchSampler) and isinstance(sampler.sampler, (RandomSampler, SequentialSampler))):
+        raise TypeError(
+            "Multi-process training needs loaders made by pertpyro's make_loader (or with a "
+            f"DistributedBatchSampler as sampler), got a sampler of type {type(sampler).__name__}."
+        )
+    shuffle = isinstance(sampler.sampler, RandomSampler)
+    generator = sampler.sampler.generator if shuffle else None
+    seed = generator.initial_seed() if generator is not None else 0
+    return make_loader(
+        loader.dataset,
+        batch_size=sampler.batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        pin_memory=loader.pin_memory,
+        distributed=True,
+    )
 
 
 def program_args(batch: dict[str, torch.Tensor], n_cells: int, *, with_counts: bool = True) -> ProgramArgs:

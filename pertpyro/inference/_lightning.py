@@ -8,16 +8,18 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pandas as pd
 import pyro
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 from pyro.infer import TraceEnum_ELBO
 from torch.utils.data import DataLoader
 
 from pertpyro._settings import local_params
-from pertpyro.data._loader import program_args
+from pertpyro.data._loader import program_args, shard_loader
 from pertpyro.models._program import MAX_PLATE_NESTING
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,11 @@ class SVIModule(pl.LightningModule):
 
     The loss is ``-ELBO / n_cells`` (per cell), estimated on a minibatch with the ``cells`` plate subsampled, so
     local sites are scaled by ``n_cells / batch_size`` inside Pyro and global sites counted once.
+
+    With several processes (DDP) each process draws its minibatches from its own shard of the cells, but the plate
+    size stays ``n_train``: every process's loss is an unbiased estimate of the full-data ELBO per cell, and DDP's
+    average of their gradients is one too. Each process then draws its own Monte-Carlo noise (seeded by ``seed``
+    and its rank), and the logged epoch losses are averaged across processes.
 
     Parameters
     ----------
@@ -43,6 +50,8 @@ class SVIModule(pl.LightningModule):
         Adam learning rate.
     validate
         Run Pyro's and torch's argument and shape checks in every step (slower; the tests turn it on).
+    seed
+        Seed of the Monte-Carlo draws of each process in a multi-process run (one process keeps the global RNG).
     """
 
     def __init__(
@@ -54,9 +63,11 @@ class SVIModule(pl.LightningModule):
         n_val: int,
         lr: float,
         validate: bool = False,
+        seed: int = 0,
     ):
         super().__init__()
-        self.validate = validate
+        self.validate, self.seed = validate, seed
+        self._sync_dist = False  # average logged losses across processes (set in setup when there are several)
         self.program, self.guide = program, guide
         self.n_train, self.n_val, self.lr = n_train, n_val, lr
         self.elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
@@ -65,9 +76,23 @@ class SVIModule(pl.LightningModule):
         with local_params(), pyro.validation_enabled(self.validate):
             return self.elbo.differentiable_loss(self.program, self.guide, *program_args(batch, n_cells)) / n_cells
 
+    def setup(self, stage: str) -> None:
+        world_size = self.trainer.world_size
+        self._sync_dist = world_size > 1
+        if world_size > 1:  # independent Monte-Carlo noise per process, reproducible
+            pyro.set_rng_seed(int(np.random.SeedSequence([self.seed, self.trainer.global_rank]).generate_state(1)[0]))
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch, self.n_train)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["idx"].shape[0])
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["idx"].shape[0],
+            sync_dist=self._sync_dist,  # only at the end of the epoch (on_step=False): no sync in the step
+        )
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -75,14 +100,30 @@ class SVIModule(pl.LightningModule):
         # much per cell as in the training loss and the two are comparable. No gradients: the plain estimate.
         with local_params():
             loss = self.elbo.loss(self.program, self.guide, *program_args(batch, self.n_train)) / self.n_train
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["idx"].shape[0])
+        self.log(
+            "val_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["idx"].shape[0],
+            sync_dist=self._sync_dist,
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
+_HISTORY_KEY = "_pertpyro_history"
+_HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss"]
+
+
 class History(Callback):
-    """Collects the epoch losses (one host sync per epoch) and stops on a non-finite loss."""
+    """Collects the epoch losses (one host sync per epoch) and stops on a non-finite loss.
+
+    In spawned worker processes (``strategy="ddp_spawn"``) the rows go back to the main process as a tensor among
+    the trainer's ``callback_metrics``, which Lightning returns from rank 0 (see :meth:`recover`).
+    """
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
@@ -93,9 +134,40 @@ class History(Callback):
         if not all(math.isfinite(v) for v in metrics.values()):
             raise FloatingPointError(f"The ELBO became {metrics} at epoch {trainer.current_epoch}; lower lr.")
 
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:
+            table = [[row.get(c, math.nan) for c in _HISTORY_COLUMNS] for row in self.rows]
+            trainer.callback_metrics[_HISTORY_KEY] = torch.tensor(table, dtype=torch.float64).reshape(-1, 3)
+
+    def recover(self, trainer: pl.Trainer) -> None:
+        """Take the rows from the trainer's metrics if the epochs ran in other processes (and drop them there)."""
+        table = trainer.callback_metrics.pop(_HISTORY_KEY, None)
+        if table is not None and not self.rows:
+            self.rows = [
+                {
+                    "epoch": int(row[0]),
+                    **{c: v for c, v in zip(_HISTORY_COLUMNS[1:], row[1:], strict=True) if math.isfinite(v)},
+                }
+                for row in table.tolist()
+            ]
+
     def frame(self) -> pd.DataFrame:
         """Losses per epoch."""
-        return pd.DataFrame(self.rows, columns=["epoch", "train_loss", "val_loss"])
+        return pd.DataFrame(self.rows, columns=_HISTORY_COLUMNS)
+
+
+_DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def _ddp_allowing_unused(strategy: str | Strategy) -> str | Strategy:
+    """The DDP strategy named ``strategy`` with ``find_unused_parameters=True`` (other strategies unchanged).
+
+    Some parameters get no gradient in a model configuration (the effect-mask logits without sparse effects),
+    which plain DDP rejects.
+    """
+    if isinstance(strategy, str) and strategy in _DDP_STRATEGIES:
+        return f"{strategy}_find_unused_parameters_true"
+    return strategy
 
 
 def fit(
@@ -106,7 +178,7 @@ def fit(
     max_epochs: int,
     accelerator: str = "auto",
     devices: int | str = "auto",
-    strategy: str = "auto",
+    strategy: str | Strategy = "auto",
     early_stopping: bool = True,
     patience: int = 20,
     log_dir: str | Path | None = None,
@@ -129,7 +201,13 @@ def fit(
     devices
         Lightning devices.
     strategy
-        Lightning strategy (``"ddp"`` for several GPUs).
+        Lightning strategy. Several devices (``devices=2``, or ``"auto"`` on a multi-GPU machine) run data-parallel
+        (DDP): each process trains on its own shard of the cells, gradients are averaged. ``"ddp"`` re-runs the
+        calling script in each process (rank 0 is the calling process); ``"ddp_spawn"`` starts workers from this
+        process (which needs an ``if __name__ == "__main__":`` guard) and copies the trained rank-0 weights and the
+        loss history back here; ``"ddp_notebook"`` forks, for notebooks. The DDP strategies named by a string allow
+        parameters without a gradient (the effect-mask logits when ``sparse_effects=False``); a ``DDPStrategy``
+        object is used as given.
     early_stopping
         Stop when the validation loss has not improved for ``patience`` epochs.
     patience
@@ -151,20 +229,26 @@ def fit(
     level = lightning_logger.level
     lightning_logger.setLevel(logging.WARNING)  # no banner about absent TPUs in the user's log
     csv_logger = CSVLogger(str(log_dir), name="", version="") if log_dir is not None else False
-    trainer = pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        callbacks=callbacks,
-        logger=csv_logger,
-        enable_checkpointing=False,
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        deterministic=False,
-    )
+    trainer_kwargs = {
+        "max_epochs": max_epochs,
+        "accelerator": accelerator,
+        "devices": devices,
+        "callbacks": callbacks,
+        "logger": csv_logger,
+        "use_distributed_sampler": False,  # the loaders shard the cells themselves (below)
+        "enable_checkpointing": False,
+        "enable_progress_bar": progress_bar,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 1,
+        "deterministic": False,
+    }
+    trainer = pl.Trainer(strategy=_ddp_allowing_unused(strategy), **trainer_kwargs)
+    if strategy == "auto" and isinstance(trainer.strategy, DDPStrategy):  # Lightning chose DDP for several devices
+        forked = trainer.strategy.launcher is not None and trainer.strategy.launcher.is_interactive_compatible
+        trainer = pl.Trainer(strategy=_ddp_allowing_unused("ddp_fork" if forked else "ddp"), **trainer_kwargs)
+    if trainer.num_devices * trainer.num_nodes > 1:
+        train_loader, val_loader = shard_loader(train_loader), shard_loader(val_loader)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -173,5 +257,6 @@ def fit(
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     finally:
         lightning_logger.setLevel(level)
+    history.recover(trainer)
     module.to("cpu")
     return history.frame()

@@ -227,7 +227,7 @@ class PerturbationModel:
             train_data, val_data = self._data, CellData(validation_adata, self.registry)
         if max_epochs is None:
             max_epochs = int(min(400, max(50, 2_000_000 // len(train_data))))
-        module = SVIModule(self.program, self.guide, n_train=len(train_data), n_val=len(val_data), lr=lr)
+        module = SVIModule(self.program, self.guide, n_train=len(train_data), n_val=len(val_data), lr=lr, seed=seed)
         train_loader = make_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed)
         val_loader = make_loader(val_data, batch_size=max(batch_size, 2048), shuffle=False)
         logger.info(
@@ -274,6 +274,7 @@ class PerturbationModel:
         responders: bool = False,
         cells: AnnData | None = None,
         max_cells: int | None = 2000,
+        match_batches: bool = False,
         seed: int = 0,
     ) -> pd.DataFrame:
         """Average treatment effect of perturbations against control, with credible intervals.
@@ -296,6 +297,11 @@ class PerturbationModel:
             Population whose basal states are used (default: the training data's control cells).
         max_cells
             Subsample the population to at most this many cells (``None``: all).
+        match_batches
+            Weight the population in each label's arm to the batch composition of that label's training cells
+            (labels never observed keep the population's composition). The result is then the shift a screen
+            observes between the label's cells and controls, including differences in their batch make-up;
+            by default the batch-standardised effect (both arms at the population's composition).
         seed
             Seed of the Monte-Carlo draws.
 
@@ -309,6 +315,7 @@ class PerturbationModel:
         elif isinstance(perturbations, str):
             perturbations = [perturbations]
         population = self._population(cells, max_cells, seed)
+        weights = self._batch_weights(perturbations, population) if match_batches else None
         return average_treatment_effect(
             self.program,
             self.guide,
@@ -318,6 +325,7 @@ class PerturbationModel:
             n_samples=n_samples,
             ci=ci,
             responders=responders,
+            weights=weights,
             seed=seed,
         )
 
@@ -391,9 +399,27 @@ class PerturbationModel:
         out.uns["pertpyro_do"] = {k: str(v) for k, v in do.items()}
         return out
 
+    def _batch_weights(self, labels: Sequence[str], population: dict[str, torch.Tensor]) -> np.ndarray:
+        """Per-label weights of population cells matching each label's training batch composition."""
+        codes = population["batch_index"].numpy()
+        n_batches = max(self.registry.n_batches, 1)
+        base = np.bincount(codes, minlength=n_batches) / len(codes)
+        train_labels = perturbation_labels(self.adata, self.registry)
+        out = np.ones((len(labels), len(codes)))
+        for i, label in enumerate(labels):
+            rows = train_labels == label
+            if rows.any():
+                share = np.bincount(self._data.batch_index[rows], minlength=n_batches) / rows.sum()
+                out[i] = share[codes] / np.maximum(base[codes], 1e-12)
+        return out
+
     def predict_shift(self, labels: Sequence[str], *, n_samples: int = 30, seed: int = 0) -> pd.DataFrame:
-        """Posterior-mean shift per label, as a ``labels x genes`` DataFrame (what :mod:`pertpyro.evaluate` reads)."""
-        table = self.ate(list(labels), n_samples=n_samples, seed=seed)
+        """Posterior-mean observed shift per label, ``labels x genes`` (what :mod:`pertpyro.evaluate` reads).
+
+        The shift a held-out sample of the label's cells will show against control cells: the ATE with each arm
+        at its own batch composition (``ate(..., match_batches=True)``).
+        """
+        table = self.ate(list(labels), n_samples=n_samples, seed=seed, match_batches=True)
         wide = table.pivot(index="perturbation", columns="gene", values="mean")
         return wide.loc[list(labels), list(self.registry.genes)]
 
