@@ -161,3 +161,22 @@ def test_predictive_with_site_names(tiny_adata):
         out = predictive(args.counts, *args[1:])
     assert out[sites.EFFECT].shape == (4, 1, 3, 30) or out[sites.EFFECT].shape == (4, 3, 30)
     assert out[sites.COUNTS].shape[-2:] == (50, 30)
+
+
+def test_batch_weights_match_label_composition(tiny_adata):
+    adata = tiny_adata.copy()
+    labels = adata.obs["perturbation"].to_numpy()
+    adata.obs["batch"] = np.where(labels == "A", "b1", adata.obs["batch"].to_numpy())  # every A cell in batch b1
+    pertpyro.setup_anndata(adata, batch_key="batch")
+    model = pertpyro.PerturbationModel(adata, latent_dim=2)
+    population = model._population(None, None, 0)
+    weights = model._batch_weights(["A", "B", "A+C"], population)
+    codes = population["batch_index"].numpy()
+    b1 = model.registry.batches.index("b1")
+    # A lives only in b1: control cells of b2 get weight 0, those of b1 weight 1 / P(b1 among controls)
+    np.testing.assert_allclose(weights[0][codes != b1], 0.0)
+    np.testing.assert_allclose(weights[0][codes == b1], 1.0 / np.mean(codes == b1))
+    # an unseen combination keeps the controls' own composition
+    np.testing.assert_allclose(weights[2], 1.0)
+    # weighted composition of the A arm equals A's composition
+    assert np.isclose(np.average(codes == b1, weights=weights[0]), 1.0)
