@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from pertpyro import datasets, evaluate, pp
+from pertpyro import datasets, evaluate, plotting, pp
 from pertpyro._settings import local_params, set_seed
 from pertpyro.data import Registry, get_registry, setup_anndata
 from pertpyro.models import PerturbationModel

@@ -163,14 +163,13 @@ def evaluate(run_dir: str | Path) -> pd.DataFrame:
     parts = _subsets(adata, split)
     model = PerturbationModel.load(run_dir, parts["train"])
     ev = config["evaluate"]
-    original = model.predict_shift
-    model.predict_shift = lambda labels: original(labels, n_samples=ev["n_samples"])  # the config's draws
     table = evaluation.ate_metrics(
         model,
         parts["test"],
         adata_train=parts["train"],
         top_k=ev["top_k"],
         reference=("control", "perturbed"),
+        predict_kwargs={"n_samples": ev["n_samples"]},
         iwelbo=False,
     )
     table.insert(len(table.columns), "iwelbo", float("nan"))

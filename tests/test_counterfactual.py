@@ -9,8 +9,7 @@ import pertpyro
 @pytest.fixture(scope="module")
 def trained():
     pertpyro.set_seed(0)
-    adata = pertpyro.datasets.simulate(n_cells=1500, n_genes=40, n_targets=4, n_combinations=1, seed=2,
-                                       n_truth_cells=0)
+    adata = pertpyro.datasets.simulate(n_cells=1500, n_genes=40, n_targets=4, n_combinations=1, seed=2, n_truth_cells=0)
     pertpyro.setup_anndata(adata, batch_key="batch")
     model = pertpyro.PerturbationModel(adata, latent_dim=3, seed=0)
     model.train(max_epochs=25, batch_size=256, lr=1e-2, progress_bar=False)

@@ -17,8 +17,6 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlsplit
 from urllib.request import Request, urlopen
 
-from tqdm.auto import tqdm
-
 logger = logging.getLogger(__name__)
 
 #: Environment variable that overrides the default cache directory.
@@ -95,6 +93,13 @@ def read_sidecar(path: str | os.PathLike[str]) -> str | None:
         return None
     digest = text.split()[0].lower() if text else ""
     return digest if _SHA256_RE.match(digest) else None
+
+
+def _progress_bar():
+    """tqdm, imported only when a download starts (keeps ``import pertpyro`` quiet in notebooks)."""
+    from tqdm.auto import tqdm
+
+    return tqdm
 
 
 def fetch(
@@ -232,7 +237,7 @@ def _download(url: str, part: Path, *, dest: Path, progress: bool, timeout: floa
         try:
             with (
                 open(part, mode) as fh,
-                tqdm(
+                _progress_bar()(
                     total=total,
                     initial=offset,
                     unit="B",

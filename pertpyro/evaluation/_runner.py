@@ -28,16 +28,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_BASELINES = ("no_change", "training_mean", "shrunk_training_mean", "additive")
 
 
-def _model_predictions(model: Any, labels: list[str]) -> pd.DataFrame:
+def _model_predictions(model: Any, labels: list[str], **kwargs: Any) -> pd.DataFrame:
     """``model.predict_shift(labels)``; if it refuses the batch, label by label with NaN for refused labels."""
     try:
-        return pd.DataFrame(model.predict_shift(list(labels)))
+        return pd.DataFrame(model.predict_shift(list(labels), **kwargs))
     except ValueError as err:
         logger.warning("model.predict_shift refused the labels (%s); retrying label by label.", err)
     rows, failed = [], []
     for label in labels:
         try:
-            rows.append(pd.DataFrame(model.predict_shift([label])).loc[[label]])
+            rows.append(pd.DataFrame(model.predict_shift([label], **kwargs)).loc[[label]])
         except ValueError:
             failed.append(label)
     if failed:
@@ -96,6 +96,7 @@ def ate_metrics(
     iwelbo: bool = True,
     model_name: str | None = None,
     strong_threshold: float = 2.0,
+    predict_kwargs: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Score a model's predicted average treatment effects, and the baselines', on held-out cells.
 
@@ -134,6 +135,8 @@ def ate_metrics(
         Method name of the model's rows (default: its class name).
     strong_threshold
         Signal-to-noise threshold of the default strong subset.
+    predict_kwargs
+        Keyword arguments of ``model.predict_shift`` (e.g. ``{"n_samples": 100}``).
 
     Returns
     -------
@@ -173,7 +176,7 @@ def ate_metrics(
     predictions: dict[str, pd.DataFrame] = {}
     if model is not None:
         model_name = model_name or type(model).__name__
-        predictions[model_name] = _model_predictions(model, labels)
+        predictions[model_name] = _model_predictions(model, labels, **dict(predict_kwargs or {}))
     for name, fn in baseline_fns.items():
         predictions[name] = pd.DataFrame(fn(adata_train, labels))
 
