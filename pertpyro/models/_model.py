@@ -48,10 +48,11 @@ def _library_moments(data: CellData, n_batches: int) -> tuple[torch.Tensor, torc
 
 
 def _initial_effects(data: CellData, response_rate: float) -> torch.Tensor:
-    """Method-of-moments start for the effects.
+    """Method-of-moments estimates of the effects, used to start the per-gene prior scale ``sigma_g``.
 
     Per target, the log ratio of each gene's expression share in its cells to that in control cells, inverted
-    through the responder/escaper mixture with response rate ``response_rate``.
+    through the responder/escaper mixture with response rate ``response_rate``. (The guide's effect means start
+    at zero; starting them here too is untested.)
     """
     design = sp.csr_matrix(data.perturbation)
     counts = data.counts if sp.issparse(data.counts) else sp.csr_matrix(data.counts)
@@ -159,7 +160,7 @@ class PerturbationModel:
             library_init=_library_moments(data, n_batches),
         )
         effects = _initial_effects(data, float(torch.sigmoid(self.program.efficacy_logit.detach()[0])))
-        with torch.no_grad():
+        with torch.no_grad():  # sigma_g starts at the root-mean-square of the moment estimates across targets
             self.program.effect_prior_raw_scale.copy_(_inverse_softplus(effects.pow(2).mean(0).sqrt().clamp(0.05, 2.0)))
         self.guide = PerturbationGuide(
             self.program, n_batches, n_hidden=kw["n_hidden"], encode_perturbation=kw["encode_perturbation"]
