@@ -208,23 +208,26 @@ class PerturbationProgram(PyroModule):
                 dist.Bernoulli(self.target_frequency).expand([idx.shape[0], T]).to_event(1),
                 obs=perturbation,
             )  # (B, T)
-            shift = d @ effect  # (B, G)
+            base = self.decoder(z, batch_index)  # (B, G)
+            shifted = base + d @ effect  # (B, G): logits if the knockout took
             library_shift = d @ self.library_effect  # (B,)
             factual_library_shift = perturbation @ self.library_effect  # (B,), differs from the above under do()
             if self.use_efficacy:
                 responds = pyro.sample(
                     EFFICACY, dist.Bernoulli(self.response_probability(d)), infer={"enumerate": "parallel"}
                 )  # (B,) or (2, 1, 1) when enumerated
-                shift = responds.unsqueeze(-1) * shift
+                # one select instead of a multiply and an add over the enumerated (2, 1, B, G) logits
+                logits = torch.where(responds.unsqueeze(-1) > 0.5, shifted, base)  # (..., B, G)
                 library_shift = responds * library_shift
                 factual_library_shift = responds * factual_library_shift
+            else:
+                logits = shifted
             log_library = torch.log(library)
             lib_scale = nn.functional.softplus(self.library_raw_scale[batch_index]) + 1e-3
             pyro.sample(LIBRARY, dist.Normal(self.library_loc[batch_index] + library_shift, lib_scale), obs=log_library)
             # The depth the counts are drawn at: the observed one, moved by the knockout's library effect when
             # poutine.do changes the perturbation (the cell keeps its own depth noise: abduction of the library).
             log_depth = log_library + library_shift - factual_library_shift  # (..., B)
-            logits = self.decoder(z, batch_index) + shift  # (..., B, G)
             return pyro.sample(COUNTS, self.nb_distribution(logits, log_depth).to_event(1), obs=counts)
 
 
