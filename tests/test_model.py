@@ -180,3 +180,25 @@ def test_batch_weights_match_label_composition(tiny_adata):
     np.testing.assert_allclose(weights[2], 1.0)
     # weighted composition of the A arm equals A's composition
     assert np.isclose(np.average(codes == b1, weights=weights[0]), 1.0)
+
+
+def test_iwelbo_tightens_with_particles(tiny_adata):
+    model = pertpyro.PerturbationModel(tiny_adata, latent_dim=2)
+    model.train(**FAST)
+    one = model.iwelbo(tiny_adata, n_particles=1, seed=0)
+    many = model.iwelbo(tiny_adata, n_particles=30, seed=0)
+    # log-mean-exp of importance weights is a tighter bound than the single-sample ELBO (Burda et al. 2016)
+    assert np.isfinite(one)
+    assert many > one
+
+
+def test_effect_inclusion_and_latent(tiny_adata):
+    model = pertpyro.PerturbationModel(tiny_adata, latent_dim=2, sparse_effects=True)
+    model.train(**FAST)
+    inclusion = model.effect_inclusion()
+    assert inclusion.shape == (3, 30)
+    assert list(inclusion.index) == ["A", "B", "C"]
+    assert ((inclusion.to_numpy() > 0) & (inclusion.to_numpy() < 1)).all()
+    assert model.get_latent_representation().shape == (tiny_adata.n_obs, 2)
+    with pytest.raises(ValueError, match="no effect mask"):
+        pertpyro.PerturbationModel(tiny_adata, latent_dim=2).effect_inclusion()
