@@ -249,6 +249,13 @@ def fit(
         trainer = pl.Trainer(strategy=_ddp_allowing_unused("ddp_fork" if forked else "ddp"), **trainer_kwargs)
     if trainer.num_devices * trainer.num_nodes > 1:
         train_loader, val_loader = shard_loader(train_loader), shard_loader(val_loader)
+    # Multi-threaded CPU kernels (e.g. the backward of indexing by batch) may sum in a different order from run to
+    # run; deterministic algorithms make a seeded fit reproducible bit for bit. The user's setting is restored.
+    deterministic = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -257,6 +264,7 @@ def fit(
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     finally:
         lightning_logger.setLevel(level)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
     history.recover(trainer)
     module.to("cpu")
     return history.frame()
