@@ -11,21 +11,16 @@ from collections.abc import Mapping
 import torch
 from pyro import poutine
 
+from pertpyro.data._loader import standalone_args
 from pertpyro.models._sites import EFFECT, EFFECT_MASK, EFFICACY, PERTURBATION, Z_BASAL
 
 INTERVENABLE_SITES = (PERTURBATION, EFFICACY)
 """Sites of the current model that ``do`` accepts (more arrive with the artifact and GRN blocks)."""
 
 
-def program_inputs(batch: dict[str, torch.Tensor]) -> tuple:
-    """Model/guide arguments for a batch of cells treated as a data set of their own."""
-    n = batch["idx"].shape[0]
-    return batch["counts"], batch["perturbation"], batch["batch_index"], batch["library"], torch.arange(n), n
-
-
 def abduct(guide: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One posterior draw of the latent sites given the cells' factual data: ``z_basal`` and the global sites."""
-    trace = poutine.trace(guide).get_trace(*program_inputs(batch))
+    trace = poutine.trace(guide).get_trace(*standalone_args(batch))
     return {name: trace.nodes[name]["value"] for name in (Z_BASAL, EFFECT, EFFECT_MASK) if name in trace.nodes}
 
 
@@ -55,6 +50,6 @@ def intervene(
     unknown = sorted(set(action) - set(INTERVENABLE_SITES))
     if unknown:
         raise ValueError(f"Cannot intervene on {unknown}: this model's intervenable sites are {INTERVENABLE_SITES}.")
-    args = program_inputs(batch)
+    args = standalone_args(batch)
     conditioned = poutine.condition(program, data=latents)
     return poutine.do(conditioned, data=dict(action))(None, *args[1:])

@@ -207,3 +207,9 @@ def program_args(batch: dict[str, torch.Tensor], n_cells: int, *, with_counts: b
         batch["idx"],
         n_cells,
     )
+
+
+def standalone_args(batch: dict[str, torch.Tensor]) -> ProgramArgs:
+    """Model/guide arguments treating the cells of ``batch`` as a data set of their own (plate scale 1)."""
+    n = batch["counts"].shape[0]
+    return program_args(batch | {"idx": torch.arange(n)}, n)

@@ -8,6 +8,7 @@ import torch
 from pyro import poutine
 
 from pertpyro._settings import local_params
+from pertpyro.data._loader import standalone_args
 from pertpyro.models._program import PerturbationGuide, PerturbationProgram
 from pertpyro.models._sites import COUNTS, EFFECT, EFFECT_MASK, EFFICACY, LIBRARY, PERTURBATION, Z_BASAL
 
@@ -33,7 +34,7 @@ def iwelbo_per_cell(
     Tensor ``(B,)`` in nats per cell.
     """
     n = batch["idx"].shape[0]
-    args = (batch["counts"], batch["perturbation"], batch["batch_index"], batch["library"], torch.arange(n), n)
+    args = standalone_args(batch)
     fixed = {EFFECT: guide.effect_loc.detach()}
     if program.sparse_effects:
         fixed[EFFECT_MASK] = (guide.mask_logit.detach() > 0).float()
