@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from pyro.distributions import TorchDistribution, constraints
+from pyro.distributions import Bernoulli, TorchDistribution, constraints
 from torch.distributions.utils import broadcast_all
 
 _EMPTY = torch.Size()
@@ -66,3 +66,32 @@ class NegativeBinomialLogMean(TorchDistribution):
             theta = log_theta.exp().expand(shape)
             rate = torch._standard_gamma(theta) * (log_mean - log_theta).exp().expand(shape)
             return torch.poisson(rate)
+
+
+class MarkedBernoulli(Bernoulli):
+    """Bernoulli whose enumerated support says so: the value Pyro's enumeration hands back is ``[0, 1]``.
+
+    Under ``TraceEnum_ELBO`` the value of an enumerated site is a reshaped ``enumerate_support(expand=False)``;
+    this class tags that tensor with the attribute :class:`pyro.distributions.Categorical` uses (Pyro's
+    enumeration keeps it through its reshape; plates may hand the site an expanded copy of the distribution, so
+    the tag is a constant rather than the instance's id), and a model can test :func:`is_enumerated_support` to
+    build the two arms by stacking instead of a per-element select.
+    """
+
+    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
+        values = super().enumerate_support(expand=expand)
+        if not expand:
+            values._pyro_categorical_support = _BINARY_SUPPORT
+        return values
+
+    def expand(self, batch_shape: torch.Size, _instance: MarkedBernoulli | None = None) -> MarkedBernoulli:
+        new = self._get_checked_instance(MarkedBernoulli, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+
+_BINARY_SUPPORT = "pertpyro.binary_support"
+
+
+def is_enumerated_support(value: torch.Tensor) -> bool:
+    """Whether ``value`` is a :class:`MarkedBernoulli`'s enumerated support ``[0, 1]`` (along its leading dim)."""
+    return getattr(value, "_pyro_categorical_support", None) == _BINARY_SUPPORT

@@ -42,7 +42,7 @@ from pyro.nn.module import to_pyro_module_
 from torch import nn
 
 from pertpyro.models._components import BasalEncoder, GeneDecoder
-from pertpyro.models._distributions import NegativeBinomialLogMean
+from pertpyro.models._distributions import MarkedBernoulli, NegativeBinomialLogMean, is_enumerated_support
 from pertpyro.models._sites import (
     CELLS_PLATE,
     COUNTS,
@@ -214,10 +214,12 @@ class PerturbationProgram(PyroModule):
             factual_library_shift = perturbation @ self.library_effect  # (B,), differs from the above under do()
             if self.use_efficacy:
                 responds = pyro.sample(
-                    EFFICACY, dist.Bernoulli(self.response_probability(d)), infer={"enumerate": "parallel"}
-                )  # (B,) or (2, 1, 1) when enumerated
-                # one select instead of a multiply and an add over the enumerated (2, 1, B, G) logits
-                logits = torch.where(responds.unsqueeze(-1) > 0.5, shifted, base)  # (..., B, G)
+                    EFFICACY, MarkedBernoulli(self.response_probability(d)), infer={"enumerate": "parallel"}
+                )  # (B,) or (2, 1, 1)
+                if is_enumerated_support(responds):  # both arms, stacked: no select, no reductions
+                    logits = torch.stack([base, shifted]).reshape(responds.shape[:-1] + base.shape)  # (2, 1, B, G)
+                else:
+                    logits = torch.where(responds.unsqueeze(-1) > 0.5, shifted, base)  # (..., B, G)
                 library_shift = responds * library_shift
                 factual_library_shift = responds * factual_library_shift
             else:
