@@ -1,4 +1,5 @@
 """Training (Lightning around the ELBO) and held-out likelihood."""
 
+from pertpyro.inference._elbo import CellEnumELBO
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.inference._lightning import SVIModule, fit
