@@ -101,3 +101,35 @@ def test_trains_under_plain_svi(tiny_adata):
             losses.append(svi.step(*program_args(batch, len(data))))
     assert sum(losses[-4:]) < 0.95 * sum(losses[:4])
     assert "effect_loc" in pyro.get_param_store()
+
+
+def test_training_falls_back_to_trace_enum_outside_the_shortcut():
+    """A program with a global discrete site still trains (with TraceEnum_ELBO, same value)."""
+    from pyro.infer import TraceEnum_ELBO as Reference
+
+    from pertpyro.inference import SVIModule
+
+    class GlobalSwitch(pyro.nn.PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.loc = torch.nn.Parameter(torch.tensor(0.0))
+
+        def forward(self, counts, perturbation, batch_index, library, idx, n_cells):
+            on = pyro.sample("on", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+            with pyro.plate("cells", n_cells, subsample=idx, dim=-1):
+                pyro.sample("x", dist.Normal(self.loc + on, 1.0), obs=library)
+
+    with local_params():  # as PerturbationModel builds its modules
+        program = GlobalSwitch()
+    module = SVIModule(program, lambda *args: None, n_train=4, n_val=4, lr=1e-2)
+    batch = {
+        "counts": torch.ones(4, 2),
+        "perturbation": torch.zeros(4, 1),
+        "batch_index": torch.zeros(4, dtype=torch.long),
+        "library": torch.tensor([0.5, 1.0, 1.5, 2.0]),
+        "idx": torch.arange(4),
+    }
+    loss = module._loss(batch, 4)
+    assert isinstance(module.elbo, Reference)
+    assert torch.isfinite(loss)
+    assert loss.requires_grad

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy, Strategy
+from pyro.infer import TraceEnum_ELBO
 from torch.utils.data import DataLoader
 
 from pertpyro._settings import local_params
@@ -72,9 +73,24 @@ class SVIModule(pl.LightningModule):
         self.n_train, self.n_val, self.lr = n_train, n_val, lr
         self.elbo = CellEnumELBO(max_plate_nesting=MAX_PLATE_NESTING)  # TraceEnum_ELBO's value, less overhead
 
+    def _elbo_call(self, method: str, batch: dict[str, torch.Tensor], n_cells: int):
+        """Call ``self.elbo.<method>(program, guide, ...)``.
+
+        A program outside :class:`CellEnumELBO`'s shortcut switches to the general ``TraceEnum_ELBO`` (same value).
+        """
+        args = program_args(batch, n_cells)
+        try:
+            return getattr(self.elbo, method)(self.program, self.guide, *args)
+        except NotImplementedError as reason:
+            if isinstance(self.elbo, TraceEnum_ELBO):
+                raise
+            logger.info("Training with TraceEnum_ELBO: %s", reason)
+            self.elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
+            return getattr(self.elbo, method)(self.program, self.guide, *args)
+
     def _loss(self, batch: dict[str, torch.Tensor], n_cells: int) -> torch.Tensor:
         with local_params(), pyro.validation_enabled(self.validate):
-            return self.elbo.differentiable_loss(self.program, self.guide, *program_args(batch, n_cells)) / n_cells
+            return self._elbo_call("differentiable_loss", batch, n_cells) / n_cells
 
     def setup(self, stage: str) -> None:
         world_size = self.trainer.world_size
@@ -99,7 +115,7 @@ class SVIModule(pl.LightningModule):
         # The held-out cells stand in for a training set of the same size, so that the global KL term weighs as
         # much per cell as in the training loss and the two are comparable. No gradients: the plain estimate.
         with local_params():
-            loss = self.elbo.loss(self.program, self.guide, *program_args(batch, self.n_train)) / self.n_train
+            loss = self._elbo_call("loss", batch, self.n_train) / self.n_train
         self.log(
             "val_loss",
             loss,
