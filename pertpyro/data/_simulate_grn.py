@@ -41,7 +41,9 @@ def check_grn_args(
         raise ValueError(f"grn_steps must be a positive integer, got {n_steps!r}.")
     weight = tuple(float(w) for w in weight)
     if len(weight) != 2 or not 0.0 <= weight[0] <= weight[1]:
-        raise ValueError(f"grn_weight must be a range (low, high) of edge magnitudes, 0 <= low <= high, got {weight!r}.")
+        raise ValueError(
+            f"grn_weight must be a range (low, high) of edge magnitudes, 0 <= low <= high, got {weight!r}."
+        )
     return int(n_reg)
 
 
@@ -80,7 +82,15 @@ def propagate(adjacency: np.ndarray, *, knockout: float, n_steps: int) -> np.nda
 
 
 def simulate_grn(
-    seed: int, *, n_targets: int, n_genes: int, n_regulators: int, density: float, n_steps: int, weight: tuple, knockout: float
+    seed: int,
+    *,
+    n_targets: int,
+    n_genes: int,
+    n_regulators: int,
+    density: float,
+    n_steps: int,
+    weight: tuple,
+    knockout: float,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Draw the network; return the targets' effects ``(T, G)``, their mask, and the truth entry ``uns["truth"]["grn"]``.
 

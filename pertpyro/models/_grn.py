@@ -210,7 +210,9 @@ def prior_logits(
     out = torch.full((len(regulators), len(genes)), _logit(density))
     if network is not None:
         if not isinstance(network, pd.DataFrame) or not {"source", "target"} <= set(network.columns):
-            raise ValueError("grn_prior must be a DataFrame with columns 'source' and 'target' (e.g. datasets.collectri()).")
+            raise ValueError(
+                "grn_prior must be a DataFrame with columns 'source' and 'target' (e.g. datasets.collectri())."
+            )
         r_index = pd.Index(list(regulators))
         g_index = pd.Index(list(genes))
         rows = r_index.get_indexer(network["source"].astype(str))
@@ -221,7 +223,13 @@ def prior_logits(
 
 
 def edge_table(
-    guide: GRNGuide, prior: GRNPrior, regulators: Sequence[str], genes: Sequence[str], *, ci: float, threshold: float | None
+    guide: GRNGuide,
+    prior: GRNPrior,
+    regulators: Sequence[str],
+    genes: Sequence[str],
+    *,
+    ci: float,
+    threshold: float | None,
 ) -> pd.DataFrame:
     """Tidy edges ``(source, target, prob, weight, ci_lower, ci_upper)`` sorted by posterior inclusion."""
     if not 0 < ci < 1:

@@ -59,9 +59,7 @@ def _check_grn(model: Any) -> None:
         raise ValueError("This model has no GRN block: build it with PerturbationModel(..., grn=True).")
 
 
-def grn_table(
-    model: Any, threshold: float | None = None, *, ci: float = 0.9, write_varp: bool = False
-) -> pd.DataFrame:
+def grn_table(model: Any, threshold: float | None = None, *, ci: float = 0.9, write_varp: bool = False) -> pd.DataFrame:
     """Edges of a trained model's network (see :meth:`PerturbationModel.grn`)."""
     _check_grn(model)
     model._check_trained()
