@@ -52,8 +52,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     logging.getLogger("pertpyro").setLevel(logging.ERROR)
     adata = pertpyro.datasets.simulate(
         n_cells=args.cells,
@@ -78,7 +80,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model = pertpyro.PerturbationModel(train, grn=True, grn_steps=args.steps, latent_dim=5, seed=args.seed)
     model.train(
-        max_epochs=args.epochs, batch_size=512, lr=1e-2, validation_adata=val, seed=args.seed, progress_bar=False
+        max_epochs=args.epochs, batch_size=512, lr=args.lr, validation_adata=val, seed=args.seed, progress_bar=False
     )
     print(f"trained in {time.perf_counter() - t0:.0f} s")
 
