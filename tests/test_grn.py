@@ -213,3 +213,9 @@ def test_targets_not_measured_genes(tiny_adata, caplog):
     assert logits[3, 2] > logits[3, 3]
     with pytest.raises(ValueError, match="no GRN block"):
         pertpyro.PerturbationModel(tiny_adata, latent_dim=2).grn()
+
+
+def test_save_load_keeps_network(grn_model, grn_screen, tmp_path):
+    grn_model.save(tmp_path / "m")
+    loaded = pertpyro.PerturbationModel.load(tmp_path / "m", grn_screen)
+    pd.testing.assert_frame_equal(loaded.grn(), grn_model.grn())

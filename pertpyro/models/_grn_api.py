@@ -44,7 +44,7 @@ def build_grn(
     return build_grn_prior(
         registry.targets,
         genes,
-        network=kw.get("grn_prior"),
+        network=read_network(kw.get("grn_prior")),
         extra_regulators=kw.get("grn_regulators"),
         density=kw["grn_density"],
         prior_inclusion=kw["grn_prior_inclusion"],
@@ -52,6 +52,19 @@ def build_grn(
         weight_scale=kw["grn_weight_scale"],
         own_effect=own,
     )
+
+
+def read_network(network: pd.DataFrame | str | None) -> pd.DataFrame | None:
+    """A prior network given as a DataFrame, ``"collectri"`` (the shipped CollecTRI) or a CSV path (configs)."""
+    if network is None or isinstance(network, pd.DataFrame):
+        return network
+    if isinstance(network, str):
+        if network.lower() == "collectri":
+            from pertpyro.data._datasets import collectri
+
+            return collectri()
+        return pd.read_csv(network)
+    raise ValueError(f"grn_prior must be a DataFrame, 'collectri' or a CSV path, got {type(network).__name__}.")
 
 
 def _check_grn(model: Any) -> None:

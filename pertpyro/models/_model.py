@@ -106,8 +106,9 @@ class PerturbationModel:
         (sites ``adjacency``, ``adjacency_weight``; :mod:`pertpyro.models._grn`, which documents the memory and
         time scaling with the number of regulators). Regulators are the targets, then ``grn_regulators``.
     grn_prior
-        Prior network ``DataFrame(source, target[, weight])``, e.g. :func:`pertpyro.datasets.collectri`: its edges
-        get prior inclusion ``grn_prior_inclusion``; ``None``: every edge has ``grn_density``.
+        Prior network ``DataFrame(source, target[, weight])``, e.g. :func:`pertpyro.datasets.collectri` (or the
+        string ``"collectri"``, or a CSV path, for configs): its edges get prior inclusion ``grn_prior_inclusion``;
+        ``None``: every edge has ``grn_density``.
     grn_regulators
         Measured genes added as regulators (never perturbed in training: their knockouts can still be predicted,
         from their edges learnt through their parents' knockouts).
@@ -134,7 +135,7 @@ class PerturbationModel:
         effect_df: float = 0.0,
         seed: int = 0,
         grn: bool = False,
-        grn_prior: pd.DataFrame | None = None,
+        grn_prior: pd.DataFrame | str | None = None,
         grn_regulators: Sequence[str] | None = None,
         grn_steps: int = 3,
         grn_density: float = 0.05,
@@ -181,10 +182,9 @@ class PerturbationModel:
 
     def _build(self, data: CellData, adata: AnnData, n_batches: int) -> None:
         kw = self.init_kwargs
-        effects = _initial_effects(data, 0.731)  # the response rate the efficacy logits start at (sigmoid(1))
         grn_block, self.regulators = (None, None)
-        if kw.get("grn", False):
-            grn_block, self.regulators = build_grn(self.registry, data, effects, kw)
+        if kw.get("grn", False):  # 0.731: the response rate the efficacy logits start at (sigmoid(1))
+            grn_block, self.regulators = build_grn(self.registry, data, _initial_effects(data, 0.731), kw)
         self.program = PerturbationProgram(
             self.registry.n_genes,
             self.registry.n_targets,
