@@ -15,7 +15,7 @@ from pertpyro.data._loader import standalone_args
 from pertpyro.data._simulate_grn import grn_edges, propagate
 from pertpyro.evaluation import correlation_baseline, edge_scores, enrichment, random_baseline
 from pertpyro.models._grn import GRNPrior, adjacency_action, edge_intervention
-from pertpyro.models._sites import COUNTS, EFFICACY, PERTURBATION
+from pertpyro.models._sites import ADJACENCY, ADJACENCY_WEIGHT, COUNTS, EFFICACY, PERTURBATION
 
 
 @pytest.fixture(autouse=True)
@@ -219,3 +219,20 @@ def test_save_load_keeps_network(grn_model, grn_screen, tmp_path):
     grn_model.save(tmp_path / "m")
     loaded = pertpyro.PerturbationModel.load(tmp_path / "m", grn_screen)
     pd.testing.assert_frame_equal(loaded.grn(), grn_model.grn())
+
+
+def test_network_sites_are_global(tiny_adata):
+    """``adjacency`` and ``adjacency_weight`` sit outside the cells plate (scale 1), on regulators x genes."""
+    model = pertpyro.PerturbationModel(tiny_adata, grn=True, grn_regulators=["g0", "g1"], latent_dim=2, n_hidden=8)
+    from pertpyro.data._loader import CellData, make_loader, program_args
+
+    data = CellData(model.adata, model.registry)
+    args = program_args(next(iter(make_loader(data, batch_size=64, shuffle=True))), len(data))
+    with local_params():
+        guide_trace = poutine.trace(model.guide).get_trace(*args)
+        model_trace = poutine.trace(poutine.replay(model.program, trace=guide_trace)).get_trace(*args)
+    for name in (ADJACENCY, ADJACENCY_WEIGHT):
+        assert model_trace.nodes[name]["scale"] == 1.0
+        assert model_trace.nodes[name]["value"].shape == (5, 30)
+    assert model_trace.nodes[COUNTS]["scale"] == pytest.approx(tiny_adata.n_obs / 64)
+    assert "effect" not in model_trace.nodes

@@ -5,6 +5,8 @@ Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k
     sigma_g, pi, rho_t, theta_g                point-estimated hyperparameters (empirical Bayes)
     effect[t, g]      ~ Normal(0, sigma_g)                         targets x genes plate
     effect_mask[t, g] ~ RelaxedBernoulli(pi)   (hard 0/1 forward)  targets x genes plate (``sparse_effects``)
+    (``grn``: instead, effect[t] = the knockout of t propagated through adjacency * adjacency_weight, regulators x
+     genes plate; see pertpyro.models._grn)
     for each cell n (plate "cells", subsampled):
         z_basal[n]      ~ Normal(0, I_K)
         perturbation[n] ~ Bernoulli(freq_t)    observed multi-hot d_n (so ``poutine.do`` can set it)
