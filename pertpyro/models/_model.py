@@ -108,7 +108,7 @@ class PerturbationModel:
     grn_prior
         Prior network ``DataFrame(source, target[, weight])``, e.g. :func:`pertpyro.datasets.collectri` (or the
         string ``"collectri"``, or a CSV path, for configs): its edges get prior inclusion ``grn_prior_inclusion``;
-        ``None``: every edge has ``grn_density``.
+        ``None``: every edge has ``grn_density``. A ``weight`` (sign) column is accepted but not used yet.
     grn_regulators
         Measured genes added as regulators (never perturbed in training: their knockouts can still be predicted,
         from their edges learnt through their parents' knockouts).
