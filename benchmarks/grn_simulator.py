@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--density", type=float, default=0.05, help="prior inclusion probability of an edge")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("pertpyro").setLevel(logging.ERROR)
@@ -78,7 +79,9 @@ def main() -> None:
     )
 
     t0 = time.perf_counter()
-    model = pertpyro.PerturbationModel(train, grn=True, grn_steps=args.steps, latent_dim=5, seed=args.seed)
+    model = pertpyro.PerturbationModel(
+        train, grn=True, grn_steps=args.steps, grn_density=args.density, latent_dim=5, seed=args.seed
+    )
     model.train(
         max_epochs=args.epochs, batch_size=512, lr=args.lr, validation_adata=val, seed=args.seed, progress_bar=False
     )
