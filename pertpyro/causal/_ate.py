@@ -10,7 +10,7 @@ linear in the mean.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,7 @@ def simulate_label_means(
     n_samples: int,
     responders: bool = False,
     weights: torch.Tensor | None = None,
+    global_action: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """Posterior draws of the mean log-normalised expression of ``population`` under each design.
 
@@ -57,6 +58,9 @@ def simulate_label_means(
     weights
         Optional ``(L, cells)`` weights of the population cells in each arm's mean (e.g. to match an arm's batch
         composition); uniform when ``None``.
+    global_action
+        Optional map from each draw's abducted latents to extra interventions on global sites, applied in every
+        arm (e.g. ``adjacency`` with some edges removed: :func:`pertpyro.models._grn.adjacency_action`).
 
     Returns
     -------
@@ -68,11 +72,12 @@ def simulate_label_means(
     with local_params():
         for s in range(n_samples):
             latents = abduct(guide, population)
+            extra = {} if global_action is None else global_action(latents)
             # Common random numbers: every arm of this draw replays the same random stream, so the efficacy
             # draws and the gamma-Poisson count noise are shared across arms and largely cancel in differences.
             draw_seed = int(torch.randint(0, 2**62, ()))
             for label in range(n_labels):
-                action = {PERTURBATION: designs[label].expand(n, -1)}
+                action = {PERTURBATION: designs[label].expand(n, -1), **extra}
                 if responders:
                     action[EFFICACY] = torch.ones(n)
                 with torch.random.fork_rng():
@@ -113,6 +118,7 @@ def average_treatment_effect(
     responders: bool = False,
     weights: np.ndarray | None = None,
     seed: int = 0,
+    global_action: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> pd.DataFrame:
     """Shift of mean ``log1p(1e4 x / sum x)`` under each perturbation label against control.
 
@@ -137,6 +143,8 @@ def average_treatment_effect(
         unweighted).
     seed
         Seed of this query; the global RNG state is left untouched.
+    global_action
+        Extra interventions on global sites given each draw's latents (see :func:`simulate_label_means`).
 
     Returns
     -------
@@ -158,7 +166,14 @@ def average_treatment_effect(
         if weights is not None:
             arm_weights = torch.cat([torch.ones(1, weights.shape[1]), torch.as_tensor(weights, dtype=torch.float32)])
         means = simulate_label_means(
-            program, guide, population, designs, n_samples=n_samples, responders=responders, weights=arm_weights
+            program,
+            guide,
+            population,
+            designs,
+            n_samples=n_samples,
+            responders=responders,
+            weights=arm_weights,
+            global_action=global_action,
         )
     shifts = means[:, 1:] - means[:, :1]
     return ate_table(shifts, labels, registry.genes, ci=ci)

@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from pertpyro._keys import TRUTH_KEY
+from pertpyro.data._simulate_grn import check_grn_args, simulate_grn
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,11 @@ def simulate(
     n_truth_cells: int = 10_000,
     n_jobs: int | None = None,
     seed: int = 0,
+    grn: bool = False,
+    n_regulators: int | None = None,
+    grn_density: float = 0.1,
+    grn_steps: int = 3,
+    grn_weight: tuple[float, float] = (0.5, 1.5),
 ) -> AnnData:
     r"""Simulate a single-cell CRISPR screen with known ground truth.
 
@@ -154,6 +160,19 @@ def simulate(
         Threads used to generate chunks of cells; ``None`` for all cores. Does not change the result.
     seed
         Non-negative integer seed; the same seed and arguments give identical data and truth.
+    grn
+        Replace the free per-target effects by knockouts that propagate through a known sparse regulatory network
+        over the first ``n_regulators`` genes (:mod:`pertpyro.data._simulate_grn`); ``effect_density``,
+        ``effect_scale`` and ``n_strong`` are then unused. Off by default (outputs are unchanged).
+    n_regulators
+        Number of regulators with ``grn=True`` (the targets plus ``n_regulators - n_targets`` never-perturbed
+        regulators); ``None``: the targets only.
+    grn_density
+        Probability of each admissible (regulator, gene) edge.
+    grn_steps
+        Number of propagation steps of a knockout through the network.
+    grn_weight
+        Range of edge magnitudes (signs are random).
 
     Returns
     -------
@@ -176,7 +195,8 @@ def simulate(
     ``perturbation_efficacy_prob`` (P,), ``perturbation_effect`` (P, G) logit shift of a responding cell,
     ``shift`` (P, G) and ``responder_shift`` (P, G), ``W`` (K, G), ``baseline`` (G,), ``batch_offset`` (B, G),
     ``theta`` (G,), ``batches``, ``control``, ``delimiter``, ``latent_dim``, ``seed``, ``n_truth_cells``, and
-    ``params`` (the resolved arguments).
+    ``params`` (the resolved arguments); with ``grn=True`` also ``grn``, the network (see
+    :func:`pertpyro.data._simulate_grn.simulate_grn`).
 
     ``responder_shift[p, g]`` is the population difference of the mean of ``log1p(1e4 * x / sum(x))`` between
     cells that respond to perturbation ``p`` and control cells. It is estimated by Monte Carlo over
@@ -186,7 +206,10 @@ def simulate(
     that received the guide; escapers are distributed exactly like control cells and the shift is a mean over
     cells, so ``shift = perturbation_efficacy_prob * responder_shift`` holds exactly in the population.
     """
-    params = _check_args(**locals())
+    grn_options = {"n_regulators": n_regulators, "density": grn_density, "n_steps": grn_steps, "weight": grn_weight}
+    params = _check_args(**{k: v for k, v in locals().items() if not k.startswith("grn") and k != "n_regulators"})
+    if grn:
+        grn_options["n_regulators"] = check_grn_args(n_genes=n_genes, n_targets=n_targets, **grn_options)
     n_jobs = params.pop("n_jobs")
     n_strong, effect_scale, efficacy = params["n_strong"], params["effect_scale"], params["efficacy"]
     library_size, dispersion = params["library_size"], params["dispersion"]
@@ -215,6 +238,11 @@ def simulate(
         knockout=knockout,
         efficacy=efficacy,
     )
+    grn_truth = None
+    if grn:  # the targets' effects come from knockouts propagated through a known network
+        effects["effect"], effects["mask"], grn_truth = simulate_grn(
+            seed, n_targets=n_targets, n_genes=n_genes, knockout=knockout, **grn_options
+        )
     labels, design = _make_perturbations(
         _rng(seed, _STREAM_EFFECTS, 1), targets=targets, n_combinations=n_combinations, delimiter=delimiter
     )
@@ -280,6 +308,8 @@ def simulate(
         "n_truth_cells": n_truth_cells,
         "params": {k: (np.asarray(v, dtype=np.float64) if isinstance(v, tuple) else v) for k, v in params.items()},
     }
+    if grn_truth is not None:
+        adata.uns[TRUTH_KEY]["grn"] = grn_truth
     return adata
 
 

@@ -9,6 +9,14 @@ Typical use::
 """
 
 from pertpyro.evaluation._baselines import BASELINES, additive, no_change, shrunk_training_mean, training_mean
+from pertpyro.evaluation._grn import (
+    causalbench_stats,
+    correlation_baseline,
+    edge_scores,
+    enrichment,
+    knockout_shift_baseline,
+    random_baseline,
+)
 from pertpyro.evaluation._metrics import (
     METRIC_COLUMNS,
     LabelMoments,
@@ -30,6 +38,12 @@ __all__ = [
     "LabelMoments",
     "additive",
     "ate_metrics",
+    "causalbench_stats",
+    "correlation_baseline",
+    "edge_scores",
+    "enrichment",
+    "knockout_shift_baseline",
+    "random_baseline",
     "format_table",
     "label_moments",
     "log_normalise",

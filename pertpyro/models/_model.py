@@ -23,6 +23,7 @@ from pertpyro.data._loader import CellData, make_loader, program_args
 from pertpyro.data._registry import Registry, design_matrix, get_counts, get_registry, perturbation_labels
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.inference._lightning import SVIModule, fit
+from pertpyro.models._grn_api import build_grn, grn_table, resolve_edge_do
 from pertpyro.models._program import PerturbationGuide, PerturbationProgram, _inverse_softplus
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,25 @@ class PerturbationModel:
         Degrees of freedom of a Student-t prior on the effects (0: Normal prior).
     seed
         Seed of the parameter initialisation.
+    grn
+        Replace the free per-target effects by knockouts propagated through a sparse regulator -> gene network
+        (sites ``adjacency``, ``adjacency_weight``; :mod:`pertpyro.models._grn`, which documents the memory and
+        time scaling with the number of regulators). Regulators are the targets, then ``grn_regulators``.
+    grn_prior
+        Prior network ``DataFrame(source, target[, weight])``, e.g. :func:`pertpyro.datasets.collectri` (or the
+        string ``"collectri"``, or a CSV path, for configs): its edges get prior inclusion ``grn_prior_inclusion``;
+        ``None``: every edge has ``grn_density``. A ``weight`` (sign) column is accepted but not used yet.
+    grn_regulators
+        Measured genes added as regulators (never perturbed in training: their knockouts can still be predicted,
+        from their edges learnt through their parents' knockouts).
+    grn_steps
+        Propagation steps of a knockout (1: direct edges only).
+    grn_density
+        Prior inclusion probability of an edge.
+    grn_prior_inclusion
+        Prior inclusion probability of an edge listed in ``grn_prior``.
+    grn_weight_scale
+        Prior sd of the edge weights (logit change of a gene per unit of regulator activity).
     """
 
     def __init__(
@@ -114,6 +134,13 @@ class PerturbationModel:
         encode_perturbation: bool = True,
         effect_df: float = 0.0,
         seed: int = 0,
+        grn: bool = False,
+        grn_prior: pd.DataFrame | str | None = None,
+        grn_regulators: Sequence[str] | None = None,
+        grn_steps: int = 3,
+        grn_density: float = 0.05,
+        grn_prior_inclusion: float = 0.5,
+        grn_weight_scale: float = 1.0,
     ) -> None:
         self.registry = get_registry(adata)
         if latent_dim < 1:
@@ -134,6 +161,16 @@ class PerturbationModel:
             "effect_df": effect_df,
             "seed": seed,
         }
+        if grn:  # only stored when on, so that saved models without the block keep their settings
+            self.init_kwargs.update(
+                grn=True,
+                grn_prior=grn_prior,
+                grn_regulators=None if grn_regulators is None else list(grn_regulators),
+                grn_steps=grn_steps,
+                grn_density=grn_density,
+                grn_prior_inclusion=grn_prior_inclusion,
+                grn_weight_scale=grn_weight_scale,
+            )
         data = CellData(adata, self.registry)
         self._data = data
         set_seed(seed)
@@ -145,6 +182,9 @@ class PerturbationModel:
 
     def _build(self, data: CellData, adata: AnnData, n_batches: int) -> None:
         kw = self.init_kwargs
+        grn_block, self.regulators = (None, None)
+        if kw.get("grn", False):  # 0.731: the response rate the efficacy logits start at (sigmoid(1))
+            grn_block, self.regulators = build_grn(self.registry, data, _initial_effects(data, 0.731), kw)
         self.program = PerturbationProgram(
             self.registry.n_genes,
             self.registry.n_targets,
@@ -158,6 +198,7 @@ class PerturbationModel:
             mask_prior=kw["mask_prior"],
             effect_df=kw["effect_df"],
             library_init=_library_moments(data, n_batches),
+            grn=grn_block,
         )
         effects = _initial_effects(data, float(torch.sigmoid(self.program.efficacy_logit.detach()[0])))
         with torch.no_grad():  # sigma_g starts at the root-mean-square of the moment estimates across targets
@@ -277,6 +318,7 @@ class PerturbationModel:
         max_cells: int | None = 2000,
         match_batches: bool = False,
         seed: int = 0,
+        do: Mapping[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Average treatment effect of perturbations against control, with credible intervals.
 
@@ -305,6 +347,10 @@ class PerturbationModel:
             by default the batch-standardised effect (both arms at the population's composition).
         seed
             Seed of the Monte-Carlo draws.
+        do
+            Extra intervention on the network in both arms (``grn=True``):
+            ``{"adjacency": {("STAT1", "IRF1"): 0}}`` removes that edge (1 forces it in; other edges keep their
+            posterior draws). The ATE is then the knockout's effect in a world without the edge.
 
         Returns
         -------
@@ -328,7 +374,38 @@ class PerturbationModel:
             responders=responders,
             weights=weights,
             seed=seed,
+            global_action=self._edge_action(do),
         )
+
+    def _edge_action(self, do: Mapping[str, Any] | None) -> Any:
+        if not do:
+            return None
+        unknown = sorted(set(do) - {"adjacency"})
+        if unknown:
+            raise ValueError(f"ate(do=...) accepts only 'adjacency' (edge interventions), got {unknown}.")
+        return resolve_edge_do(self, do["adjacency"])
+
+    def grn(self, threshold: float | None = None, *, ci: float = 0.9, write_varp: bool = False) -> pd.DataFrame:
+        """The inferred regulatory network as a tidy edge table (``grn=True``).
+
+        Parameters
+        ----------
+        threshold
+            Keep edges with posterior inclusion probability at least this (``None``: every regulator -> gene pair).
+        ci
+            Mass of the credible interval of the weight (under the guide's Normal).
+        write_varp
+            Also write the ``(genes x genes)`` posterior inclusion matrix to ``adata.varp["pertpyro_grn"]`` (row:
+            source, column: target; regulators that are not measured genes are left out). Needs at least one
+            regulator that is a measured gene.
+
+        Returns
+        -------
+        DataFrame ``source, target, prob, weight, ci_lower, ci_upper`` sorted by ``prob`` (descending). ``weight``
+        is the posterior mean of the logit change of ``target`` per unit of ``source`` activity given the edge
+        (a knockout removes one unit: negative weight = the knockout raises the target).
+        """
+        return grn_table(self, threshold, ci=ci, write_varp=write_varp)
 
     def counterfactual(
         self,
@@ -353,7 +430,8 @@ class PerturbationModel:
         cells
             Observed cells with the registered genes (and the registry's obs columns).
         do
-            Intervention by site name: ``{"perturbation": label}``, ``{"efficacy": 1}`` or both.
+            Intervention by site name: ``{"perturbation": label}``, ``{"efficacy": 1}``, and with ``grn=True``
+            ``{"adjacency": {(source, target): 0 or 1}}`` (edges removed or forced; the others keep their draws).
         n_samples
             Posterior draws averaged.
         batch_size
@@ -375,6 +453,7 @@ class PerturbationModel:
                 f"Cannot intervene on {unknown}: this model's intervenable sites are {INTERVENABLE_SITES}."
             )
         data = CellData(cells, self.registry)
+        edge_action = self._edge_action({"adjacency": do["adjacency"]}) if "adjacency" in do else None
         action_values: dict[str, torch.Tensor] = {}
         if "perturbation" in do:
             action_values["perturbation"] = torch.from_numpy(design_matrix([str(do["perturbation"])], self.registry)[0])
@@ -392,7 +471,9 @@ class PerturbationModel:
                 n = len(rows)
                 action = {k: (v.expand(n, -1) if v.ndim else v.expand(n)) for k, v in action_values.items()}
                 for _ in range(n_samples):
-                    x = intervene(self.program, abduct(self.guide, batch), batch, action)
+                    latents = abduct(self.guide, batch)
+                    extra = {} if edge_action is None else edge_action(latents)
+                    x = intervene(self.program, latents, batch, {**action, **extra})
                     counts[rows] += x.numpy() / n_samples
                     lognorm[rows] += log_normalise(x).numpy() / n_samples
         out = AnnData(lognorm, obs=cells.obs.copy(), var=pd.DataFrame(index=list(self.registry.genes)))

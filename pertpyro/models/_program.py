@@ -5,6 +5,8 @@ Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k
     sigma_g, pi, rho_t, theta_g                point-estimated hyperparameters (empirical Bayes)
     effect[t, g]      ~ Normal(0, sigma_g)                         targets x genes plate
     effect_mask[t, g] ~ RelaxedBernoulli(pi)   (hard 0/1 forward)  targets x genes plate (``sparse_effects``)
+    (``grn``: instead, effect[t] = the knockout of t propagated through adjacency * adjacency_weight, regulators x
+     genes plate; see pertpyro.models._grn)
     for each cell n (plate "cells", subsampled):
         z_basal[n]      ~ Normal(0, I_K)
         perturbation[n] ~ Bernoulli(freq_t)    observed multi-hot d_n (so ``poutine.do`` can set it)
@@ -43,6 +45,7 @@ from torch import nn
 
 from pertpyro.models._components import BasalEncoder, GeneDecoder
 from pertpyro.models._distributions import MarkedBernoulli, NegativeBinomialLogMean, is_enumerated_support
+from pertpyro.models._grn import GRNGuide, GRNPrior
 from pertpyro.models._sites import (
     CELLS_PLATE,
     COUNTS,
@@ -95,6 +98,10 @@ class PerturbationProgram(PyroModule):
         Temperature of the relaxed Bernoulli of the mask.
     library_init
         Initial per-batch mean and sd of the log library size.
+    grn
+        The ``grn`` block (:class:`~pertpyro.models._grn.GRNPrior`): the targets' effects are knockouts propagated
+        through a sparse regulator -> gene network (sites ``adjacency``, ``adjacency_weight``) instead of free
+        ``effect`` / ``effect_mask`` sites.
     effect_df
         Degrees of freedom of a Student-t effect prior (heavy tails: strong effects are not shrunk while weak
         ones are); 0 gives a Normal prior.
@@ -116,8 +123,10 @@ class PerturbationProgram(PyroModule):
         mask_temperature: float = 0.5,
         effect_df: float = 0.0,
         library_init: tuple[torch.Tensor, torch.Tensor] | None = None,
+        grn: GRNPrior | None = None,
     ) -> None:
         super().__init__()
+        self.grn = grn  # the ``grn`` block replaces the free effects (models/_grn.py)
         self.effect_df = float(effect_df)
         self.n_genes, self.n_targets, self.latent_dim = n_genes, n_targets, latent_dim
         self.sparse_effects, self.use_efficacy = sparse_effects, efficacy
@@ -190,16 +199,19 @@ class PerturbationProgram(PyroModule):
         """
         G, T = self.n_genes, self.n_targets
         # ---- global sites (scale 1) ----
-        with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
-            effect = pyro.sample(EFFECT, self.effect_prior().expand([T, G]))  # (T, G)
-            if self.sparse_effects:
-                mask = pyro.sample(
-                    EFFECT_MASK,
-                    dist.RelaxedBernoulliStraightThrough(
-                        self.mask_temperature, logits=self.mask_prior_logit.expand([T, G])
-                    ),
-                )  # (T, G), hard 0/1 values
-                effect = effect * mask
+        if self.grn is not None:
+            effect = self.grn()  # (T, G): knockouts propagated through the sampled network (models/_grn.py)
+        else:
+            with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
+                effect = pyro.sample(EFFECT, self.effect_prior().expand([T, G]))  # (T, G)
+                if self.sparse_effects:
+                    mask = pyro.sample(
+                        EFFECT_MASK,
+                        dist.RelaxedBernoulliStraightThrough(
+                            self.mask_temperature, logits=self.mask_prior_logit.expand([T, G])
+                        ),
+                    )  # (T, G), hard 0/1 values
+                    effect = effect * mask
         # ---- local sites (scale n_cells / B) ----
         with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
             z = pyro.sample(Z_BASAL, dist.Normal(self.zero, 1.0).expand([self.latent_dim]).to_event(1))  # (B, K)
@@ -277,6 +289,7 @@ class PerturbationGuide(PyroModule):
         self.effect_raw_scale = nn.Parameter(torch.full((T, G), _inverse_softplus(0.05)))
         self.mask_logit = nn.Parameter(torch.full((T, G), 2.0))
         self.register_buffer("mask_temperature", program.mask_temperature.clone())
+        self.grn = None if program.grn is None else GRNGuide(program.grn)
         to_pyro_module_(self.encoder)
 
     def effect_scale(self) -> torch.Tensor:
@@ -296,12 +309,15 @@ class PerturbationGuide(PyroModule):
         if counts is None:
             raise ValueError("The guide needs observed counts to infer each cell's basal state.")
         T, G = self.effect_loc.shape
-        with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
-            pyro.sample(EFFECT, dist.Normal(self.effect_loc, self.effect_scale()))
-            if self.sparse_effects:
-                pyro.sample(
-                    EFFECT_MASK, dist.RelaxedBernoulliStraightThrough(self.mask_temperature, logits=self.mask_logit)
-                )
+        if self.grn is not None:
+            self.grn()
+        else:
+            with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
+                pyro.sample(EFFECT, dist.Normal(self.effect_loc, self.effect_scale()))
+                if self.sparse_effects:
+                    pyro.sample(
+                        EFFECT_MASK, dist.RelaxedBernoulliStraightThrough(self.mask_temperature, logits=self.mask_logit)
+                    )
         with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
             loc, scale = self.encoder(counts, batch_index, perturbation)
             pyro.sample(Z_BASAL, dist.Normal(loc, scale).to_event(1))

@@ -10,6 +10,10 @@ EFFECT = "effect"
 """Per-target effect on the decoder's gene logits, shape ``(targets, genes)``."""
 EFFECT_MASK = "effect_mask"
 """Per-target, per-gene inclusion of the effect (spike-and-slab), shape ``(targets, genes)``."""
+ADJACENCY = "adjacency"
+"""Inclusion of each regulator -> gene edge of the ``grn`` block (spike-and-slab), shape ``(regulators, genes)``."""
+ADJACENCY_WEIGHT = "adjacency_weight"
+"""Weight of each regulator -> gene edge: logit change of the gene per unit of regulator activity."""
 LIBRARY = "library"
 """Per-cell log total counts, observed, shape ``(cells,)``; a knockout may shift it (``library_effect``)."""
 COUNTS = "x"
@@ -18,8 +22,9 @@ COUNTS = "x"
 CELLS_PLATE = "cells"
 TARGETS_PLATE = "targets"
 GENES_PLATE = "genes"
+REGULATORS_PLATE = "regulators"
 
 LOCAL_SITES = (Z_BASAL, PERTURBATION, EFFICACY, LIBRARY, COUNTS)
 """Sites inside the ``cells`` plate (scaled by ``n_cells / batch_size`` under subsampling)."""
-GLOBAL_SITES = (EFFECT, EFFECT_MASK)
+GLOBAL_SITES = (EFFECT, EFFECT_MASK, ADJACENCY, ADJACENCY_WEIGHT)
 """Sites outside the ``cells`` plate (counted once per step)."""

@@ -1,0 +1,234 @@
+"""Scoring an inferred gene-regulatory network: against a known network, against baselines, and from the data.
+
+- :func:`edge_scores`: AUROC / AUPRC of scored (source, target) pairs against a reference edge list, over the
+  *testable* pairs (by default the scored pairs whose source is a source of the reference: a TF the reference
+  knows nothing about cannot be scored against it).
+- Baselines scored the same way: :func:`correlation_baseline` (``|corr|`` of log-normalised expression of source
+  and target gene over all cells: needs the source to be a measured gene), :func:`knockout_shift_baseline`
+  (``|mean shift|`` of the target in the source's knockout cells: needs the source to be perturbed) and
+  :func:`random_baseline` (expected AUPRC = prevalence of true edges).
+- :func:`enrichment`: odds ratio and one-sided Fisher p-value of reference edges among predicted edges.
+- :func:`causalbench_stats`: the data-driven statistics of CausalBench (Chevalley et al. 2023) on the
+  interventional data: for each predicted edge whose source was knocked out, a Mann-Whitney U test of the target's
+  expression in the source's knockout cells versus control cells; the mean Wasserstein distance of those two
+  distributions over predicted edges; and the false-omission rate, the fraction of random *non-predicted* pairs
+  whose test is significant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from scipy import stats
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from pertpyro.data._registry import get_counts, get_registry, perturbation_labels
+
+
+def _pair_index(frame: pd.DataFrame) -> pd.MultiIndex:
+    return pd.MultiIndex.from_arrays([frame["source"].astype(str), frame["target"].astype(str)])
+
+
+def edge_scores(
+    scores: pd.DataFrame,
+    reference: pd.DataFrame,
+    *,
+    score: str = "prob",
+    testable_sources: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """AUROC and AUPRC of a scored pair list against a reference network, over the testable pairs.
+
+    Parameters
+    ----------
+    scores
+        ``DataFrame(source, target, <score>)``: every candidate pair with its score (e.g. ``model.grn()``). Missing
+        (NaN) scores rank lowest.
+    reference
+        ``DataFrame(source, target)`` of true edges (simulator truth, CollecTRI, ...).
+    score
+        Column of ``scores`` to rank by.
+    testable_sources
+        Sources whose pairs are scored; default: the reference's sources (simulator truth: pass all regulators).
+
+    Returns
+    -------
+    ``auroc``, ``auprc``, ``prevalence`` (the random baseline's expected AUPRC), ``auprc_ratio`` (AUPRC /
+    prevalence), ``n_pairs``, ``n_edges``. NaN metrics when there is no positive or no negative pair.
+    """
+    if not {"source", "target", score} <= set(scores.columns):
+        raise ValueError(f"scores needs columns 'source', 'target' and {score!r}.")
+    if not {"source", "target"} <= set(reference.columns):
+        raise ValueError("reference needs columns 'source' and 'target'.")
+    sources = set(reference["source"].astype(str)) if testable_sources is None else set(map(str, testable_sources))
+    table = scores[scores["source"].astype(str).isin(sources)]
+    y = _pair_index(table).isin(_pair_index(reference))
+    s = table[score].to_numpy(dtype=np.float64)
+    s = np.where(np.isnan(s), -np.inf, s)
+    n_pos = int(y.sum())
+    out = {"n_pairs": float(len(y)), "n_edges": float(n_pos), "prevalence": n_pos / max(len(y), 1)}
+    if 0 < n_pos < len(y):
+        s = np.where(np.isinf(s), np.nanmin(s[np.isfinite(s)]) - 1.0 if np.isfinite(s).any() else 0.0, s)
+        out["auroc"] = float(roc_auc_score(y, s))
+        out["auprc"] = float(average_precision_score(y, s))
+    else:
+        out["auroc"] = out["auprc"] = float("nan")
+    out["auprc_ratio"] = out["auprc"] / out["prevalence"] if out["prevalence"] > 0 else float("nan")
+    return out
+
+
+def _log_normalised(adata: AnnData) -> np.ndarray:
+    registry = get_registry(adata)
+    counts = get_counts(adata, registry)
+    counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+    counts = counts.astype(np.float64)
+    return np.log1p(1e4 * counts / np.maximum(counts.sum(1, keepdims=True), 1.0))
+
+
+def _pairs_frame(sources: Sequence[str], genes: Sequence[str], values: np.ndarray) -> pd.DataFrame:
+    src = np.repeat(np.asarray(sources, dtype=object), len(genes))
+    dst = np.tile(np.asarray(genes, dtype=object), len(sources))
+    frame = pd.DataFrame({"source": src, "target": dst, "score": values.ravel()})
+    return frame[frame["source"] != frame["target"]].reset_index(drop=True)
+
+
+def correlation_baseline(adata: AnnData, sources: Sequence[str]) -> pd.DataFrame:
+    """``|Pearson correlation|`` of log-normalised expression of each source gene with every gene, over all cells.
+
+    Sources that are not measured genes get NaN scores (they cannot be scored from expression).
+    """
+    genes = list(get_registry(adata).genes)
+    x = _log_normalised(adata)
+    x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-12)
+    index = pd.Index(genes).get_indexer(list(sources))
+    corr = np.full((len(sources), len(genes)), np.nan)
+    ok = index >= 0
+    corr[ok] = np.abs(x[:, index[ok]].T @ x / x.shape[0])
+    return _pairs_frame(sources, genes, corr)
+
+
+def knockout_shift_baseline(adata: AnnData, sources: Sequence[str]) -> pd.DataFrame:
+    """``|mean log-normalised expression in the source's single-knockout cells - control mean|`` per gene.
+
+    Sources without single-knockout cells in ``adata`` get NaN scores. Direct and indirect effects are not told
+    apart: this is the natural interventional baseline a network model has to beat.
+    """
+    registry = get_registry(adata)
+    genes = list(registry.genes)
+    labels = perturbation_labels(adata, registry)
+    x = _log_normalised(adata)
+    control = x[labels == registry.control].mean(0)
+    out = np.full((len(sources), len(genes)), np.nan)
+    for i, source in enumerate(sources):
+        rows = labels == source
+        if rows.any():
+            out[i] = np.abs(x[rows].mean(0) - control)
+    return _pairs_frame(sources, genes, out)
+
+
+def random_baseline(pairs: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """Uniform random scores on the pairs of ``pairs`` (its ``source``, ``target``)."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"source": pairs["source"], "target": pairs["target"], "score": rng.random(len(pairs))})
+
+
+def enrichment(predicted: pd.DataFrame, candidates: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float]:
+    """Are reference edges enriched among predicted edges, relative to all candidate pairs?
+
+    Parameters
+    ----------
+    predicted
+        Predicted edges ``(source, target)`` (a subset of ``candidates``).
+    candidates
+        All testable pairs ``(source, target)``.
+    reference
+        Reference edges ``(source, target)``.
+
+    Returns
+    -------
+    ``odds_ratio`` and one-sided (greater) Fisher exact ``p_value`` of the 2x2 table predicted x in-reference,
+    with the four counts ``tp``, ``fp``, ``fn``, ``tn``.
+    """
+    cand = _pair_index(candidates)
+    in_ref = cand.isin(_pair_index(reference))
+    in_pred = cand.isin(_pair_index(predicted))
+    tp = int((in_pred & in_ref).sum())
+    fp = int((in_pred & ~in_ref).sum())
+    fn = int((~in_pred & in_ref).sum())
+    tn = int((~in_pred & ~in_ref).sum())
+    odds, p = stats.fisher_exact([[tp, fp], [fn, tn]], alternative="greater")
+    return {"odds_ratio": float(odds), "p_value": float(p), "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def causalbench_stats(
+    adata: AnnData,
+    predicted: pd.DataFrame,
+    *,
+    n_negatives: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, float]:
+    """CausalBench-style statistics of predicted edges on interventional data (module docstring).
+
+    Parameters
+    ----------
+    adata
+        Cells (set up with :func:`pertpyro.setup_anndata`) with single-target knockouts and controls; use held-out
+        cells where possible.
+    predicted
+        Predicted edges ``(source, target)``; only those whose source has single-knockout cells and whose target is
+        a measured gene are tested.
+    n_negatives
+        Random non-predicted (source, gene) pairs, with a knocked-out source, drawn for the false-omission rate.
+    alpha
+        Significance level of the Mann-Whitney tests.
+    seed
+        Seed of the draw of negatives.
+
+    Returns
+    -------
+    ``n_tested``, ``frac_significant`` (predicted edges with p < alpha: CausalBench's precision proxy),
+    ``mean_wasserstein`` (over tested predicted edges), ``false_omission_rate`` (significant fraction of the
+    random non-predicted pairs), ``n_negatives``.
+    """
+    registry = get_registry(adata)
+    genes = list(registry.genes)
+    g_index = {g: j for j, g in enumerate(genes)}
+    labels = perturbation_labels(adata, registry)
+    x = _log_normalised(adata)
+    control = x[labels == registry.control]
+    if len(control) == 0:
+        raise ValueError("causalbench_stats needs control cells.")
+    perturbed = sorted(set(labels.tolist()) - {registry.control})
+    singles = [p for p in perturbed if registry.delimiter not in p]
+
+    def test(source: str, target: str) -> tuple[float, float]:
+        a, b = x[labels == source, g_index[target]], control[:, g_index[target]]
+        if np.all(a == a[0]) and np.all(b == a[0]):
+            return 1.0, 0.0
+        return float(stats.mannwhitneyu(a, b).pvalue), float(stats.wasserstein_distance(a, b))
+
+    pred = predicted[predicted["source"].isin(singles) & predicted["target"].isin(g_index)]
+    pred = pred[pred["source"] != pred["target"]]
+    results = np.array([test(s, t) for s, t in zip(pred["source"], pred["target"], strict=True)]).reshape(-1, 2)
+    rng = np.random.default_rng(seed)
+    taken = set(zip(predicted["source"].astype(str), predicted["target"].astype(str), strict=True))
+    negatives: list[tuple[str, str]] = []
+    for _ in range(20 * n_negatives):  # rejection sampling of distinct non-predicted pairs
+        if len(negatives) >= n_negatives or not singles:
+            break
+        pair = (singles[rng.integers(len(singles))], genes[rng.integers(len(genes))])
+        if pair[0] != pair[1] and pair not in taken:
+            taken.add(pair)
+            negatives.append(pair)
+    neg_p = np.array([test(s, t)[0] for s, t in negatives])
+    return {
+        "n_tested": float(len(results)),
+        "frac_significant": float(np.mean(results[:, 0] < alpha)) if len(results) else float("nan"),
+        "mean_wasserstein": float(np.mean(results[:, 1])) if len(results) else float("nan"),
+        "false_omission_rate": float(np.mean(neg_p < alpha)) if len(neg_p) else float("nan"),
+        "n_negatives": float(len(neg_p)),
+    }
