@@ -9,6 +9,14 @@ Typical use::
 """
 
 from pertpyro.evaluation._baselines import BASELINES, additive, no_change, shrunk_training_mean, training_mean
+from pertpyro.evaluation._calibration import (
+    IntervalCalibration,
+    calibration_table,
+    fit_interval_calibration,
+    heldout_reference,
+    interval_bounds,
+    interval_coverage,
+)
 from pertpyro.evaluation._metrics import (
     METRIC_COLUMNS,
     LabelMoments,
@@ -26,10 +34,16 @@ from pertpyro.evaluation._splits import split_cells, split_heldout_combinations,
 
 __all__ = [
     "BASELINES",
+    "IntervalCalibration",
     "METRIC_COLUMNS",
     "LabelMoments",
     "additive",
     "ate_metrics",
+    "calibration_table",
+    "fit_interval_calibration",
+    "heldout_reference",
+    "interval_bounds",
+    "interval_coverage",
     "format_table",
     "label_moments",
     "log_normalise",

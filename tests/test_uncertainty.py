@@ -1,0 +1,173 @@
+"""Posterior uncertainty: interval calibration on the simulator, exceedance probabilities and Bayesian FDR hit
+calls, the ArviZ export, and a user's own ``Predictive`` / ``poutine.do`` script."""
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+import pertpyro
+from pertpyro.causal import bayesian_fdr_calls
+from pertpyro.data._loader import CellData, standalone_args
+from pertpyro.datasets import truth_shift_frame
+from pertpyro.evaluation import IntervalCalibration, fit_interval_calibration, interval_coverage
+from pertpyro.models import sites
+from pertpyro.posterior import import_arviz
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    pertpyro.set_seed(0)
+    adata = pertpyro.datasets.simulate(
+        n_cells=2500, n_genes=60, n_targets=6, n_combinations=1, seed=3, n_truth_cells=3000
+    )
+    pertpyro.setup_anndata(adata, batch_key="batch")
+    model = pertpyro.PerturbationModel(adata, latent_dim=5, seed=0)
+    model.train(max_epochs=60, batch_size=256, lr=1e-2, seed=0, progress_bar=False, patience=10)
+    truth = truth_shift_frame(adata)
+    draws = model.ate_draws(list(truth.index), n_samples=60, seed=0)
+    return adata, model, truth, draws
+
+
+# ------------------------------------------------------------------ calibration
+def test_interval_coverage_of_true_shifts(fitted):
+    """The 90% intervals of model.ate cover most true shifts; collapsed intervals would not."""
+    _, _, truth, draws = fitted
+    table = interval_coverage(draws, truth.to_numpy()).set_index("level")
+    assert 0.75 <= table.loc[0.9, "coverage"] <= 0.99, table
+    assert 0.35 <= table.loc[0.5, "coverage"] <= 0.8, table
+    assert table["coverage"].is_monotonic_increasing
+    # the same check fails for intervals a tenth as wide (it can fail)
+    narrow = interval_coverage(draws, truth.to_numpy(), calibration=IntervalCalibration(scale=0.1))
+    assert narrow.set_index("level").loc[0.9, "coverage"] < 0.6
+
+
+def test_ate_draws_match_ate(fitted):
+    _, model, truth, _ = fitted
+    labels = list(truth.index)[:2]
+    draws = model.ate_draws(labels, n_samples=8, seed=4)
+    table = model.ate(labels, n_samples=8, seed=4, ci=0.8)
+    np.testing.assert_allclose(draws.mean(0).ravel(), table["mean"].to_numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.quantile(draws, 0.1, axis=0).ravel(), table["lower"], rtol=1e-5, atol=1e-6)
+
+
+def test_fit_interval_calibration_recovers_known_miscalibration():
+    """Draws twice too narrow, plus an error proportional to the effect: both terms are recovered."""
+    rng = np.random.default_rng(0)
+    mean = rng.normal(0, 1, size=(10, 400))
+    draws = mean + 0.5 * rng.normal(size=(400, 10, 400))  # posterior sd 0.5
+    truth = mean + rng.normal(size=mean.shape) * np.sqrt(1.0**2 + (0.3 * mean) ** 2)  # true error sd 1 and 30%
+    fitted = fit_interval_calibration(draws, truth)
+    assert fitted.scale == pytest.approx(2.0, abs=0.25)
+    assert fitted.relative == pytest.approx(0.3, abs=0.1)
+    before = interval_coverage(draws, truth).set_index("level")["coverage"]
+    after = interval_coverage(draws, truth, calibration=fitted).set_index("level")["coverage"]
+    assert before.loc[0.9] < 0.7
+    assert after.loc[0.9] == pytest.approx(0.9, abs=0.02)
+    assert after.loc[0.5] == pytest.approx(0.5, abs=0.03)
+    # a noisy reference: its known noise is not blamed on the model
+    noisy = truth + rng.normal(size=truth.shape) * 0.8
+    refit = fit_interval_calibration(draws, noisy, reference_se=0.8)
+    assert refit.scale == pytest.approx(2.0, abs=0.35)
+
+
+# ------------------------------------------------------------------ probabilities and FDR
+def test_bayesian_fdr_calls_control_the_realised_fdr():
+    rng = np.random.default_rng(1)
+    prob = rng.beta(0.3, 0.3, size=20000)
+    real = rng.random(prob.size) < prob  # probabilities calibrated by construction
+    called, qvalue = bayesian_fdr_calls(prob, 0.05)
+    assert called.sum() > 1000
+    assert np.mean(~real[called]) <= 0.06
+    assert np.mean(1 - prob[called]) <= 0.05
+    assert qvalue[called].max() <= 0.05 < qvalue[~called].min()
+    with pytest.raises(ValueError, match="fdr"):
+        bayesian_fdr_calls(prob, 1.5)
+
+
+def test_ate_probability_and_hits_on_the_simulator(fitted):
+    _, model, truth, _ = fitted
+    threshold = 0.1
+    table = model.ate_probability(list(truth.index), threshold=threshold, n_samples=60, fdr=0.1)
+    assert {"perturbation", "gene", "mean", "probability", "hit", "lfdr_set"} <= set(table.columns)
+    assert table["probability"].between(0, 1).all()
+    real = np.abs(truth.to_numpy().ravel()) > threshold
+    hit = table["hit"].to_numpy()
+    assert hit.sum() >= 0.5 * real.sum()  # power: most real effects are called
+    realised_fdr = np.mean(~real[hit])
+    assert realised_fdr <= 0.2, realised_fdr  # target 0.1, tolerant of model error
+    # ordering: real effects get higher probabilities than null ones (AUROC)
+    p = table["probability"].to_numpy()
+    auroc = (p[real][:, None] > p[~real][None, :]).mean() + 0.5 * (p[real][:, None] == p[~real][None, :]).mean()
+    assert auroc > 0.9
+    with pytest.raises(ValueError, match="threshold"):
+        model.ate_probability(["G0000"], threshold=-1.0, n_samples=2)
+
+
+# ------------------------------------------------------------------ ArviZ
+def test_inference_data_dims_coords_and_summary(fitted):
+    adata, model, truth, _ = fitted
+    az = import_arviz()
+    heldout = adata[:300].copy()
+    idata = model.to_inference_data(num_samples=40, heldout=heldout, ate=list(truth.index)[:2], latent=True)
+    post = idata.posterior
+    assert post["effect"].dims == ("chain", "draw", "target", "gene")
+    assert post["effect"].shape == (2, 20, 6, 60)
+    assert list(post["target"].values) == list(model.registry.targets)
+    assert list(post["gene"].values) == list(model.registry.genes)
+    assert post["z_basal"].dims == ("chain", "draw", "cell", "latent")
+    assert list(post["cell"].values) == list(heldout.obs_names)
+    assert post["ate"].dims == ("chain", "draw", "perturbation", "gene")
+    # draws come from the guide: their mean is the guide's mean
+    loc = model.guide.effect_loc.detach().numpy()
+    scale = model.guide.effect_scale().detach().numpy()
+    assert np.abs(post["effect"].mean(("chain", "draw")).values - loc).max() < 5 * scale.max() / np.sqrt(40) + 1e-6
+    np.testing.assert_allclose(
+        idata.constant_data["efficacy_rate"].values, model.efficacy_probability().to_numpy(), rtol=1e-6
+    )
+    summary = az.summary(idata, var_names=["effect"], coords={"target": ["G0000"]})
+    assert len(summary) == 60
+    assert summary["r_hat"].between(0.9, 1.2).all()
+    # posterior predictive check: replicated per-gene means are close to the observed ones
+    rep = idata.posterior_predictive["gene_mean"].mean(("chain", "draw")).values
+    obs = idata.observed_data["gene_mean"].values
+    assert np.corrcoef(rep, obs)[0, 1] > 0.99
+    fig = pertpyro.plotting.ppc(idata)
+    assert len(fig.axes) == 2
+    with pytest.raises(ValueError, match="posterior predictive"):
+        pertpyro.plotting.ppc(model.to_inference_data(num_samples=4))
+
+
+# ------------------------------------------------------------------ user scripts
+def test_user_predictive_with_poutine_do(fitted):
+    """A user's own script: Predictive over poutine.do(model, perturbation=...), with the public site names."""
+    adata, model, truth, _ = fitted
+    target = "G0000"  # the simulator's target t knocks down its own gene t
+    control_cells = adata[adata.obs["perturbation"] == "control"].copy()
+    args = standalone_args(CellData(control_cells, model.registry)[np.arange(control_cells.n_obs)])
+    design = torch.zeros_like(args.perturbation)
+    design[:, model.registry.targets.index(target)] = 1.0
+
+    def simulate(counts, *rest, do_design):
+        return poutine.do(model.program, data={sites.PERTURBATION: do_design})(None, *rest)
+
+    means = {}
+    with pertpyro.local_params(), torch.no_grad():
+        for name, value in (("control", torch.zeros_like(design)), (target, design)):
+            pyro.set_rng_seed(0)
+            predictive = pyro.infer.Predictive(
+                lambda counts, *rest, v=value: simulate(counts, *rest, do_design=v),
+                guide=model.guide,
+                num_samples=20,
+                return_sites=(sites.COUNTS, sites.EFFECT),
+            )
+            out = predictive(*args)
+            x = out[sites.COUNTS]
+            assert x.shape == (20, control_cells.n_obs, 60)
+            means[name] = torch.log1p(1e4 * x / x.sum(-1, keepdim=True)).mean((0, 1)).numpy()
+    shift = means[target] - means["control"]
+    own = truth.loc[target, target]
+    assert own < -0.3
+    assert shift[0] == pytest.approx(own, abs=0.15)
+    assert np.corrcoef(shift, truth.loc[target].to_numpy())[0, 1] > 0.8
