@@ -9,7 +9,7 @@ model is fitted on each training part. Coverage of the 50/80/90/95% intervals fo
   observed shifts of the same screen's *test cells* (no truth used: the method available on real data);
 - ``other-simulation``: recalibrated with the calibration fitted on the *other* screen's truth.
 
-Run: ``python benchmarks/calibration.py`` (about 2 minutes on 2 CPU cores).
+Run: ``python benchmarks/calibration.py`` (about 2 minutes on 2 idle CPU cores; 30 minutes on a shared, loaded one).
 """
 
 import argparse

@@ -402,8 +402,10 @@ def ppc(
     if not var_names or missing:
         raise ValueError(f"Unknown var_names {missing}; idata has {list(idata.posterior_predictive.data_vars)}.")
     fig, axes = plt.subplots(1, len(var_names), figsize=figsize or (4.5 * len(var_names), 3.5), squeeze=False)
+    total = idata.posterior_predictive.sizes["chain"] * idata.posterior_predictive.sizes["draw"]
+    n_shown = total if num_pp_samples is None else min(int(num_pp_samples), total)
     for ax, name in zip(axes[0], var_names, strict=True):
-        az.plot_ppc(idata, var_names=[name], num_pp_samples=num_pp_samples, ax=ax, random_seed=0)
+        az.plot_ppc(idata, var_names=[name], num_pp_samples=n_shown, ax=ax, random_seed=0)
         ax.set_title(name.replace("_", " ") + " per gene")
     fig.tight_layout()
     return _finish(fig, save)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyro
 import torch
+from scipy.stats import norm
 
 from pertpyro.causal._ate import simulate_label_means
 from pertpyro.data._registry import Registry, design_matrix
@@ -97,6 +98,7 @@ def exceedance_table(
     *,
     threshold: float,
     fdr: float | None = None,
+    calibration: object | None = None,
 ) -> pd.DataFrame:
     """Tidy table of the posterior probability that ``|shift| > threshold``, with optional FDR hit calls.
 
@@ -111,6 +113,9 @@ def exceedance_table(
     fdr
         If given, add ``hit`` (called at Bayesian FDR ``fdr`` over every label and gene of the table) and
         ``lfdr_set`` (the expected FDR of the set called down to this effect).
+    calibration
+        An :class:`~pertpyro.evaluation.IntervalCalibration`: the probability is then that of its recalibrated
+        Normal, ``P(|N(mean, sd)| > threshold)``, instead of the fraction of draws.
 
     Returns
     -------
@@ -121,7 +126,12 @@ def exceedance_table(
     draws = np.asarray(draws)
     if draws.ndim != 3 or draws.shape[1:] != (len(labels), len(genes)):
         raise ValueError(f"draws must have shape (samples, {len(labels)}, {len(genes)}), got {draws.shape}.")
-    probability = (np.abs(draws) > threshold).mean(0)  # (L, G)
+    if calibration is None:
+        probability = (np.abs(draws) > threshold).mean(0)  # (L, G)
+    else:
+        mean, sd = calibration.sd(draws.astype(np.float64))
+        sd = np.maximum(sd, 1e-12)
+        probability = norm.cdf((-threshold - mean) / sd) + norm.sf((threshold - mean) / sd)
     n_labels, n_genes = probability.shape
     out = pd.DataFrame(
         {

@@ -11,6 +11,7 @@ Typical use::
 from pertpyro.evaluation._baselines import BASELINES, additive, no_change, shrunk_training_mean, training_mean
 from pertpyro.evaluation._calibration import (
     IntervalCalibration,
+    calibration_report,
     calibration_table,
     fit_interval_calibration,
     heldout_reference,
@@ -39,6 +40,7 @@ __all__ = [
     "LabelMoments",
     "additive",
     "ate_metrics",
+    "calibration_report",
     "calibration_table",
     "fit_interval_calibration",
     "heldout_reference",

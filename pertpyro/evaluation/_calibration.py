@@ -41,6 +41,7 @@ def interval_coverage(
     *,
     levels: Sequence[float] = DEFAULT_LEVELS,
     calibration: IntervalCalibration | None = None,
+    reference_se: np.ndarray | float | None = None,
     mask: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Fraction of true values inside the equal-tailed credible intervals of each level.
@@ -56,6 +57,10 @@ def interval_coverage(
     calibration
         Score the recalibrated intervals of this :class:`IntervalCalibration` instead of the raw posterior
         quantiles.
+    reference_se
+        Standard error of a noisy reference (e.g. the observed shift of held-out cells) in place of the truth: the
+        intervals are then Normal, ``mean +- z sqrt(sd^2 + se^2)`` (with ``sd`` recalibrated by ``calibration``
+        when given), i.e. predictive intervals for the reference. Width is still that of the model's intervals.
     mask
         Optional boolean ``(labels, genes)``: score only these entries.
 
@@ -68,15 +73,24 @@ def interval_coverage(
     if draws.ndim != 3 or draws.shape[1:] != truth.shape:
         raise ValueError(f"draws (samples, L, G) and truth (L, G) disagree: {draws.shape} vs {truth.shape}.")
     keep = np.isfinite(truth) if mask is None else (np.asarray(mask, bool) & np.isfinite(truth))
+    if reference_se is not None:
+        keep &= np.isfinite(np.broadcast_to(np.asarray(reference_se, dtype=np.float64), truth.shape))
     if not keep.any():
         raise ValueError("No finite true values to score.")
     rows = []
     for level in levels:
-        if calibration is None:
+        if reference_se is not None:
+            mean, sd = (calibration or IntervalCalibration()).sd(draws)
+            half = norm.ppf(1 - (1 - level) / 2) * sd
+            predictive = norm.ppf(1 - (1 - level) / 2) * np.sqrt(sd**2 + np.asarray(reference_se) ** 2)
+            inside = np.abs(truth - mean) <= predictive
+            lo, hi = mean - half, mean + half
+        elif calibration is None:
             lo, hi = interval_bounds(draws, float(level))
+            inside = (truth >= lo) & (truth <= hi)
         else:
             lo, hi = calibration.bounds(draws, float(level))
-        inside = (truth >= lo) & (truth <= hi)
+            inside = (truth >= lo) & (truth <= hi)
         rows.append(
             {
                 "level": float(level),
@@ -223,3 +237,52 @@ def heldout_reference(adata: AnnData, labels: Sequence[str]) -> tuple[pd.DataFra
     shift = mean - ctrl_mean
     se = np.sqrt(var.div(n, axis=0) + ctrl_var / n_ctrl)
     return shift, se
+
+
+def calibration_report(
+    model: object,
+    adata: AnnData,
+    heldout: AnnData | None = None,
+    *,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    n_samples: int = 100,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Coverage of the ATE intervals of every seen label, against the truth and/or held-out cells.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~pertpyro.PerturbationModel`.
+    adata
+        The full data set; when made by :func:`pertpyro.datasets.simulate` (``uns["truth"]``), the intervals are
+        scored against the true shifts (``reference = "truth"``).
+    heldout
+        Held-out cells (e.g. the test split): the intervals, widened by each observed shift's standard error, are
+        scored against the observed shifts (``reference = "heldout"``), the check available on real data.
+    levels, n_samples, seed
+        Interval masses, posterior draws and seed.
+
+    Returns
+    -------
+    DataFrame with ``reference``, ``level``, ``coverage``, ``mean_width``, ``n`` (empty when neither applies).
+    """
+    from pertpyro._keys import TRUTH_KEY
+    from pertpyro.data._simulate import truth_shift_frame
+
+    genes = list(model.registry.genes)
+    tables = []
+    has_truth = TRUTH_KEY in adata.uns
+    labels = list(truth_shift_frame(adata).index) if has_truth else list(model.registry.targets)
+    draws = model.ate_draws(labels, n_samples=n_samples, seed=seed)
+    if has_truth:
+        truth = truth_shift_frame(adata).loc[labels, genes].to_numpy()
+        tables.append(interval_coverage(draws, truth, levels=levels).assign(reference="truth"))
+    if heldout is not None:
+        observed, se = heldout_reference(heldout, labels)
+        table = interval_coverage(draws, observed[genes].to_numpy(), levels=levels, reference_se=se[genes].to_numpy())
+        tables.append(table.assign(reference="heldout"))
+    if not tables:
+        return pd.DataFrame(columns=["reference", "level", "coverage", "mean_width", "n"])
+    out = pd.concat(tables, ignore_index=True)
+    return out[["reference", "level", "coverage", "mean_width", "n"]]

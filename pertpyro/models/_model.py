@@ -366,6 +366,7 @@ class PerturbationModel:
         threshold: float = 0.1,
         n_samples: int = 100,
         fdr: float | None = None,
+        calibration: Any = None,
         **kwargs: Any,
     ) -> pd.DataFrame:
         """Posterior probability that ``|ATE| > threshold`` per perturbation and gene, with optional hit calls.
@@ -381,6 +382,9 @@ class PerturbationModel:
         fdr
             Call hits at this Bayesian false discovery rate (e.g. 0.05) over every label and gene of the table:
             columns ``hit`` and ``lfdr_set`` (see :func:`pertpyro.causal.bayesian_fdr_calls`).
+        calibration
+            A recalibration of the posterior (:func:`pertpyro.evaluation.fit_interval_calibration`): probabilities
+            from its widened Normal instead of the raw draws.
         **kwargs
             ``responders``, ``cells``, ``max_cells``, ``match_batches``, ``seed`` as in :meth:`ate`.
 
@@ -390,7 +394,9 @@ class PerturbationModel:
         """
         labels = self._labels(perturbations)
         draws = self.ate_draws(labels, n_samples=n_samples, **kwargs)
-        return exceedance_table(draws, labels, self.registry.genes, threshold=threshold, fdr=fdr)
+        return exceedance_table(
+            draws, labels, self.registry.genes, threshold=threshold, fdr=fdr, calibration=calibration
+        )
 
     def to_inference_data(self, num_samples: int = 200, **kwargs: Any) -> Any:
         """Posterior of the global sites (and optionally a posterior predictive check) as ``arviz.InferenceData``.
