@@ -11,7 +11,12 @@ import pertpyro
 from pertpyro.causal import bayesian_fdr_calls, exceedance_table
 from pertpyro.data._loader import CellData, standalone_args
 from pertpyro.datasets import truth_shift_frame
-from pertpyro.evaluation import IntervalCalibration, fit_interval_calibration, interval_coverage
+from pertpyro.evaluation import (
+    IntervalCalibration,
+    calibration_report,
+    fit_interval_calibration,
+    interval_coverage,
+)
 from pertpyro.models import sites
 from pertpyro.posterior import import_arviz
 
@@ -74,6 +79,15 @@ def test_fit_interval_calibration_recovers_known_miscalibration():
     assert refit.scale == pytest.approx(2.0, abs=0.35)
 
 
+def test_calibration_report_scores_truth_and_heldout_cells(fitted):
+    adata, model, _, _ = fitted
+    report = calibration_report(model, adata, adata[:600].copy(), n_samples=6)
+    assert list(report["reference"].unique()) == ["truth", "heldout"]
+    assert report["coverage"].between(0, 1).all()
+    assert report.groupby("reference").size().to_dict() == {"truth": 4, "heldout": 4}
+    assert report["level"].tolist() == [0.5, 0.8, 0.9, 0.95] * 2
+
+
 # ------------------------------------------------------------------ probabilities and FDR
 def test_bayesian_fdr_calls_control_the_realised_fdr():
     rng = np.random.default_rng(1)
@@ -92,10 +106,13 @@ def test_ate_probability_and_hits_on_the_simulator(fitted):
     _, model, truth, draws = fitted
     labels = list(truth.index)
     threshold = 0.2
-    table = model.ate_probability(labels, threshold=threshold, n_samples=40, max_cells=400, seed=0, fdr=0.1)
-    assert {"perturbation", "gene", "mean", "probability", "hit", "lfdr_set"} <= set(table.columns)
-    # the same draws as ate_draws with the same seed
-    np.testing.assert_allclose(table["probability"], (np.abs(draws) > threshold).mean(0).ravel())
+    small = model.ate_probability(labels[:2], threshold=threshold, n_samples=5, max_cells=400, seed=1, fdr=0.1)
+    assert {"perturbation", "gene", "mean", "probability", "hit", "lfdr_set"} <= set(small.columns)
+    # the draws of ate_draws with the same seed
+    same = model.ate_draws(labels[:2], n_samples=5, max_cells=400, seed=1)
+    np.testing.assert_allclose(small["probability"], (np.abs(same) > threshold).mean(0).ravel())
+    # the fixture's draws are those of ate_probability(labels, n_samples=40, max_cells=400, seed=0)
+    table = exceedance_table(draws, labels, model.registry.genes, threshold=threshold, fdr=0.1)
     real = np.abs(truth.to_numpy().ravel()) > threshold
     hit = table["hit"].to_numpy()
     assert real.sum() >= 10
@@ -137,11 +154,11 @@ def test_inference_data_dims_coords_and_summary(fitted):
     az = import_arviz()
     heldout = adata[:300].copy()
     idata = model.to_inference_data(
-        num_samples=40, heldout=heldout, ate=list(truth.index)[:2], latent=True, max_cells=300
+        num_samples=20, heldout=heldout, ate=list(truth.index)[:2], latent=True, max_cells=300
     )
     post = idata.posterior
     assert post["effect"].dims == ("chain", "draw", "target", "gene")
-    assert post["effect"].shape == (2, 20, 6, 60)
+    assert post["effect"].shape == (2, 10, 6, 60)
     assert list(post["target"].values) == list(model.registry.targets)
     assert list(post["gene"].values) == list(model.registry.genes)
     assert post["z_basal"].dims == ("chain", "draw", "cell", "latent")
@@ -150,13 +167,14 @@ def test_inference_data_dims_coords_and_summary(fitted):
     # draws come from the guide: their mean is the guide's mean
     loc = model.guide.effect_loc.detach().numpy()
     scale = model.guide.effect_scale().detach().numpy()
-    assert np.abs(post["effect"].mean(("chain", "draw")).values - loc).max() < 5 * scale.max() / np.sqrt(40) + 1e-6
+    assert np.abs(post["effect"].mean(("chain", "draw")).values - loc).max() < 5 * scale.max() / np.sqrt(20) + 1e-6
     np.testing.assert_allclose(
         idata.constant_data["efficacy_rate"].values, model.efficacy_probability().to_numpy(), rtol=1e-6
     )
     summary = az.summary(idata, var_names=["effect"], coords={"target": ["G0000"]})
     assert len(summary) == 60
-    assert summary["r_hat"].between(0.9, 1.2).all()
+    assert np.isfinite(summary["r_hat"]).all()
+    assert 0.95 <= summary["r_hat"].median() <= 1.1  # independent draws: R-hat about 1 (noisy with 2 x 10 draws)
     # posterior predictive check: replicated per-gene means are close to the observed ones
     rep = idata.posterior_predictive["gene_mean"].mean(("chain", "draw")).values
     obs = idata.observed_data["gene_mean"].values

@@ -255,8 +255,8 @@ def calibration_report(
     model
         A trained :class:`~pertpyro.PerturbationModel`.
     adata
-        The full data set; when made by :func:`pertpyro.datasets.simulate` (``uns["truth"]``), the intervals are
-        scored against the true shifts (``reference = "truth"``).
+        The full data set; when made by :func:`pertpyro.datasets.simulate` (``uns["truth"]`` with finite shifts),
+        the intervals are scored against the true shifts (``reference = "truth"``).
     heldout
         Held-out cells (e.g. the test split): the intervals, widened by each observed shift's standard error, are
         scored against the observed shifts (``reference = "heldout"``), the check available on real data.
@@ -272,11 +272,12 @@ def calibration_report(
 
     genes = list(model.registry.genes)
     tables = []
-    has_truth = TRUTH_KEY in adata.uns
-    labels = list(truth_shift_frame(adata).index) if has_truth else list(model.registry.targets)
+    truth = truth_shift_frame(adata) if TRUTH_KEY in adata.uns else None
+    has_truth = truth is not None and bool(np.isfinite(truth.to_numpy()).any())  # simulate(n_truth_cells=0): NaN
+    labels = list(truth.index) if truth is not None else list(model.registry.targets)
     draws = model.ate_draws(labels, n_samples=n_samples, seed=seed)
     if has_truth:
-        truth = truth_shift_frame(adata).loc[labels, genes].to_numpy()
+        truth = truth.loc[labels, genes].to_numpy()
         tables.append(interval_coverage(draws, truth, levels=levels).assign(reference="truth"))
     if heldout is not None:
         observed, se = heldout_reference(heldout, labels)
