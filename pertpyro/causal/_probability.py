@@ -58,6 +58,14 @@ def shift_draws(
     return (means[:, 1:] - means[:, :1]).numpy()
 
 
+def check_query(threshold: float, fdr: float | None) -> None:
+    """Raise a ``ValueError`` for a negative or non-finite ``threshold`` or an ``fdr`` outside ``(0, 1)``."""
+    if threshold < 0 or not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite non-negative number, got {threshold}.")
+    if fdr is not None and not 0 < fdr < 1:
+        raise ValueError(f"fdr must lie strictly between 0 and 1, got {fdr}.")
+
+
 def bayesian_fdr_calls(probability: np.ndarray, fdr: float) -> tuple[np.ndarray, np.ndarray]:
     """Call the largest set of effects whose posterior expected false discovery rate is at most ``fdr``.
 
@@ -121,8 +129,7 @@ def exceedance_table(
     -------
     DataFrame with columns ``perturbation``, ``gene``, ``mean``, ``probability`` (and ``hit``, ``lfdr_set``).
     """
-    if threshold < 0 or not np.isfinite(threshold):
-        raise ValueError(f"threshold must be a finite non-negative number, got {threshold}.")
+    check_query(threshold, fdr)
     draws = np.asarray(draws)
     if draws.ndim != 3 or draws.shape[1:] != (len(labels), len(genes)):
         raise ValueError(f"draws must have shape (samples, {len(labels)}, {len(genes)}), got {draws.shape}.")

@@ -19,7 +19,7 @@ from pertpyro import __version__
 from pertpyro._settings import local_params, set_seed
 from pertpyro.causal._ate import average_treatment_effect, log_normalise
 from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene
-from pertpyro.causal._probability import exceedance_table, shift_draws
+from pertpyro.causal._probability import check_query, exceedance_table, shift_draws
 from pertpyro.data._loader import CellData, make_loader, program_args
 from pertpyro.data._registry import Registry, design_matrix, get_counts, get_registry, perturbation_labels
 from pertpyro.inference._iwelbo import iwelbo_per_cell
@@ -392,6 +392,7 @@ class PerturbationModel:
         -------
         Tidy DataFrame with columns ``perturbation``, ``gene``, ``mean``, ``probability`` (``hit``, ``lfdr_set``).
         """
+        check_query(threshold, fdr)  # before the draws
         labels = self._labels(perturbations)
         draws = self.ate_draws(labels, n_samples=n_samples, **kwargs)
         return exceedance_table(
