@@ -177,6 +177,10 @@ def evaluate(run_dir: str | Path) -> pd.DataFrame:
     table.loc[table["method"] == table["method"].iloc[0], "iwelbo"] = iwelbo
     table.to_csv(run_dir / "metrics.csv", index=False)
     text = evaluation.format_table(table)
+    coverage = evaluation.calibration_report(model, adata, parts["test"], n_samples=ev["n_samples"])
+    coverage.to_csv(run_dir / "calibration.csv", index=False)
+    text += "\n\nCoverage of the ATE credible intervals (truth: simulator; heldout: observed test shifts +- their SE)\n"
+    text += coverage.to_string(index=False, float_format="{:.3f}".format)
     (run_dir / "metrics.md").write_text(text + "\n")
     print(text)
     return table

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["ate_dotplot", "ate_forest", "training_curves", "volcano"]
+__all__ = ["ate_dotplot", "ate_forest", "ppc", "training_curves", "volcano"]
 
 ATE_COLUMNS = ("perturbation", "gene", "mean", "lower", "upper")
 HISTORY_COLUMNS = ("epoch", "train_loss")
@@ -354,4 +354,58 @@ def volcano(
     ax.set_title(f"{perturbation}")
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
+    return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------------------------------- posterior
+def ppc(
+    idata: Any,
+    *,
+    var_names: Sequence[str] = ("gene_mean", "zero_fraction"),
+    num_pp_samples: int | None = 50,
+    figsize: tuple[float, float] | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """Posterior predictive check: distribution over genes of each summary, observed vs replicated data.
+
+    Parameters
+    ----------
+    idata
+        ``arviz.InferenceData`` from ``model.to_inference_data(heldout=cells)`` (groups ``posterior_predictive`` and
+        ``observed_data``).
+    var_names
+        Summaries to show, one panel each (``gene_mean``: mean ``log1p(1e4 x / sum x)`` per gene; ``zero_fraction``:
+        fraction of zero counts per gene).
+    num_pp_samples
+        Replicates drawn in each panel (``None``: all).
+    figsize
+        Figure size (default: 4.5 x 3.5 inches per panel).
+    save
+        File to write the figure to.
+
+    Returns
+    -------
+    The figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from pertpyro.posterior import import_arviz
+
+    az = import_arviz()
+    groups = set(getattr(idata, "groups", list)())
+    if not {"posterior_predictive", "observed_data"} <= groups:
+        raise ValueError(
+            "idata has no posterior predictive check: call model.to_inference_data(heldout=cells) to add one."
+        )
+    var_names = [str(v) for v in var_names]
+    missing = [v for v in var_names if v not in idata.posterior_predictive]
+    if not var_names or missing:
+        raise ValueError(f"Unknown var_names {missing}; idata has {list(idata.posterior_predictive.data_vars)}.")
+    fig, axes = plt.subplots(1, len(var_names), figsize=figsize or (4.5 * len(var_names), 3.5), squeeze=False)
+    total = idata.posterior_predictive.sizes["chain"] * idata.posterior_predictive.sizes["draw"]
+    n_shown = total if num_pp_samples is None else min(int(num_pp_samples), total)
+    for ax, name in zip(axes[0], var_names, strict=True):
+        az.plot_ppc(idata, var_names=[name], num_pp_samples=n_shown, ax=ax, random_seed=0)
+        ax.set_title(name.replace("_", " ") + " per gene")
+    fig.tight_layout()
     return _finish(fig, save)

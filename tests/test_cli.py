@@ -44,6 +44,9 @@ def test_fit_evaluate_query(config, tmp_path, capsys):
     assert table["method"].iloc[0] == "PerturbationModel"
     assert {"training_mean", "no_change"} <= set(table["method"])
     assert table.loc[0, "iwelbo"] < 0
+    coverage = pd.read_csv(run / "calibration.csv")  # coverage of the test cells' shifts (no truth: n_truth_cells=0)
+    assert set(coverage["reference"]) == {"heldout"}
+    assert coverage["coverage"].between(0, 1).all()
     out = tmp_path / "q.csv"
     assert cli.main(["query", str(run), "--do", "perturbation=G0000", "--out", str(out)]) == 0
     q = pd.read_csv(out)

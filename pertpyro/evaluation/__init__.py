@@ -9,6 +9,15 @@ Typical use::
 """
 
 from pertpyro.evaluation._baselines import BASELINES, additive, no_change, shrunk_training_mean, training_mean
+from pertpyro.evaluation._calibration import (
+    IntervalCalibration,
+    calibration_report,
+    calibration_table,
+    fit_interval_calibration,
+    heldout_reference,
+    interval_bounds,
+    interval_coverage,
+)
 from pertpyro.evaluation._grn import (
     causalbench_stats,
     correlation_baseline,
@@ -34,6 +43,7 @@ from pertpyro.evaluation._splits import split_cells, split_heldout_combinations,
 
 __all__ = [
     "BASELINES",
+    "IntervalCalibration",
     "METRIC_COLUMNS",
     "LabelMoments",
     "additive",
@@ -44,6 +54,12 @@ __all__ = [
     "enrichment",
     "knockout_shift_baseline",
     "random_baseline",
+    "calibration_report",
+    "calibration_table",
+    "fit_interval_calibration",
+    "heldout_reference",
+    "interval_bounds",
+    "interval_coverage",
     "format_table",
     "label_moments",
     "log_normalise",

@@ -19,6 +19,7 @@ from pertpyro import __version__
 from pertpyro._settings import local_params, set_seed
 from pertpyro.causal._ate import average_treatment_effect, log_normalise
 from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene
+from pertpyro.causal._probability import check_query, exceedance_table, shift_draws
 from pertpyro.data._loader import CellData, make_loader, program_args
 from pertpyro.data._registry import Registry, design_matrix, get_counts, get_registry, perturbation_labels
 from pertpyro.inference._iwelbo import iwelbo_per_cell
@@ -406,6 +407,91 @@ class PerturbationModel:
         (a knockout removes one unit: negative weight = the knockout raises the target).
         """
         return grn_table(self, threshold, ci=ci, write_varp=write_varp)
+
+    def ate_draws(
+        self,
+        perturbations: Sequence[str] | str | None = None,
+        *,
+        n_samples: int = 100,
+        responders: bool = False,
+        cells: AnnData | None = None,
+        max_cells: int | None = 2000,
+        match_batches: bool = False,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """Posterior draws of the shifts behind :meth:`ate`, ``(n_samples, labels, genes)`` (same arguments)."""
+        self._check_trained()
+        labels = self._labels(perturbations)
+        population = self._population(cells, max_cells, seed)
+        weights = self._batch_weights(labels, population) if match_batches else None
+        return shift_draws(
+            self.program,
+            self.guide,
+            population,
+            labels,
+            self.registry,
+            n_samples=n_samples,
+            responders=responders,
+            weights=weights,
+            seed=seed,
+        )
+
+    def ate_probability(
+        self,
+        perturbations: Sequence[str] | str | None = None,
+        *,
+        threshold: float = 0.1,
+        n_samples: int = 100,
+        fdr: float | None = None,
+        calibration: Any = None,
+        **kwargs: Any,
+    ) -> pd.DataFrame:
+        """Posterior probability that ``|ATE| > threshold`` per perturbation and gene, with optional hit calls.
+
+        Parameters
+        ----------
+        perturbations
+            Labels, as in :meth:`ate`.
+        threshold
+            Smallest absolute shift of mean ``log1p(1e4 x / sum x)`` that counts as an effect.
+        n_samples
+            Posterior draws.
+        fdr
+            Call hits at this Bayesian false discovery rate (e.g. 0.05) over every label and gene of the table:
+            columns ``hit`` and ``lfdr_set`` (see :func:`pertpyro.causal.bayesian_fdr_calls`).
+        calibration
+            A recalibration of the posterior (:func:`pertpyro.evaluation.fit_interval_calibration`): probabilities
+            from its widened Normal instead of the raw draws.
+        **kwargs
+            ``responders``, ``cells``, ``max_cells``, ``match_batches``, ``seed`` as in :meth:`ate`.
+
+        Returns
+        -------
+        Tidy DataFrame with columns ``perturbation``, ``gene``, ``mean``, ``probability`` (``hit``, ``lfdr_set``).
+        """
+        check_query(threshold, fdr)  # before the draws
+        labels = self._labels(perturbations)
+        draws = self.ate_draws(labels, n_samples=n_samples, **kwargs)
+        return exceedance_table(
+            draws, labels, self.registry.genes, threshold=threshold, fdr=fdr, calibration=calibration
+        )
+
+    def to_inference_data(self, num_samples: int = 200, **kwargs: Any) -> Any:
+        """Posterior of the global sites (and optionally a posterior predictive check) as ``arviz.InferenceData``.
+
+        See :func:`pertpyro.posterior.to_inference_data` for the arguments (``heldout``, ``seed``, ...).
+        """
+        from pertpyro.posterior import to_inference_data
+
+        self._check_trained()
+        return to_inference_data(self, num_samples=num_samples, **kwargs)
+
+    def _labels(self, perturbations: Sequence[str] | str | None) -> list[str]:
+        if perturbations is None:
+            return list(self.registry.targets)
+        if isinstance(perturbations, str):
+            return [perturbations]
+        return [str(p) for p in perturbations]
 
     def counterfactual(
         self,

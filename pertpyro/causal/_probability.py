@@ -1,0 +1,155 @@
+"""Posterior draws of average treatment effects, exceedance probabilities and Bayesian FDR hit calls.
+
+``shift_draws`` is the raw material of :func:`pertpyro.causal._ate.average_treatment_effect` (same engine, same
+seeds, so the same draws): posterior draws of the shift of mean ``log1p(1e4 x / sum x)`` per label and gene. From
+them, :func:`exceedance_table` gives the posterior probability that ``|shift| > threshold`` and, optionally, calls
+hits by controlling the Bayesian false discovery rate (Newton et al. 2004; Müller et al. 2006): the posterior
+expected proportion of false calls among the called ones, ``mean(1 - p)`` over the calls, is kept below ``fdr``
+by calling the effects with the highest probabilities first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from scipy.stats import norm
+
+from pertpyro.causal._ate import simulate_label_means
+from pertpyro.data._registry import Registry, design_matrix
+
+
+def shift_draws(
+    program: torch.nn.Module,
+    guide: torch.nn.Module,
+    population: dict[str, torch.Tensor],
+    labels: Sequence[str],
+    registry: Registry,
+    *,
+    n_samples: int = 100,
+    responders: bool = False,
+    weights: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Posterior draws of the shift of each label against control, ``(n_samples, labels, genes)``.
+
+    Same arguments and the same random stream as :func:`~pertpyro.causal._ate.average_treatment_effect`, so
+    ``draws.mean(0)`` equals the ``mean`` column of ``model.ate`` with the same seed.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be positive, got {n_samples}.")
+    labels = [str(label) for label in labels]
+    if not labels:
+        raise ValueError("Give at least one perturbation label.")
+    designs = torch.from_numpy(
+        np.concatenate([np.zeros((1, registry.n_targets), np.float32), design_matrix(labels, registry)])
+    )
+    with torch.random.fork_rng():
+        pyro.set_rng_seed(seed)
+        arm_weights = None
+        if weights is not None:
+            arm_weights = torch.cat([torch.ones(1, weights.shape[1]), torch.as_tensor(weights, dtype=torch.float32)])
+        means = simulate_label_means(
+            program, guide, population, designs, n_samples=n_samples, responders=responders, weights=arm_weights
+        )
+    return (means[:, 1:] - means[:, :1]).numpy()
+
+
+def check_query(threshold: float, fdr: float | None) -> None:
+    """Raise a ``ValueError`` for a negative or non-finite ``threshold`` or an ``fdr`` outside ``(0, 1)``."""
+    if threshold < 0 or not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite non-negative number, got {threshold}.")
+    if fdr is not None and not 0 < fdr < 1:
+        raise ValueError(f"fdr must lie strictly between 0 and 1, got {fdr}.")
+
+
+def bayesian_fdr_calls(probability: np.ndarray, fdr: float) -> tuple[np.ndarray, np.ndarray]:
+    """Call the largest set of effects whose posterior expected false discovery rate is at most ``fdr``.
+
+    Effects are sorted by decreasing probability ``p``; the first ``k`` are called, with ``k`` the largest number
+    such that the mean of ``1 - p`` over them is ``<= fdr`` (the mean is non-decreasing in ``k``, so this is a
+    prefix).
+
+    Parameters
+    ----------
+    probability
+        Posterior probability that each effect is real, any shape.
+    fdr
+        Target Bayesian false discovery rate, in ``(0, 1)``.
+
+    Returns
+    -------
+    Boolean calls and the expected FDR of the set called at each effect's rank (``q``-value analogue), both of the
+    shape of ``probability``.
+    """
+    if not 0 < fdr < 1:
+        raise ValueError(f"fdr must lie strictly between 0 and 1, got {fdr}.")
+    p = np.asarray(probability, dtype=np.float64)
+    flat = p.ravel()
+    order = np.argsort(-flat, kind="stable")
+    running = np.cumsum(1.0 - flat[order]) / np.arange(1, flat.size + 1)  # expected FDR of the top-k set
+    n_called = int(np.searchsorted(running, fdr, side="right"))  # running is non-decreasing
+    called = np.zeros(flat.size, dtype=bool)
+    called[order[:n_called]] = True
+    qvalue = np.empty(flat.size)
+    qvalue[order] = running
+    return called.reshape(p.shape), qvalue.reshape(p.shape)
+
+
+def exceedance_table(
+    draws: np.ndarray,
+    labels: Sequence[str],
+    genes: Sequence[str],
+    *,
+    threshold: float,
+    fdr: float | None = None,
+    calibration: object | None = None,
+) -> pd.DataFrame:
+    """Tidy table of the posterior probability that ``|shift| > threshold``, with optional FDR hit calls.
+
+    Parameters
+    ----------
+    draws
+        Posterior draws of the shifts, ``(n_samples, labels, genes)``.
+    labels, genes
+        Names of the label and gene axes.
+    threshold
+        Smallest absolute shift (log1p scale) that counts as an effect; ``>= 0``.
+    fdr
+        If given, add ``hit`` (called at Bayesian FDR ``fdr`` over every label and gene of the table) and
+        ``lfdr_set`` (the expected FDR of the set called down to this effect).
+    calibration
+        An :class:`~pertpyro.evaluation.IntervalCalibration`: the probability is then that of its recalibrated
+        Normal, ``P(|N(mean, sd)| > threshold)``, instead of the fraction of draws.
+
+    Returns
+    -------
+    DataFrame with columns ``perturbation``, ``gene``, ``mean``, ``probability`` (and ``hit``, ``lfdr_set``).
+    """
+    check_query(threshold, fdr)
+    draws = np.asarray(draws)
+    if draws.ndim != 3 or draws.shape[1:] != (len(labels), len(genes)):
+        raise ValueError(f"draws must have shape (samples, {len(labels)}, {len(genes)}), got {draws.shape}.")
+    if calibration is None:
+        probability = (np.abs(draws) > threshold).mean(0)  # (L, G)
+    else:
+        mean, sd = calibration.sd(draws.astype(np.float64))
+        sd = np.maximum(sd, 1e-12)
+        probability = norm.cdf((-threshold - mean) / sd) + norm.sf((threshold - mean) / sd)
+    n_labels, n_genes = probability.shape
+    out = pd.DataFrame(
+        {
+            "perturbation": np.repeat(np.asarray(labels, dtype=object), n_genes),
+            "gene": np.tile(np.asarray(genes, dtype=object), n_labels),
+            "mean": draws.mean(0).ravel(),
+            "probability": probability.ravel(),
+        }
+    )
+    if fdr is not None:
+        called, qvalue = bayesian_fdr_calls(probability, fdr)
+        out["hit"] = called.ravel()
+        out["lfdr_set"] = qvalue.ravel()
+    return out
