@@ -21,6 +21,7 @@ from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, interven
 from pertpyro.data._loader import CellData, make_loader, program_args
 from pertpyro.data._registry import Registry, design_matrix, get_registry, perturbation_labels
 from pertpyro.data._stream import CountStatistics
+from pertpyro.inference._device import pin_memory_for
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.inference._lightning import SVIModule, fit
 from pertpyro.models._program import PerturbationGuide, PerturbationProgram, _inverse_softplus
@@ -226,8 +227,9 @@ class PerturbationModel:
         if max_epochs is None:
             max_epochs = int(min(400, max(50, 2_000_000 // len(train_data))))
         module = SVIModule(self.program, self.guide, n_train=len(train_data), n_val=len(val_data), lr=lr, seed=seed)
-        train_loader = make_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed)
-        val_loader = make_loader(val_data, batch_size=max(batch_size, 2048), shuffle=False)
+        pin = pin_memory_for(accelerator)  # page-locked batches, copied asynchronously, only for a CUDA GPU
+        train_loader = make_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed, pin_memory=pin)
+        val_loader = make_loader(val_data, batch_size=max(batch_size, 2048), shuffle=False, pin_memory=pin)
         logger.info(
             "Training on %d cells, validating on %d, for at most %d epochs.", len(train_data), len(val_data), max_epochs
         )
