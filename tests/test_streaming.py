@@ -10,6 +10,7 @@ import torch
 
 import pertpyro
 from pertpyro.data import _stream
+from pertpyro.data._blocks import BlockBatchSampler, holdout_rows
 from pertpyro.data._loader import CellData, make_loader
 from pertpyro.data._registry import get_registry
 from pertpyro.data._stream import count_statistics, is_backed, iter_row_blocks, row_totals
@@ -34,7 +35,10 @@ class _Recording:
         return self.matrix.format
 
     def __getitem__(self, key):
-        rows = np.arange(*key.indices(self.shape[0])) if isinstance(key, slice) else np.asarray(key)
+        if isinstance(key, slice):
+            rows = np.arange(*key.indices(self.shape[0]))
+        else:
+            rows = np.flatnonzero(key) if np.asarray(key).dtype == bool else np.asarray(key)
         self.reads.append(rows)
         return self.matrix[key]
 
@@ -134,3 +138,50 @@ def test_backed_csc_is_rejected(tmp_path, tiny_adata):
     pertpyro.setup_anndata(backed, batch_key="batch")
     with pytest.raises(ValueError, match="backed CSC"):
         pertpyro.PerturbationModel(backed)
+
+
+def test_block_batches_cover_every_cell_in_runs():
+    sampler = BlockBatchSampler(1003, batch_size=100, block_size=25, seed=4)
+    epochs = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 11
+        cells = np.concatenate(batches)
+        np.testing.assert_array_equal(np.sort(cells), np.arange(1003))  # each cell once per epoch
+        # Blocks of 25 consecutive cells, each one unbroken run in the epoch's order; a batch spans at most 5 blocks.
+        block = cells // 25
+        same = block[1:] == block[:-1]
+        assert np.all(np.diff(cells)[same] == 1)
+        assert np.count_nonzero(~same) + 1 == 41
+        assert max(len(np.unique(np.asarray(b) // 25)) for b in batches) <= 5
+        epochs.append(cells)
+    assert not np.array_equal(epochs[0], epochs[1])
+    sampler.set_epoch(0)
+    np.testing.assert_array_equal(np.concatenate(list(sampler)), epochs[0])  # reproducible
+
+
+def test_holdout_rows():
+    train, val = holdout_rows(1000, 0.1, seed=3)
+    order = np.random.default_rng(3).permutation(1000)  # the model's hold-out before block reads existed
+    np.testing.assert_array_equal(train, order[100:])
+    np.testing.assert_array_equal(val, order[:100])
+    train, val = holdout_rows(1000, 0.1, seed=3, block_size=50)
+    assert len(val) == 100
+    assert np.all(np.diff(train) > 0)
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(1000))
+    assert set(np.unique(val // 50)).isdisjoint(np.unique(train // 50))  # whole blocks held out
+    with pytest.raises(ValueError, match="validation_fraction"):
+        holdout_rows(10, 1.5, seed=0)
+
+
+def test_block_training_from_disk(screen_file):
+    adata, path = screen_file
+    backed = ad.read_h5ad(path, backed="r")
+    pertpyro.setup_anndata(backed, batch_key="batch")
+    model = pertpyro.PerturbationModel(backed, latent_dim=3)
+    history = model.train(max_epochs=3, batch_size=100, block_size=20, progress_bar=False, seed=0)
+    assert np.isfinite(history[["train_loss", "val_loss"]].to_numpy()).all()
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    rows = np.array([0, 1, 2, 3, 40, 41, 42, 300])  # runs and a single row: read through the mask
+    np.testing.assert_array_equal(model._data[rows]["counts"].numpy(), adata.X[rows].toarray())

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from anndata import AnnData
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
+from pertpyro.data._blocks import BlockBatchSampler
 from pertpyro.data._registry import Registry, batch_codes, design_matrix, get_counts, perturbation_labels
 from pertpyro.data._stream import (
     CountStatistics,
@@ -185,15 +186,23 @@ def make_loader(
     seed: int = 0,
     pin_memory: bool = False,
     distributed: bool = False,
+    block_size: int = 1,
 ) -> DataLoader:
     """Minibatch loader over ``data``: one sampler draw is a whole batch, sliced in one vectorised call.
 
     ``distributed=True`` gives each process of a multi-process run its own shard of the cells
-    (:class:`DistributedBatchSampler`).
+    (:class:`DistributedBatchSampler`). ``block_size > 1`` (with ``shuffle``) makes minibatches of shuffled blocks of
+    consecutive cells, for fast reads from a backed AnnData (:class:`~pertpyro.data._blocks.BlockBatchSampler`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    if distributed:
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}.")
+    if distributed and block_size > 1:
+        raise ValueError("block_size > 1 is not supported with several processes (DDP); use block_size=1.")
+    if shuffle and block_size > 1:
+        sampler = BlockBatchSampler(len(data), batch_size, block_size, seed=seed)
+    elif distributed:
         sampler = DistributedBatchSampler(len(data), batch_size, shuffle=shuffle, seed=seed)
     else:
         base = (
@@ -211,6 +220,8 @@ def shard_loader(loader: DataLoader) -> DataLoader:
     sampler = loader.sampler
     if isinstance(sampler, DistributedBatchSampler):
         return loader
+    if isinstance(sampler, BlockBatchSampler):
+        raise ValueError("block_size > 1 is not supported with several processes (DDP); use block_size=1.")
     if not (isinstance(sampler, BatchSampler) and isinstance(sampler.sampler, (RandomSampler, SequentialSampler))):
         raise TypeError(
             "Multi-process training needs loaders made by pertpyro's make_loader (or with a "

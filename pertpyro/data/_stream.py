@@ -64,8 +64,17 @@ def iter_row_blocks(
 
 
 def read_rows(matrix: Any, rows: np.ndarray) -> np.ndarray:
-    """Dense ``float32`` rows ``rows`` (sorted, unique) of an in-memory or backed matrix; only those rows are read."""
-    block = matrix[rows]
+    """Dense ``float32`` rows ``rows`` (sorted, unique) of an in-memory or backed matrix; only those rows are read.
+
+    A backed CSR matrix is indexed by a boolean mask, with which anndata reads runs of consecutive rows in one read
+    each (when the runs are long enough) instead of one read per row.
+    """
+    if is_backed(matrix) and getattr(matrix, "format", None) == "csr":
+        mask = np.zeros(int(matrix.shape[0]), dtype=bool)
+        mask[rows] = True
+        block = matrix[mask]
+    else:
+        block = matrix[rows]
     block = block.toarray() if sp.issparse(block) else block
     return np.asarray(block, dtype=np.float32)
 

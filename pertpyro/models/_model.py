@@ -18,6 +18,7 @@ from pertpyro import __version__
 from pertpyro._settings import local_params, set_seed
 from pertpyro.causal._ate import average_treatment_effect, log_normalise
 from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene
+from pertpyro.data._blocks import holdout_rows
 from pertpyro.data._loader import CellData, make_loader, program_args
 from pertpyro.data._registry import Registry, design_matrix, get_registry, perturbation_labels
 from pertpyro.data._stream import CountStatistics
@@ -181,6 +182,7 @@ class PerturbationModel:
         seed: int = 0,
         log_dir: str | Path | None = None,
         progress_bar: bool = True,
+        block_size: int = 1,
     ) -> pd.DataFrame:
         """Fit model and guide by stochastic variational inference (Lightning underneath).
 
@@ -209,6 +211,10 @@ class PerturbationModel:
             Folder for the CSV log of the losses.
         progress_bar
             Show a progress bar.
+        block_size
+            For a backed (on-disk) AnnData: minibatches made of shuffled blocks of ``block_size`` consecutive cells
+            (and the validation hold-out of whole blocks), read from disk in one piece each; 1 (default) draws cells
+            fully at random. Not with several processes.
 
         Returns
         -------
@@ -217,18 +223,17 @@ class PerturbationModel:
         set_seed(seed)
         n = len(self._data)
         if validation_adata is None:
-            if not 0 < validation_fraction < 1:
-                raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}.")
-            order = np.random.default_rng(seed).permutation(n)
-            n_val = max(1, int(round(validation_fraction * n)))
-            train_data, val_data = _RowSubset(self._data, order[n_val:]), _RowSubset(self._data, order[:n_val])
+            train_rows, val_rows = holdout_rows(n, validation_fraction, seed, block_size)
+            train_data, val_data = _RowSubset(self._data, train_rows), _RowSubset(self._data, val_rows)
         else:
             train_data, val_data = self._data, CellData(validation_adata, self.registry)
         if max_epochs is None:
             max_epochs = int(min(400, max(50, 2_000_000 // len(train_data))))
         module = SVIModule(self.program, self.guide, n_train=len(train_data), n_val=len(val_data), lr=lr, seed=seed)
         pin = pin_memory_for(accelerator)  # page-locked batches, copied asynchronously, only for a CUDA GPU
-        train_loader = make_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed, pin_memory=pin)
+        train_loader = make_loader(
+            train_data, batch_size=batch_size, shuffle=True, seed=seed, pin_memory=pin, block_size=block_size
+        )
         val_loader = make_loader(val_data, batch_size=max(batch_size, 2048), shuffle=False, pin_memory=pin)
         logger.info(
             "Training on %d cells, validating on %d, for at most %d epochs.", len(train_data), len(val_data), max_epochs
