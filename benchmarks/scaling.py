@@ -4,7 +4,7 @@ For every size a simulated screen is written to an h5ad file chunk by chunk (CSR
 ``anndata.io.sparse_dataset(...).append``), so the writer never holds more than one chunk of cells. Then a fresh
 Python process opens it with ``anndata.read_h5ad(path, backed="r")``, registers it, builds a ``PerturbationModel``
 (one chunked pass for the library sizes, one for the gene and target sums) and trains one epoch (``max_epochs=1``,
-10% of the cells held out for the validation pass). The child reports its own peak RSS (``ru_maxrss``) after each
+10% of the cells held out for the validation pass). The child reports its own peak RSS (``VmHWM``) after each
 phase and the wall time; one CSV row per run.
 
 Counts: per-label gene shares (a log-normal baseline, each target moving 20 genes by a log-fold change of +-1),
@@ -87,10 +87,21 @@ def write_screen(
 
 
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak RSS of this process so far, in MiB.
+
+    Linux's ``VmHWM`` (the high-water mark of this program's memory, reset by ``exec``); ``ru_maxrss`` elsewhere,
+    which on Linux also carries the parent's RSS at the time of the fork into the child.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024**2 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
-def train_child(path: str, batch_size: int, backed: bool) -> dict:
+def train_child(path: str, batch_size: int, backed: bool, block_size: int = 1) -> dict:
     """One epoch of training from ``path`` in this process; peak RSS after each phase (run in a fresh process)."""
     import anndata as ad
 
@@ -105,7 +116,9 @@ def train_child(path: str, batch_size: int, backed: bool) -> dict:
     model = pertpyro.PerturbationModel(adata)
     out |= {"init_s": time.perf_counter() - t0, "rss_init_mib": _rss_mib()}
     t0 = time.perf_counter()
-    history = model.train(max_epochs=1, batch_size=batch_size, early_stopping=False, progress_bar=False, seed=0)
+    history = model.train(
+        max_epochs=1, batch_size=batch_size, block_size=block_size, early_stopping=False, progress_bar=False, seed=0
+    )
     out |= {
         "train_s": time.perf_counter() - t0,
         "rss_peak_mib": _rss_mib(),
@@ -115,7 +128,16 @@ def train_child(path: str, batch_size: int, backed: bool) -> dict:
     return out
 
 
-def run_one(n_cells: int, n_genes: int, n_targets: int, batch_size: int, folder: Path, *, backed: bool = True) -> dict:
+def run_one(
+    n_cells: int,
+    n_genes: int,
+    n_targets: int,
+    batch_size: int,
+    folder: Path,
+    *,
+    backed: bool = True,
+    block_size: int = 1,
+) -> dict:
     """Write one screen, train on it in a fresh process, delete the file; one result row."""
     path = folder / f"screen_{n_cells}_{n_genes}_{n_targets}.h5ad"
     t0 = time.perf_counter()
@@ -124,6 +146,7 @@ def run_one(n_cells: int, n_genes: int, n_targets: int, batch_size: int, folder:
     size_mb = path.stat().st_size / 1e6
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     command = [sys.executable, __file__, "--child", str(path), "--batch-size", str(batch_size)]
+    command += ["--block-size", str(block_size)]
     if not backed:
         command.append("--in-memory")
     try:
@@ -139,6 +162,7 @@ def run_one(n_cells: int, n_genes: int, n_targets: int, batch_size: int, folder:
         "n_genes": n_genes,
         "n_targets": n_targets,
         "batch_size": batch_size,
+        "block_size": block_size,
         "nnz": nnz,
         "file_mb": round(size_mb, 1),
         "write_s": round(write_s, 1),
@@ -152,7 +176,8 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     """Peak RSS and cells/s against cells (backed, the largest gene count), genes and targets."""
     import matplotlib.pyplot as plt
 
-    backed = frame[frame["mode"] == "backed"]
+    frame = frame.assign(block_size=frame.get("block_size", pd.Series(1, index=frame.index)).fillna(1))
+    backed = frame[(frame["mode"] == "backed") & (frame["block_size"] == 1)]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, (key, fixed) in zip(
         axes,
@@ -175,10 +200,15 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
         twin.plot(sub[key], sub["cells_per_s"], "s--", color="C1")
         twin.set_ylabel("cells/s (one epoch)", color="C1")
         twin.set_ylim(0, 1.2 * sub["cells_per_s"].max())
+    blocks = frame[(frame["mode"] == "backed") & (frame["block_size"] > 1)]
+    if len(blocks):
+        axes[0].plot(blocks["n_cells"], blocks["rss_peak_mib"] / 1024, "^", color="C2", label="backed, block reads")
     memory = frame[frame["mode"] == "in_memory"]
     if len(memory):
         axes[0].plot(memory["n_cells"], memory["rss_peak_mib"] / 1024, "x:", color="C3", label="in memory")
+    if len(memory) or len(blocks):
         axes[0].legend(loc="upper left", fontsize=8)
+        axes[0].set_ylim(0, 1.2 * frame["rss_peak_mib"].max() / 1024)
     fig.suptitle("Streaming training from a backed h5ad: one epoch, CPU (2 shared cores), batch as in CSV")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,14 +221,18 @@ def main() -> None:
     parser.add_argument("--genes", type=int, nargs="+", default=[2000])
     parser.add_argument("--targets", type=int, nargs="+", default=[100])
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--block-size", type=int, default=1, help="consecutive cells per block (train(block_size))")
     parser.add_argument("--in-memory", action="store_true", help="(also) train from the file loaded into memory")
     parser.add_argument("--append", action="store_true", help="add rows to the existing CSV")
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--csv", default=str(CSV), help="the results table (rows are added with --append)")
     parser.add_argument("--tmp", default=tempfile.gettempdir(), help="folder for the temporary h5ad files")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(train_child(args.child, args.batch_size, backed=not args.in_memory)))
+        print(
+            json.dumps(train_child(args.child, args.batch_size, backed=not args.in_memory, block_size=args.block_size))
+        )
         return
     if not args.plot_only:
         rows = []
@@ -206,16 +240,23 @@ def main() -> None:
             for n_genes in args.genes:
                 for n_targets in args.targets:
                     row = run_one(
-                        n_cells, n_genes, n_targets, args.batch_size, Path(args.tmp), backed=not args.in_memory
+                        n_cells,
+                        n_genes,
+                        n_targets,
+                        args.batch_size,
+                        Path(args.tmp),
+                        backed=not args.in_memory,
+                        block_size=args.block_size,
                     )
                     print(json.dumps(row), flush=True)
                     rows.append(row)
         frame = pd.DataFrame(rows)
-        if args.append and CSV.exists():
-            frame = pd.concat([pd.read_csv(CSV), frame], ignore_index=True)
-        CSV.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(CSV, index=False)
-    plot(pd.read_csv(CSV), FIGURE)
+        csv = Path(args.csv)
+        if args.append and csv.exists():
+            frame = pd.concat([pd.read_csv(csv), frame], ignore_index=True)
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(csv, index=False)
+    plot(pd.read_csv(args.csv), FIGURE)
 
 
 if __name__ == "__main__":
