@@ -62,7 +62,7 @@ def test_backed_training_matches_in_memory(screen_file, monkeypatch):
     monkeypatch.setattr(_stream, "CHUNK_ROWS", 128)  # several blocks per chunked pass
     runs = []
     for data in (adata, backed):
-        model = pertpyro.PerturbationModel(data, seed=0)
+        model = pertpyro.PerturbationModel(data, latent_dim=3, n_hidden=16, seed=0)
         history = model.train(max_epochs=2, batch_size=100, progress_bar=False, seed=0)
         runs.append((history, model))
     (h_mem, m_mem), (h_disk, m_disk) = runs
@@ -179,7 +179,7 @@ def test_block_training_from_disk(screen_file):
     adata, path = screen_file
     backed = ad.read_h5ad(path, backed="r")
     pertpyro.setup_anndata(backed, batch_key="batch")
-    model = pertpyro.PerturbationModel(backed, latent_dim=3)
+    model = pertpyro.PerturbationModel(backed, latent_dim=3, n_hidden=16)
     history = model.train(max_epochs=3, batch_size=100, block_size=20, progress_bar=False, seed=0)
     assert np.isfinite(history[["train_loss", "val_loss"]].to_numpy()).all()
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
