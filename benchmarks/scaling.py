@@ -177,7 +177,11 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     frame = frame.assign(block_size=frame.get("block_size", pd.Series(1, index=frame.index)).fillna(1))
+    if "run" in frame:  # rows of side experiments (e.g. block reads against random reads) stay out of the sweeps
+        frame = frame[frame["run"].fillna("sweep") == "sweep"]
     backed = frame[(frame["mode"] == "backed") & (frame["block_size"] == 1)]
+    if backed.empty:
+        return
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, (key, fixed) in zip(
         axes,
