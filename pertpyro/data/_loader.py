@@ -1,6 +1,7 @@
 """AnnData to minibatches of tensors: the only bridge between the data layer and the Pyro program.
 
-Counts stay in their original (sparse CSR or dense) form; each minibatch slices its rows and densifies only those.
+Counts stay in their original form (sparse CSR, dense, or on disk in a backed AnnData); each minibatch reads and
+densifies only its own rows.
 """
 
 from __future__ import annotations
@@ -10,13 +11,23 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 from anndata import AnnData
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
+from pertpyro.data._blocks import BlockBatchSampler
 from pertpyro.data._registry import Registry, batch_codes, design_matrix, get_counts, perturbation_labels
+from pertpyro.data._stream import (
+    CountStatistics,
+    check_row_readable,
+    count_statistics,
+    is_backed,
+    read_rows,
+    row_totals,
+)
 
 
 class ProgramArgs(NamedTuple):
@@ -48,24 +59,46 @@ class CellData(Dataset):
                 "adata[:, list(registry.genes)] or set it up again."
             )
         counts = get_counts(adata, registry)
-        self.counts = counts if sp.issparse(counts) else np.asarray(counts)
-        self.perturbation = design_matrix(perturbation_labels(adata, registry), registry)
+        check_row_readable(counts, name="the registered count matrix")
+        # A backed (on-disk) matrix stays on disk: minibatches read their rows, statistics read blocks of rows.
+        self.counts = counts if sp.issparse(counts) or is_backed(counts) else np.asarray(counts)
+        # Targets as one code per cell and one design row per distinct label: memory O(cells + labels x targets).
+        codes, labels = pd.factorize(perturbation_labels(adata, registry))
+        self.label_codes = codes.astype(np.int64)
+        self.label_design = design_matrix(np.asarray(labels, dtype=object), registry)
         self.batch_index = batch_codes(adata, registry)
-        library = np.asarray(counts.sum(axis=1)).ravel().astype(np.float32)
+        library = row_totals(self.counts)
         if np.any(library <= 0):
             raise ValueError(f"{int(np.sum(library <= 0))} cells have zero total counts; filter them out first.")
         self.library = library
 
+    @property
+    def perturbation(self) -> np.ndarray:
+        """Dense multi-hot design of every cell, shape ``(n_cells, n_targets)`` (built on demand: cells x targets)."""
+        return self.label_design[self.label_codes]
+
+    @property
+    def is_control(self) -> np.ndarray:
+        """Whether each cell is a control cell (no target)."""
+        return (self.label_design.sum(1) == 0)[self.label_codes]
+
+    def target_frequency(self) -> np.ndarray:
+        """Fraction of cells carrying each target (``float32``, as the mean of :attr:`perturbation`)."""
+        per_label = np.bincount(self.label_codes, minlength=self.label_design.shape[0]).astype(np.float32)
+        return (per_label @ self.label_design) / np.float32(len(self))
+
+    def statistics(self) -> CountStatistics:
+        """Per-gene, per-target and control sums of the counts (one chunked pass for a backed matrix)."""
+        return count_statistics(self.counts, self.label_codes, self.label_design)
+
     def __len__(self) -> int:
-        return self.perturbation.shape[0]
+        return self.label_codes.shape[0]
 
     def __getitem__(self, idx: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
         idx = np.sort(np.asarray(idx, dtype=np.int64))
-        rows = self.counts[idx]
-        rows = rows.toarray() if sp.issparse(rows) else rows
         return {
-            "counts": torch.from_numpy(np.asarray(rows, dtype=np.float32)),
-            "perturbation": torch.from_numpy(self.perturbation[idx]),
+            "counts": torch.from_numpy(read_rows(self.counts, idx)),
+            "perturbation": torch.from_numpy(self.label_design[self.label_codes[idx]]),
             "batch_index": torch.from_numpy(self.batch_index[idx]),
             "library": torch.from_numpy(self.library[idx]),
             "idx": torch.from_numpy(idx),
@@ -153,15 +186,23 @@ def make_loader(
     seed: int = 0,
     pin_memory: bool = False,
     distributed: bool = False,
+    block_size: int = 1,
 ) -> DataLoader:
     """Minibatch loader over ``data``: one sampler draw is a whole batch, sliced in one vectorised call.
 
     ``distributed=True`` gives each process of a multi-process run its own shard of the cells
-    (:class:`DistributedBatchSampler`).
+    (:class:`DistributedBatchSampler`). ``block_size > 1`` (with ``shuffle``) makes minibatches of shuffled blocks of
+    consecutive cells, for fast reads from a backed AnnData (:class:`~pertpyro.data._blocks.BlockBatchSampler`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    if distributed:
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}.")
+    if distributed and block_size > 1:
+        raise ValueError("block_size > 1 is not supported with several processes (DDP); use block_size=1.")
+    if shuffle and block_size > 1:
+        sampler = BlockBatchSampler(len(data), batch_size, block_size, seed=seed)
+    elif distributed:
         sampler = DistributedBatchSampler(len(data), batch_size, shuffle=shuffle, seed=seed)
     else:
         base = (
@@ -179,6 +220,8 @@ def shard_loader(loader: DataLoader) -> DataLoader:
     sampler = loader.sampler
     if isinstance(sampler, DistributedBatchSampler):
         return loader
+    if isinstance(sampler, BlockBatchSampler):
+        raise ValueError("block_size > 1 is not supported with several processes (DDP); use block_size=1.")
     if not (isinstance(sampler, BatchSampler) and isinstance(sampler.sampler, (RandomSampler, SequentialSampler))):
         raise TypeError(
             "Multi-process training needs loaders made by pertpyro's make_loader (or with a "

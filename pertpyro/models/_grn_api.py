@@ -32,7 +32,7 @@ def build_grn(
     """
     genes = list(registry.genes)
     gene_index = pd.Index(genes).get_indexer(list(registry.targets))
-    has_cells = np.asarray(data.perturbation.sum(0)).ravel() > 0
+    has_cells = data.target_frequency() > 0
     own = np.full(registry.n_targets, np.nan, dtype=np.float32)
     ok = (gene_index >= 0) & has_cells
     own[ok] = effects.numpy()[np.flatnonzero(ok), gene_index[ok]]

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyro
-import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
@@ -20,8 +19,11 @@ from pertpyro._settings import local_params, set_seed
 from pertpyro.causal._ate import average_treatment_effect, log_normalise
 from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene
 from pertpyro.causal._probability import check_query, exceedance_table, shift_draws
+from pertpyro.data._blocks import holdout_rows
 from pertpyro.data._loader import CellData, make_loader, program_args
-from pertpyro.data._registry import Registry, design_matrix, get_counts, get_registry, perturbation_labels
+from pertpyro.data._registry import Registry, design_matrix, get_registry, perturbation_labels
+from pertpyro.data._stream import CountStatistics
+from pertpyro.inference._device import pin_memory_for
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.inference._lightning import SVIModule, fit
 from pertpyro.models._grn_api import build_grn, grn_table, resolve_edge_do
@@ -32,8 +34,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FILE = "model.pt"
 
 
-def _gene_log_share(counts: np.ndarray | sp.spmatrix) -> torch.Tensor:
-    totals = np.asarray(counts.sum(axis=0), dtype=np.float64).ravel() + 0.5
+def _gene_log_share(gene_totals: np.ndarray) -> torch.Tensor:
+    totals = gene_totals + 0.5
     return torch.from_numpy(np.log(totals / totals.sum())).float()
 
 
@@ -49,18 +51,14 @@ def _library_moments(data: CellData, n_batches: int) -> tuple[torch.Tensor, torc
     return torch.tensor(locs), torch.tensor(scales)
 
 
-def _initial_effects(data: CellData, response_rate: float) -> torch.Tensor:
+def _initial_effects(stats: CountStatistics, response_rate: float) -> torch.Tensor:
     """Method-of-moments estimates of the effects, used to start the per-gene prior scale ``sigma_g``.
 
     Per target, the log ratio of each gene's expression share in its cells to that in control cells, inverted
     through the responder/escaper mixture with response rate ``response_rate``. (The guide's effect means start
-    at zero; starting them here too is untested.)
+    at zero; starting them here too is untested.) ``stats`` are the count sums of :meth:`CellData.statistics`.
     """
-    design = sp.csr_matrix(data.perturbation)
-    counts = data.counts if sp.issparse(data.counts) else sp.csr_matrix(data.counts)
-    control = (data.perturbation.sum(1) == 0).astype(np.float64)
-    gene_sums = (design.T @ counts).toarray().astype(np.float64)  # (T, G)
-    control_sums = np.asarray(counts.T @ control, dtype=np.float64).ravel()  # (G,)
+    gene_sums, control_sums = stats.target_gene_sums, stats.control_gene_sums  # (T, G), (G,)
     share = (gene_sums + 0.5) / (gene_sums + 0.5).sum(1, keepdims=True)
     control_share = (control_sums + 0.5) / (control_sums + 0.5).sum()
     ratio = share / control_share
@@ -183,17 +181,18 @@ class PerturbationModel:
 
     def _build(self, data: CellData, adata: AnnData, n_batches: int) -> None:
         kw = self.init_kwargs
+        stats = data.statistics()  # one chunked pass when the counts are on disk
         grn_block, self.regulators = (None, None)
         if kw.get("grn", False):  # 0.731: the response rate the efficacy logits start at (sigmoid(1))
-            grn_block, self.regulators = build_grn(self.registry, data, _initial_effects(data, 0.731), kw)
+            grn_block, self.regulators = build_grn(self.registry, data, _initial_effects(stats, 0.731), kw)
         self.program = PerturbationProgram(
             self.registry.n_genes,
             self.registry.n_targets,
             n_batches,
             kw["latent_dim"],
             n_hidden=kw["n_hidden"],
-            target_frequency=torch.from_numpy(data.perturbation.mean(0)),
-            gene_bias=_gene_log_share(get_counts(adata, self.registry)),
+            target_frequency=torch.from_numpy(data.target_frequency()),
+            gene_bias=_gene_log_share(stats.gene_totals),
             sparse_effects=kw["sparse_effects"],
             efficacy=kw["efficacy"],
             mask_prior=kw["mask_prior"],
@@ -201,7 +200,7 @@ class PerturbationModel:
             library_init=_library_moments(data, n_batches),
             grn=grn_block,
         )
-        effects = _initial_effects(data, float(torch.sigmoid(self.program.efficacy_logit.detach()[0])))
+        effects = _initial_effects(stats, float(torch.sigmoid(self.program.efficacy_logit.detach()[0])))
         with torch.no_grad():  # sigma_g starts at the root-mean-square of the moment estimates across targets
             self.program.effect_prior_raw_scale.copy_(_inverse_softplus(effects.pow(2).mean(0).sqrt().clamp(0.05, 2.0)))
         self.guide = PerturbationGuide(
@@ -225,6 +224,7 @@ class PerturbationModel:
         seed: int = 0,
         log_dir: str | Path | None = None,
         progress_bar: bool = True,
+        block_size: int = 1,
     ) -> pd.DataFrame:
         """Fit model and guide by stochastic variational inference (Lightning underneath).
 
@@ -253,26 +253,30 @@ class PerturbationModel:
             Folder for the CSV log of the losses.
         progress_bar
             Show a progress bar.
+        block_size
+            For a backed (on-disk) AnnData: minibatches made of shuffled blocks of ``block_size`` consecutive cells
+            (and the validation hold-out of whole blocks), read from disk in one piece each; 1 (default) draws cells
+            fully at random. Not with several processes.
 
         Returns
         -------
         The loss history (also in ``history_``): negative ELBO per cell, train and validation.
         """
         set_seed(seed)
-        n = self._data.perturbation.shape[0]
+        n = len(self._data)
         if validation_adata is None:
-            if not 0 < validation_fraction < 1:
-                raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}.")
-            order = np.random.default_rng(seed).permutation(n)
-            n_val = max(1, int(round(validation_fraction * n)))
-            train_data, val_data = _RowSubset(self._data, order[n_val:]), _RowSubset(self._data, order[:n_val])
+            train_rows, val_rows = holdout_rows(n, validation_fraction, seed, block_size)
+            train_data, val_data = _RowSubset(self._data, train_rows), _RowSubset(self._data, val_rows)
         else:
             train_data, val_data = self._data, CellData(validation_adata, self.registry)
         if max_epochs is None:
             max_epochs = int(min(400, max(50, 2_000_000 // len(train_data))))
         module = SVIModule(self.program, self.guide, n_train=len(train_data), n_val=len(val_data), lr=lr, seed=seed)
-        train_loader = make_loader(train_data, batch_size=batch_size, shuffle=True, seed=seed)
-        val_loader = make_loader(val_data, batch_size=max(batch_size, 2048), shuffle=False)
+        pin = pin_memory_for(accelerator)  # page-locked batches, copied asynchronously, only for a CUDA GPU
+        train_loader = make_loader(
+            train_data, batch_size=batch_size, shuffle=True, seed=seed, pin_memory=pin, block_size=block_size
+        )
+        val_loader = make_loader(val_data, batch_size=max(batch_size, 2048), shuffle=False, pin_memory=pin)
         logger.info(
             "Training on %d cells, validating on %d, for at most %d epochs.", len(train_data), len(val_data), max_epochs
         )
