@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from pertpyro._keys import TRUTH_KEY
+from pertpyro.data._simulate_artifacts import add_artifacts, check_artifact_args
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ _TARGET_SUM = 1e4
 """Normalisation of the shift scale: ``log1p(1e4 * x / sum(x))`` (DESIGN.md §4)."""
 
 # Keys of the independent random streams (first element of the spawn key); never renumber, only append.
-_STREAM_BASAL, _STREAM_EFFECTS, _STREAM_ASSIGN, _STREAM_COUNTS, _STREAM_TRUTH = range(5)
+_STREAM_BASAL, _STREAM_EFFECTS, _STREAM_ASSIGN, _STREAM_COUNTS, _STREAM_TRUTH, _STREAM_ARTIFACTS = range(6)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ def simulate(
     n_truth_cells: int = 10_000,
     n_jobs: int | None = None,
     seed: int = 0,
+    doublet_rate: float = 0.0,
+    low_quality_rate: float = 0.0,
+    n_mito: int = 5,
 ) -> AnnData:
     r"""Simulate a single-cell CRISPR screen with known ground truth.
 
@@ -154,6 +158,12 @@ def simulate(
         Threads used to generate chunks of cells; ``None`` for all cores. Does not change the result.
     seed
         Non-negative integer seed; the same seed and arguments give identical data and truth.
+    doublet_rate, low_quality_rate
+        Fractions of cells turned into doublets and low-quality cells, with their clean counts kept as truth
+        (:mod:`pertpyro.data._simulate_artifacts`); 0 (default) leaves the screen exactly as without them.
+    n_mito
+        Genes renamed ``MT-...`` (the last ones) when ``low_quality_rate > 0``, so that :func:`pertpyro.pp.qc` sees
+        the mitochondrial fraction that low-quality cells inflate.
 
     Returns
     -------
@@ -186,7 +196,9 @@ def simulate(
     that received the guide; escapers are distributed exactly like control cells and the shift is a mean over
     cells, so ``shift = perturbation_efficacy_prob * responder_shift`` holds exactly in the population.
     """
-    params = _check_args(**locals())
+    artifact_args = {"doublet_rate": doublet_rate, "low_quality_rate": low_quality_rate, "n_mito": n_mito}
+    check_artifact_args(**artifact_args, low_quality_keep=(0.1, 0.3), n_genes=n_genes, n_targets=n_targets)
+    params = {k: v for k, v in _check_args(**locals()).items() if k not in artifact_args and k != "artifact_args"}
     n_jobs = params.pop("n_jobs")
     n_strong, effect_scale, efficacy = params["n_strong"], params["effect_scale"], params["efficacy"]
     library_size, dispersion = params["library_size"], params["dispersion"]
@@ -280,6 +292,8 @@ def simulate(
         "n_truth_cells": n_truth_cells,
         "params": {k: (np.asarray(v, dtype=np.float64) if isinstance(v, tuple) else v) for k, v in params.items()},
     }
+    if doublet_rate > 0 or low_quality_rate > 0:
+        add_artifacts(adata, _rng(seed, _STREAM_ARTIFACTS), **artifact_args)
     return adata
 
 
