@@ -12,16 +12,17 @@ import torch
 from pyro import poutine
 
 from pertpyro.data._loader import standalone_args
-from pertpyro.models._sites import EFFECT, EFFECT_MASK, EFFICACY, PERTURBATION, Z_BASAL
+from pertpyro.models._sites import ARTIFACT, ARTIFACT_EMBEDDING, EFFECT, EFFECT_MASK, EFFICACY, PERTURBATION, Z_BASAL
 
-INTERVENABLE_SITES = (PERTURBATION, EFFICACY)
+INTERVENABLE_SITES = (PERTURBATION, EFFICACY, ARTIFACT)
 """Sites of the current model that ``do`` accepts (more arrive with the artifact and GRN blocks)."""
 
 
 def abduct(guide: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One posterior draw of the latent sites given the cells' factual data: ``z_basal`` and the global sites."""
     trace = poutine.trace(guide).get_trace(*standalone_args(batch))
-    return {name: trace.nodes[name]["value"] for name in (Z_BASAL, EFFECT, EFFECT_MASK) if name in trace.nodes}
+    names = (Z_BASAL, EFFECT, EFFECT_MASK, ARTIFACT_EMBEDDING)
+    return {name: trace.nodes[name]["value"] for name in names if name in trace.nodes}
 
 
 def intervene(

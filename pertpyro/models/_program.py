@@ -41,6 +41,7 @@ from pyro.nn import PyroModule
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
+from pertpyro.models._artifacts import ArtifactBlock, ArtifactGuide
 from pertpyro.models._components import BasalEncoder, GeneDecoder
 from pertpyro.models._distributions import NegativeBinomialLogMean
 from pertpyro.models._sites import (
@@ -95,6 +96,8 @@ class PerturbationProgram(PyroModule):
         Temperature of the relaxed Bernoulli of the mask.
     library_init
         Initial per-batch mean and sd of the log library size.
+    artifacts
+        Technical-artifact block (:mod:`pertpyro.models._artifacts`): ``None`` (off), ``"observed"`` or ``"latent"``.
     effect_df
         Degrees of freedom of a Student-t effect prior (heavy tails: strong effects are not shrunk while weak
         ones are); 0 gives a Normal prior.
@@ -116,8 +119,10 @@ class PerturbationProgram(PyroModule):
         mask_temperature: float = 0.5,
         effect_df: float = 0.0,
         library_init: tuple[torch.Tensor, torch.Tensor] | None = None,
+        artifacts: str | None = None,
     ) -> None:
         super().__init__()
+        self.artifact_block = ArtifactBlock(n_genes, artifacts) if artifacts is not None else None
         self.effect_df = float(effect_df)
         self.n_genes, self.n_targets, self.latent_dim = n_genes, n_targets, latent_dim
         self.sparse_effects, self.use_efficacy = sparse_effects, efficacy
@@ -166,6 +171,7 @@ class PerturbationProgram(PyroModule):
         library: torch.Tensor,
         idx: torch.Tensor,
         n_cells: int,
+        artifact: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the model on a minibatch of cells.
 
@@ -183,6 +189,9 @@ class PerturbationProgram(PyroModule):
             Indices of the minibatch cells among all ``n_cells`` (the ``cells`` plate subsample).
         n_cells
             Number of cells in the data set (the plate size; scales local sites by ``n_cells / B``).
+        artifact
+            Artifact labels ``(B,)`` (0/1) when the artifact block is on: the ``artifact`` site's values
+            (observed mode) or noisy evidence (latent mode); ``None``: inferred (latent) or drawn from the prior.
 
         Returns
         -------
@@ -200,6 +209,8 @@ class PerturbationProgram(PyroModule):
                     ),
                 )  # (T, G), hard 0/1 values
                 effect = effect * mask
+        artifacts = self.artifact_block
+        embedding = artifacts.sample_embedding() if artifacts is not None else None  # (G,)
         # ---- local sites (scale n_cells / B) ----
         with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
             z = pyro.sample(Z_BASAL, dist.Normal(self.zero, 1.0).expand([self.latent_dim]).to_event(1))  # (B, K)
@@ -208,6 +219,7 @@ class PerturbationProgram(PyroModule):
                 dist.Bernoulli(self.target_frequency).expand([idx.shape[0], T]).to_event(1),
                 obs=perturbation,
             )  # (B, T)
+            a, kind = artifacts.sample_cells(artifact, idx.shape[0]) if artifacts is not None else (None, None)
             base = self.decoder(z, batch_index)  # (B, G)
             shifted = base + d @ effect  # (B, G): logits if the knockout took
             library_shift = d @ self.library_effect  # (B,)
@@ -223,8 +235,13 @@ class PerturbationProgram(PyroModule):
             else:
                 logits = shifted
             log_library = torch.log(library)
+            lib_loc = self.library_loc[batch_index] + library_shift
             lib_scale = nn.functional.softplus(self.library_raw_scale[batch_index]) + 1e-3
-            pyro.sample(LIBRARY, dist.Normal(self.library_loc[batch_index] + library_shift, lib_scale), obs=log_library)
+            library_dist = dist.Normal(lib_loc, lib_scale)
+            if a is not None:  # artifact offset on the logits; artifact cells' depths shift and spread
+                logits = logits + artifacts.logit_offset(a, kind, embedding)
+                library_dist = artifacts.library(lib_loc, lib_scale, a, kind)
+            pyro.sample(LIBRARY, library_dist, obs=log_library)
             # The depth the counts are drawn at: the observed one, moved by the knockout's library effect when
             # poutine.do changes the perturbation (the cell keeps its own depth noise: abduction of the library).
             log_depth = log_library + library_shift - factual_library_shift  # (..., B)
@@ -275,6 +292,7 @@ class PerturbationGuide(PyroModule):
         self.effect_raw_scale = nn.Parameter(torch.full((T, G), _inverse_softplus(0.05)))
         self.mask_logit = nn.Parameter(torch.full((T, G), 2.0))
         self.register_buffer("mask_temperature", program.mask_temperature.clone())
+        self.artifact_guide = ArtifactGuide(G) if program.artifact_block is not None else None
         to_pyro_module_(self.encoder)
 
     def effect_scale(self) -> torch.Tensor:
@@ -289,6 +307,7 @@ class PerturbationGuide(PyroModule):
         library: torch.Tensor,
         idx: torch.Tensor,
         n_cells: int,
+        artifact: torch.Tensor | None = None,
     ) -> None:
         """Draw the latent sites; same signature as the model (``counts`` is required here)."""
         if counts is None:
@@ -300,6 +319,8 @@ class PerturbationGuide(PyroModule):
                 pyro.sample(
                     EFFECT_MASK, dist.RelaxedBernoulliStraightThrough(self.mask_temperature, logits=self.mask_logit)
                 )
+        if self.artifact_guide is not None:
+            self.artifact_guide()
         with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
             loc, scale = self.encoder(counts, batch_index, perturbation)
             pyro.sample(Z_BASAL, dist.Normal(loc, scale).to_event(1))
