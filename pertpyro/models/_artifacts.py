@@ -6,8 +6,9 @@ Generative story, added to :class:`pertpyro.models._program.PerturbationProgram`
     for each cell n:
         artifact[n]       ~ Bernoulli(pi_a)                      a_n: observed labels, or latent and enumerated
         artifact_label[n] ~ Bernoulli(a_n ? 1 - eps_1 : eps_0)   (latent mode) the given, noisy label
-        library[n]        ~ Normal(loc, scale) if a_n = 0, else sum_j w_j Normal(loc + delta_j, scale exp(kappa_j))
-        logits[n]         = decoder(z_basal[n]) + shift[n] + a_n * A
+        artifact_kind[n]  ~ Bernoulli(w)                           k_n: doublet (0) or low-quality (1), enumerated
+        library[n]        ~ Normal(loc + a_n delta_k, scale exp(a_n kappa_k))
+        logits[n]         = decoder(z_basal[n]) + shift[n] + a_n * A[k_n]
 
 **Where the artifact enters.** ``a_n * A`` is an offset on the decoder's gene logits, not an input of the decoder
 network: removing it (``do(artifact=0)``) leaves the cell's basal state and its perturbation effect exactly as they
@@ -15,10 +16,10 @@ were, so the cleaned cell is the same cell minus a technical shift of compositio
 cytoplasmic, non-mitochondrial RNA is such a shift). Fed to the decoder network instead, the artifact could mix
 with the biology through its nonlinearity, and "the same cell without the artifact" would no longer be well defined.
 
-**Library.** Artifact cells have atypical depths in both directions (doublets about twice a cell's, low-quality
-cells a fraction), so an artifact's log library is a two-component mixture, each component shifted (``delta_j``)
-and widened (``exp(kappa_j)``) from the clean cell's Normal: one binary latent covers both kinds, and the depth is
-strong evidence for ``a_n`` (a single shifted Normal could not place doublets and low-quality cells on both sides).
+**Kinds and library.** Artifacts differ in both composition and depth, in both directions: a doublet holds two
+cells' molecules (depth ``log 2`` higher, fixed), a low-quality cell lost most of its cytoplasmic ones (learned
+negative shift, widened). So ``a_n`` comes with an enumerated kind ``k_n``, each kind with its own logit offset
+``A[k]`` and depth law; ``do(artifact=0)`` removes whichever applies. The depth is strong evidence for ``a_n``.
 
 **Latent mode: enumeration, not a relaxed Bernoulli.** ``a_n`` has two values, so it is summed out exactly by
 ``TraceEnum_ELBO`` (like ``efficacy``; the two enumerated dimensions sit left of the two plates): no
@@ -93,8 +94,8 @@ class ArtifactBlock(PyroModule):
         self.mode, self.n_genes = check_artifact_mode(mode), n_genes
         self.prior_logit = nn.Parameter(torch.tensor(math.log(prior / (1 - prior))))
         self.flip_logit = nn.Parameter(torch.full((2,), math.log(flip / (MAX_FLIP - flip))))
-        self.library_shift = nn.Parameter(torch.tensor([0.7, -1.0]))  # two artifact depth components
-        self.library_log_inflation = nn.Parameter(torch.tensor([0.0, 0.5]))
+        self.library_shift = nn.Parameter(torch.tensor(0.5))  # low-quality kind: -softplus(.) ~ -1
+        self.library_log_inflation = nn.Parameter(torch.tensor(0.5))
         self.kind_logit = nn.Parameter(torch.tensor(0.0))
         self.register_buffer("zero", torch.tensor(0.0))
 
@@ -133,10 +134,23 @@ class ArtifactBlock(PyroModule):
         """``a_n * A[k_n]`` on the gene logits, ``(..., n, G)``."""
         return a.unsqueeze(-1) * torch.where(kind.unsqueeze(-1) > 0.5, embedding[1], embedding[0])
 
+    def _shifts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-depth shift and log widening of the two kinds, ``(2,)`` each.
+
+        Kind 0, a doublet, holds two cells' molecules: its depth is fixed at ``log 2`` above a cell's, and the sum
+        of two independent depths spreads about ``1/sqrt(2)`` as much (relative to its mean). Kind 1, a low-quality
+        cell, lost molecules: a learned negative shift and a learned widening. Fixing the doublet's depth keeps
+        the kinds identified: free, a kind drifts onto clean cells whose given label says artifact.
+        """
+        shift = torch.stack([self.zero + math.log(2.0), -nn.functional.softplus(self.library_shift)])
+        inflation = torch.stack([self.zero - 0.5 * math.log(2.0), self.library_log_inflation])
+        return shift, inflation
+
     def _components(self, loc: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Locations and scales of the three depth components (clean, artifact 1, artifact 2), ``(..., 3)``."""
-        shift = torch.cat([self.zero.reshape(1), self.library_shift])
-        inflation = torch.cat([self.zero.reshape(1), self.library_log_inflation])
+        """Locations and scales of the three depth components (clean, doublet, low-quality), ``(..., 3)``."""
+        shift, inflation = self._shifts()
+        shift = torch.cat([self.zero.reshape(1), shift])
+        inflation = torch.cat([self.zero.reshape(1), inflation])
         return loc.unsqueeze(-1) + shift, scale.unsqueeze(-1) * torch.exp(inflation)
 
     def kind_logits(self) -> torch.Tensor:
@@ -145,8 +159,9 @@ class ArtifactBlock(PyroModule):
 
     def library(self, loc: torch.Tensor, scale: torch.Tensor, a: torch.Tensor, kind: torch.Tensor) -> dist.Normal:
         """Distribution of the log library given ``a_n`` and the artifact kind ``k_n`` (clean: ``Normal(loc, scale)``)."""
-        shift = torch.where(kind > 0.5, self.library_shift[1], self.library_shift[0])
-        inflation = torch.where(kind > 0.5, self.library_log_inflation[1], self.library_log_inflation[0])
+        shifts, inflations = self._shifts()
+        shift = torch.where(kind > 0.5, shifts[1], shifts[0])
+        inflation = torch.where(kind > 0.5, inflations[1], inflations[0])
         return dist.Normal(loc + a * shift, scale * torch.exp(a * inflation))
 
     def counterfactual_log_library(
@@ -191,6 +206,21 @@ class ArtifactGuide(PyroModule):
         """Draw ``artifact_embedding`` (call outside the cells plate)."""
         scale = nn.functional.softplus(self.raw_scale) + 1e-5
         return pyro.sample(ARTIFACT_EMBEDDING, dist.Normal(self.loc, scale).to_event(2))
+
+
+def robust_library_init(program: torch.nn.Module, log_library: np.ndarray, batch_index: np.ndarray) -> None:
+    """Start the clean cells' log-library location and scale at the per-batch median and scaled MAD.
+
+    The mean and sd would include the artifacts' atypical depths (both tails), widening the clean Normal so much
+    that depth no longer tells an artifact from a clean cell and the artifact components drift away.
+    """
+    with torch.no_grad():
+        for b in range(program.library_loc.shape[0]):
+            values = log_library[batch_index == b] if np.any(batch_index == b) else log_library
+            median = float(np.median(values))
+            mad = 1.4826 * float(np.median(np.abs(values - median)))
+            program.library_loc[b] = median
+            program.library_raw_scale[b] = math.log(math.expm1(max(mad, 0.05)))
 
 
 def _local_log_prob(trace: poutine.Trace, name: str) -> torch.Tensor:
@@ -333,4 +363,5 @@ __all__ = [
     "artifact_posterior",
     "artifact_probability",
     "check_artifact_mode",
+    "robust_library_init",
 ]

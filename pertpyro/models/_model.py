@@ -23,7 +23,13 @@ from pertpyro.data._loader import CellData, make_loader, program_args
 from pertpyro.data._registry import Registry, design_matrix, get_counts, get_registry, perturbation_labels
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.inference._lightning import SVIModule, fit
-from pertpyro.models._artifacts import abduct_artifact, artifact_action, artifact_probability, check_artifact_mode
+from pertpyro.models._artifacts import (
+    abduct_artifact,
+    artifact_action,
+    artifact_probability,
+    check_artifact_mode,
+    robust_library_init,
+)
 from pertpyro.models._program import PerturbationGuide, PerturbationProgram, _inverse_softplus
 
 logger = logging.getLogger(__name__)
@@ -176,6 +182,8 @@ class PerturbationModel:
             library_init=_library_moments(data, n_batches),
             artifacts=kw["artifacts"],
         )
+        if kw["artifacts"] is not None:
+            robust_library_init(self.program, np.log(data.library), data.batch_index)
         effects = _initial_effects(data, float(torch.sigmoid(self.program.efficacy_logit.detach()[0])))
         with torch.no_grad():  # sigma_g starts at the root-mean-square of the moment estimates across targets
             if effects.shape[0] > 0:  # (no targets: an all-control data set for the artifact model)
