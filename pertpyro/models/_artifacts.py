@@ -8,6 +8,7 @@ Generative story, added to :class:`pertpyro.models._program.PerturbationProgram`
         artifact_label[n] ~ Bernoulli(a_n ? 1 - eps_1 : eps_0)   (latent mode) the given, noisy label
         artifact_kind[n]  ~ Bernoulli(w)                           k_n: doublet (0) or low-quality (1), enumerated
         library[n]        ~ Normal(loc + a_n delta_k, scale exp(a_n kappa_k))
+        x[n]              ~ NB(..., theta * 2 ** (a_n [k_n = doublet]))   a doublet sums two cells' NB counts
         logits[n]         = decoder(z_basal[n]) + shift[n] + a_n * A[k_n]
 
 **Where the artifact enters.** ``a_n * A`` is an offset on the decoder's gene logits, not an input of the decoder
@@ -63,6 +64,7 @@ from pertpyro.models._sites import (
 )
 
 ARTIFACT_MODES = ("observed", "latent")
+LOG2 = math.log(2.0)
 MAX_FLIP = 0.4
 """Upper bound of the learned label flip rates (a label must stay better than a coin flip)."""
 
@@ -87,15 +89,20 @@ class ArtifactBlock(PyroModule):
         Initial prior probability that a cell is an artifact (learned).
     flip
         Initial flip rates of the labels (latent mode; learned).
+    embedding_scale
+        Prior scale of the entries of ``artifact_embedding``.
     """
 
-    def __init__(self, n_genes: int, mode: str, *, prior: float = 0.1, flip: float = 0.1) -> None:
+    def __init__(
+        self, n_genes: int, mode: str, *, prior: float = 0.1, flip: float = 0.1, embedding_scale: float = 1.0
+    ) -> None:
         super().__init__()
+        self.embedding_scale = float(embedding_scale)
         self.mode, self.n_genes = check_artifact_mode(mode), n_genes
         self.prior_logit = nn.Parameter(torch.tensor(math.log(prior / (1 - prior))))
         self.flip_logit = nn.Parameter(torch.full((2,), math.log(flip / (MAX_FLIP - flip))))
-        self.library_shift = nn.Parameter(torch.tensor(0.5))  # low-quality kind: -softplus(.) ~ -1
-        self.library_log_inflation = nn.Parameter(torch.tensor(0.5))
+        self.library_shift = nn.Parameter(torch.tensor(0.0))  # low-quality kind: -log 2 - softplus(.) ~ -1.39
+        self.library_log_inflation = nn.Parameter(torch.tensor(0.0))
         self.kind_logit = nn.Parameter(torch.tensor(0.0))
         self.register_buffer("zero", torch.tensor(0.0))
 
@@ -108,7 +115,9 @@ class ArtifactBlock(PyroModule):
 
         Call outside the cells plate. One event (not a second "genes" plate: a plate name appears once per trace).
         """
-        return pyro.sample(ARTIFACT_EMBEDDING, dist.Normal(self.zero, 1.0).expand([2, self.n_genes]).to_event(2))
+        return pyro.sample(
+            ARTIFACT_EMBEDDING, dist.Normal(self.zero, self.embedding_scale).expand([2, self.n_genes]).to_event(2)
+        )
 
     def sample_cells(self, labels: torch.Tensor | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-cell sites ``artifact``, ``artifact_kind`` (and ``artifact_label`` in latent mode).
@@ -130,6 +139,16 @@ class ArtifactBlock(PyroModule):
         return a, kind
 
     @staticmethod
+    def log_theta_shift(a: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """Shift of the NB ``log theta`` per cell: ``log 2`` for a doublet, 0 otherwise.
+
+        A doublet's counts are the sum of two cells' independent NB counts of mean ``mu`` and inverse dispersion
+        ``theta`` each: mean ``2 mu``, variance ``2 mu + 2 mu^2 / theta``, i.e. the inverse dispersion of its
+        total mean is ``2 theta``. Less overdispersed than a single cell of the same depth: evidence of a doublet.
+        """
+        return a * (1.0 - kind) * math.log(2.0)
+
+    @staticmethod
     def logit_offset(a: torch.Tensor, kind: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """``a_n * A[k_n]`` on the gene logits, ``(..., n, G)``."""
         return a.unsqueeze(-1) * torch.where(kind.unsqueeze(-1) > 0.5, embedding[1], embedding[0])
@@ -139,11 +158,12 @@ class ArtifactBlock(PyroModule):
 
         Kind 0, a doublet, holds two cells' molecules: its depth is fixed at ``log 2`` above a cell's, and the sum
         of two independent depths spreads about ``1/sqrt(2)`` as much (relative to its mean). Kind 1, a low-quality
-        cell, lost molecules: a learned negative shift and a learned widening. Fixing the doublet's depth keeps
-        the kinds identified: free, a kind drifts onto clean cells whose given label says artifact.
+        cell, lost at least half its molecules: a learned shift below ``-log 2`` and a learned widening of at most 2.
+        These bounds keep the kinds identified: free, a kind drifts onto clean cells (a wide component that fits
+        whatever the clean model fits worst), as measured on the simulator.
         """
-        shift = torch.stack([self.zero + math.log(2.0), -nn.functional.softplus(self.library_shift)])
-        inflation = torch.stack([self.zero - 0.5 * math.log(2.0), self.library_log_inflation])
+        shift = torch.stack([self.zero + LOG2, -LOG2 - nn.functional.softplus(self.library_shift)])
+        inflation = torch.stack([self.zero - 0.5 * LOG2, LOG2 * torch.sigmoid(self.library_log_inflation)])
         return shift, inflation
 
     def _components(self, loc: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

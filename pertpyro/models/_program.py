@@ -158,10 +158,16 @@ class PerturbationProgram(PyroModule):
         log_rho = nn.functional.logsigmoid(self.efficacy_logit)
         return torch.exp(perturbation @ log_rho).clamp(1e-4, 1 - 1e-4)
 
-    def nb_distribution(self, logits: torch.Tensor, log_library: torch.Tensor) -> NegativeBinomialLogMean:
-        """Counts distribution with mean ``exp(log_library) * softmax(logits)`` and per-gene dispersion ``theta``."""
+    def nb_distribution(
+        self, logits: torch.Tensor, log_library: torch.Tensor, log_theta_shift: torch.Tensor | None = None
+    ) -> NegativeBinomialLogMean:
+        """Counts distribution with mean ``exp(log_library) * softmax(logits)`` and per-gene dispersion ``theta``.
+
+        ``log_theta_shift`` (per cell, optional) moves ``log theta`` (a doublet: ``log 2``).
+        """
         log_mean = torch.log_softmax(logits, -1) + log_library.unsqueeze(-1)
-        return NegativeBinomialLogMean(log_mean, self.log_theta)
+        log_theta = self.log_theta if log_theta_shift is None else self.log_theta + log_theta_shift.unsqueeze(-1)
+        return NegativeBinomialLogMean(log_mean, log_theta)
 
     def forward(
         self,
@@ -237,15 +243,17 @@ class PerturbationProgram(PyroModule):
             log_library = torch.log(library)
             lib_loc = self.library_loc[batch_index] + library_shift
             lib_scale = nn.functional.softplus(self.library_raw_scale[batch_index]) + 1e-3
-            library_dist = dist.Normal(lib_loc, lib_scale)
+            library_dist, theta_shift = dist.Normal(lib_loc, lib_scale), None
             if a is not None:  # artifact offset on the logits; artifact cells' depths shift and spread
                 logits = logits + artifacts.logit_offset(a, kind, embedding)
                 library_dist = artifacts.library(lib_loc, lib_scale, a, kind)
+                theta_shift = artifacts.log_theta_shift(a, kind)
             pyro.sample(LIBRARY, library_dist, obs=log_library)
             # The depth the counts are drawn at: the observed one, moved by the knockout's library effect when
             # poutine.do changes the perturbation (the cell keeps its own depth noise: abduction of the library).
             log_depth = log_library + library_shift - factual_library_shift  # (..., B)
-            return pyro.sample(COUNTS, self.nb_distribution(logits, log_depth).to_event(1), obs=counts)
+            counts_dist = self.nb_distribution(logits, log_depth, theta_shift)
+            return pyro.sample(COUNTS, counts_dist.to_event(1), obs=counts)
 
 
 class PerturbationGuide(PyroModule):
