@@ -88,13 +88,16 @@ class ArtifactBlock(PyroModule):
     prior
         Initial prior probability that a cell is an artifact (learned).
     flip
-        Initial flip rates of the labels (latent mode; learned).
+        Initial flip rates of the labels (latent mode; learned). Small: the labels are trusted at first, so the
+        artifact kinds are learned from the labelled cells, and the rates rise as the counts contradict labels. On
+        the simulator (20% of labels flipped, 40 epochs) starting at 0.1 let a kind drift onto clean cells
+        (AUROC 0.90); starting at 0.02 gave 0.95.
     embedding_scale
         Prior scale of the entries of ``artifact_embedding``.
     """
 
     def __init__(
-        self, n_genes: int, mode: str, *, prior: float = 0.1, flip: float = 0.1, embedding_scale: float = 1.0
+        self, n_genes: int, mode: str, *, prior: float = 0.1, flip: float = 0.02, embedding_scale: float = 1.0
     ) -> None:
         super().__init__()
         self.embedding_scale = float(embedding_scale)
