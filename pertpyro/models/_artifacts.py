@@ -205,10 +205,10 @@ class ArtifactBlock(PyroModule):
         """
         locs, scales = self._components(loc, scale)  # (n, 3)
         log_resp = (
-            dist.Normal(locs[:, 1:], scales[:, 1:]).log_prob(log_library.unsqueeze(-1)) + self.library_weight_logit
+            dist.Normal(locs[:, 1:], scales[:, 1:]).log_prob(log_library.unsqueeze(-1)) + self.kind_logits()
         )
         artifact_component = 1 + log_resp.argmax(-1)
-        heavier = 1 + self.library_weight_logit.argmax()
+        heavier = 1 + self.kind_logits().argmax()
         source = torch.where(factual > 0.5, artifact_component, 0)
         target = torch.where(counterfactual > 0.5, torch.where(factual > 0.5, source, heavier), 0)
         rows = torch.arange(len(log_library))

@@ -184,7 +184,7 @@ class PerturbationModel:
         )
         if kw["artifacts"] is not None:
             robust_library_init(self.program, np.log(data.library), data.batch_index)
-        effects = _initial_effects(data, float(torch.sigmoid(self.program.efficacy_logit.detach()[0])))
+        effects = _initial_effects(data, float(torch.sigmoid(self.program.efficacy_logit.detach()[:1]).sum()) or 0.73)
         with torch.no_grad():  # sigma_g starts at the root-mean-square of the moment estimates across targets
             if effects.shape[0] > 0:  # (no targets: an all-control data set for the artifact model)
                 self.program.effect_prior_raw_scale.copy_(

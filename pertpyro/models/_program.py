@@ -33,6 +33,7 @@ ELBO compares two densities on the same space (Maddison et al. 2017); its forwar
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import pyro
 import pyro.distributions as dist
@@ -205,9 +206,11 @@ class PerturbationProgram(PyroModule):
         """
         G, T = self.n_genes, self.n_targets
         # ---- global sites (scale 1) ----
-        with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
-            effect = pyro.sample(EFFECT, self.effect_prior().expand([T, G]))  # (T, G)
-            if self.sparse_effects:
+        effect = self.zero.expand(0, G)  # no targets (an all-control data set for the artifact model): no sites
+        with pyro.plate(TARGETS_PLATE, T, dim=-2) if T else nullcontext(), pyro.plate(GENES_PLATE, G, dim=-1):
+            if T:
+                effect = pyro.sample(EFFECT, self.effect_prior().expand([T, G]))  # (T, G)
+            if T and self.sparse_effects:
                 mask = pyro.sample(
                     EFFECT_MASK,
                     dist.RelaxedBernoulliStraightThrough(
@@ -321,9 +324,10 @@ class PerturbationGuide(PyroModule):
         if counts is None:
             raise ValueError("The guide needs observed counts to infer each cell's basal state.")
         T, G = self.effect_loc.shape
-        with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
-            pyro.sample(EFFECT, dist.Normal(self.effect_loc, self.effect_scale()))
-            if self.sparse_effects:
+        with pyro.plate(TARGETS_PLATE, T, dim=-2) if T else nullcontext(), pyro.plate(GENES_PLATE, G, dim=-1):
+            if T:
+                pyro.sample(EFFECT, dist.Normal(self.effect_loc, self.effect_scale()))
+            if T and self.sparse_effects:
                 pyro.sample(
                     EFFECT_MASK, dist.RelaxedBernoulliStraightThrough(self.mask_temperature, logits=self.mask_logit)
                 )
