@@ -204,9 +204,7 @@ class ArtifactBlock(PyroModule):
         (a perturbation's library effect stays in the residual).
         """
         locs, scales = self._components(loc, scale)  # (n, 3)
-        log_resp = (
-            dist.Normal(locs[:, 1:], scales[:, 1:]).log_prob(log_library.unsqueeze(-1)) + self.kind_logits()
-        )
+        log_resp = dist.Normal(locs[:, 1:], scales[:, 1:]).log_prob(log_library.unsqueeze(-1)) + self.kind_logits()
         artifact_component = 1 + log_resp.argmax(-1)
         heavier = 1 + self.kind_logits().argmax()
         source = torch.where(factual > 0.5, artifact_component, 0)

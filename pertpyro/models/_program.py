@@ -13,6 +13,10 @@ Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k
         logits[n]       = decoder(z_basal[n], batch_n) + efficacy[n] * d_n @ (effect * effect_mask)
         x[n]            ~ NegativeBinomial(mean = exp(library[n]) * softmax(logits[n]), dispersion theta_g)
 
+With ``artifacts`` set, the sites ``artifact``, ``artifact_kind``, ``artifact_label`` (cells) and
+``artifact_embedding`` (global) add a technical-artifact offset to the logits and change the library and dispersion
+of artifact cells (:mod:`pertpyro.models._artifacts`).
+
 A knockout changes the composition of a cell's expression (``effect``) and its total counts over the measured
 genes (``lambda``, per target): in the Papalexi screen, cells of the strong knockouts have ~13% fewer counts than
 controls, and the log-normalised scale a screen is analysed on is not indifferent to depth. Under
@@ -219,7 +223,7 @@ class PerturbationProgram(PyroModule):
                 )  # (T, G), hard 0/1 values
                 effect = effect * mask
         artifacts = self.artifact_block
-        embedding = artifacts.sample_embedding() if artifacts is not None else None  # (G,)
+        embedding = artifacts.sample_embedding() if artifacts is not None else None  # (2, G)
         # ---- local sites (scale n_cells / B) ----
         with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
             z = pyro.sample(Z_BASAL, dist.Normal(self.zero, 1.0).expand([self.latent_dim]).to_event(1))  # (B, K)
