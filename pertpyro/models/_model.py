@@ -401,11 +401,10 @@ class PerturbationModel:
         self._check_trained()
         if not do:
             raise ValueError("Give at least one intervention, e.g. do={'perturbation': 'control'}.")
-        unknown = sorted(set(do) - set(INTERVENABLE_SITES))
+        sites = tuple(s for s in INTERVENABLE_SITES if s != "artifact" or self.program.artifact_block is not None)
+        unknown = sorted(set(do) - set(sites))
         if unknown:
-            raise ValueError(
-                f"Cannot intervene on {unknown}: this model's intervenable sites are {INTERVENABLE_SITES}."
-            )
+            raise ValueError(f"Cannot intervene on {unknown}: this model's intervenable sites are {sites}.")
         data = CellData(cells, self.registry, **self._artifact_data_kwargs(cells, required=False))
         action_values: dict[str, torch.Tensor] = {}
         if "perturbation" in do:
