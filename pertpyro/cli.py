@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_key": None,
         "layer": None,
     },
+    "qc": {"run": False, "n_mads": [5.0, 5.0, 3.0, 3.0], "doublets": "auto"},  # pertpyro.pp.qc before fitting
     "split": {"kind": "random", "seed": 0, "heldout": None},
     "model": None,  # PerturbationModel's keyword arguments (filled from its signature)
     "train": None,  # PerturbationModel.train's keyword arguments (filled from its signature)
@@ -97,6 +98,9 @@ def load_data(config: dict[str, Any]) -> AnnData:
         adata = pertpyro.datasets.simulate(**data["simulate"])
     else:
         raise ValueError(f"Unknown dataset {data['dataset']!r}: use papalexi2021, simulate, or data.path.")
+    qc = config["qc"]
+    if qc["run"]:  # artifact labels for the model's artifact block (obs["artifact"]; cells are never dropped)
+        pertpyro.pp.qc(adata, batch_key=data["batch_key"], n_mads=qc["n_mads"], doublets=qc["doublets"])
     pertpyro.setup_anndata(
         adata,
         perturbation_key=data["perturbation_key"],

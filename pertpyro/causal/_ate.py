@@ -20,7 +20,7 @@ import torch
 from pertpyro._settings import local_params
 from pertpyro.causal._counterfactual import abduct, intervene
 from pertpyro.data._registry import Registry, design_matrix
-from pertpyro.models._sites import EFFICACY, PERTURBATION
+from pertpyro.models._sites import ARTIFACT, EFFICACY, PERTURBATION
 
 
 def log_normalise(counts: torch.Tensor) -> torch.Tensor:
@@ -80,6 +80,8 @@ def simulate_label_means(
                 action = {PERTURBATION: designs[label].expand(n, -1), **extra}
                 if responders:
                     action[EFFICACY] = torch.ones(n)
+                if getattr(program, "artifact_block", None) is not None:  # effects among clean cells
+                    action[ARTIFACT] = torch.zeros(n)
                 with torch.random.fork_rng():
                     torch.manual_seed(draw_seed)
                     counts = intervene(program, latents, population, action)

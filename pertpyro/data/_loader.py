@@ -18,6 +18,7 @@ import torch.distributed as dist
 from anndata import AnnData
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
+from pertpyro.data._artifact_labels import artifact_labels
 from pertpyro.data._blocks import BlockBatchSampler
 from pertpyro.data._registry import Registry, batch_codes, design_matrix, get_counts, perturbation_labels
 from pertpyro.data._stream import (
@@ -39,6 +40,7 @@ class ProgramArgs(NamedTuple):
     library: torch.Tensor
     idx: torch.Tensor
     n_cells: int
+    artifact: torch.Tensor | None = None
 
 
 class CellData(Dataset):
@@ -50,9 +52,15 @@ class CellData(Dataset):
         AnnData registered with :func:`pertpyro.setup_anndata` (or sharing its genes and categories).
     registry
         The registry to read columns by (the model's, so codes match the training data).
+    artifact_key
+        ``obs`` column of boolean artifact labels, added to each minibatch as ``"artifact"`` (``None``: none).
+    require_artifact
+        Raise a ``ValueError`` when ``artifact_key`` is missing from ``obs`` (otherwise the cells go without labels).
     """
 
-    def __init__(self, adata: AnnData, registry: Registry) -> None:
+    def __init__(
+        self, adata: AnnData, registry: Registry, *, artifact_key: str | None = None, require_artifact: bool = True
+    ) -> None:
         if tuple(map(str, adata.var_names)) != registry.genes:
             raise ValueError(
                 "The AnnData's genes differ from the registered genes (names or order); subset it with "
@@ -71,6 +79,9 @@ class CellData(Dataset):
         if np.any(library <= 0):
             raise ValueError(f"{int(np.sum(library <= 0))} cells have zero total counts; filter them out first.")
         self.library = library
+        self.artifact = None
+        if artifact_key is not None and (require_artifact or artifact_key in adata.obs):
+            self.artifact = artifact_labels(adata, artifact_key)
 
     @property
     def perturbation(self) -> np.ndarray:
@@ -96,13 +107,16 @@ class CellData(Dataset):
 
     def __getitem__(self, idx: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
         idx = np.sort(np.asarray(idx, dtype=np.int64))
-        return {
+        batch = {
             "counts": torch.from_numpy(read_rows(self.counts, idx)),
             "perturbation": torch.from_numpy(self.label_design[self.label_codes[idx]]),
             "batch_index": torch.from_numpy(self.batch_index[idx]),
             "library": torch.from_numpy(self.library[idx]),
             "idx": torch.from_numpy(idx),
         }
+        if self.artifact is not None:
+            batch["artifact"] = torch.from_numpy(self.artifact[idx])
+        return batch
 
 
 class DistributedBatchSampler(Sampler[list[int]]):
@@ -249,6 +263,7 @@ def program_args(batch: dict[str, torch.Tensor], n_cells: int, *, with_counts: b
         batch["library"],
         batch["idx"],
         n_cells,
+        batch.get("artifact"),
     )
 
 

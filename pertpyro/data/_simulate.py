@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from pertpyro._keys import TRUTH_KEY
+from pertpyro.data._simulate_artifacts import add_artifacts, check_artifact_args
 from pertpyro.data._simulate_grn import check_grn_args, simulate_grn
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ _TARGET_SUM = 1e4
 """Normalisation of the shift scale: ``log1p(1e4 * x / sum(x))`` (DESIGN.md §4)."""
 
 # Keys of the independent random streams (first element of the spawn key); never renumber, only append.
-_STREAM_BASAL, _STREAM_EFFECTS, _STREAM_ASSIGN, _STREAM_COUNTS, _STREAM_TRUTH = range(5)
+_STREAM_BASAL, _STREAM_EFFECTS, _STREAM_ASSIGN, _STREAM_COUNTS, _STREAM_TRUTH, _STREAM_ARTIFACTS = range(6)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ def simulate(
     grn_density: float = 0.1,
     grn_steps: int = 3,
     grn_weight: tuple[float, float] = (0.5, 1.5),
+    doublet_rate: float = 0.0,
+    low_quality_rate: float = 0.0,
+    n_mito: int = 5,
 ) -> AnnData:
     r"""Simulate a single-cell CRISPR screen with known ground truth.
 
@@ -173,6 +177,12 @@ def simulate(
         Number of propagation steps of a knockout through the network.
     grn_weight
         Range of edge magnitudes (signs are random).
+    doublet_rate, low_quality_rate
+        Fractions of cells turned into doublets and low-quality cells, with their clean counts kept as truth
+        (:mod:`pertpyro.data._simulate_artifacts`); 0 (default) leaves the screen exactly as without them.
+    n_mito
+        Genes renamed ``MT-...`` (the last ones) when ``low_quality_rate > 0``, so that :func:`pertpyro.pp.qc` sees
+        the mitochondrial fraction that low-quality cells inflate.
 
     Returns
     -------
@@ -207,7 +217,10 @@ def simulate(
     cells, so ``shift = perturbation_efficacy_prob * responder_shift`` holds exactly in the population.
     """
     grn_options = {"n_regulators": n_regulators, "density": grn_density, "n_steps": grn_steps, "weight": grn_weight}
-    params = _check_args(**{k: v for k, v in locals().items() if not k.startswith("grn") and k != "n_regulators"})
+    artifact_args = {"doublet_rate": doublet_rate, "low_quality_rate": low_quality_rate, "n_mito": n_mito}
+    check_artifact_args(**artifact_args, low_quality_keep=(0.1, 0.3), n_genes=n_genes, n_targets=n_targets)
+    options = {"n_regulators", "grn_options", "artifact_args", *artifact_args}
+    params = _check_args(**{k: v for k, v in locals().items() if not k.startswith("grn") and k not in options})
     if grn:
         grn_options["n_regulators"] = check_grn_args(n_genes=n_genes, n_targets=n_targets, **grn_options)
     n_jobs = params.pop("n_jobs")
@@ -310,6 +323,8 @@ def simulate(
     }
     if grn_truth is not None:
         adata.uns[TRUTH_KEY]["grn"] = grn_truth
+    if doublet_rate > 0 or low_quality_rate > 0:
+        add_artifacts(adata, _rng(seed, _STREAM_ARTIFACTS), **artifact_args)
     return adata
 
 

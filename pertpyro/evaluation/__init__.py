@@ -8,6 +8,7 @@ Typical use::
     print(pertpyro.evaluation.format_table(table))
 """
 
+from pertpyro.evaluation._artifacts import artifact_detection, energy_distance, qc_pass_rate
 from pertpyro.evaluation._baselines import BASELINES, additive, no_change, shrunk_training_mean, training_mean
 from pertpyro.evaluation._calibration import (
     IntervalCalibration,
@@ -42,6 +43,9 @@ from pertpyro.evaluation._runner import ate_metrics, format_table, to_perturbed_
 from pertpyro.evaluation._splits import split_cells, split_heldout_combinations, split_heldout_perturbations
 
 __all__ = [
+    "artifact_detection",
+    "energy_distance",
+    "qc_pass_rate",
     "BASELINES",
     "IntervalCalibration",
     "METRIC_COLUMNS",

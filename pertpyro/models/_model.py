@@ -26,6 +26,13 @@ from pertpyro.data._stream import CountStatistics
 from pertpyro.inference._device import pin_memory_for
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.inference._lightning import SVIModule, fit
+from pertpyro.models._artifacts import (
+    abduct_artifact,
+    artifact_action,
+    artifact_probability,
+    check_artifact_mode,
+    robust_library_init,
+)
 from pertpyro.models._grn_api import build_grn, grn_table, resolve_edge_do
 from pertpyro.models._program import PerturbationGuide, PerturbationProgram, _inverse_softplus
 
@@ -98,6 +105,13 @@ class PerturbationModel:
         Whether the basal-state encoder sees each cell's targets (helps it leave the effects to ``effect``).
     effect_df
         Degrees of freedom of a Student-t prior on the effects (0: Normal prior).
+    artifacts
+        Technical-artifact block (:mod:`pertpyro.models._artifacts`): ``None`` (off); ``"observed"``: the boolean
+        labels ``obs[artifact_key]`` (e.g. from :func:`pertpyro.pp.qc`) are the ``artifact`` site's values;
+        ``"latent"``: they are noisy evidence and each cell's artifact state is inferred (labels optional). With the
+        block on, the data may hold only control cells (the model is then a doublet / low-quality-cell detector).
+    artifact_key
+        ``obs`` column of the artifact labels (read, never written).
     seed
         Seed of the parameter initialisation.
     grn
@@ -132,6 +146,8 @@ class PerturbationModel:
         mask_prior: float = 0.5,
         encode_perturbation: bool = True,
         effect_df: float = 0.0,
+        artifacts: str | None = None,
+        artifact_key: str = "artifact",
         seed: int = 0,
         grn: bool = False,
         grn_prior: pd.DataFrame | str | None = None,
@@ -144,8 +160,12 @@ class PerturbationModel:
         self.registry = get_registry(adata)
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be positive, got {latent_dim}.")
-        if self.registry.n_targets == 0:
-            raise ValueError("The registered data have no perturbation targets (every cell is a control).")
+        check_artifact_mode(artifacts)
+        if self.registry.n_targets == 0 and artifacts is None:
+            raise ValueError(
+                "The registered data have no perturbation targets (every cell is a control); only the artifact "
+                "model (artifacts='observed' or 'latent') runs on such data."
+            )
         labels = perturbation_labels(adata, self.registry)
         if not np.any(labels == self.registry.control):
             raise ValueError(f"The training data have no control cells labelled {self.registry.control!r}.")
@@ -158,6 +178,8 @@ class PerturbationModel:
             "mask_prior": mask_prior,
             "encode_perturbation": encode_perturbation,
             "effect_df": effect_df,
+            "artifacts": artifacts,
+            "artifact_key": artifact_key,
             "seed": seed,
         }
         if grn:  # only stored when on, so that saved models without the block keep their settings
@@ -170,7 +192,7 @@ class PerturbationModel:
                 grn_prior_inclusion=grn_prior_inclusion,
                 grn_weight_scale=grn_weight_scale,
             )
-        data = CellData(adata, self.registry)
+        data = CellData(adata, self.registry, **self._artifact_data_kwargs(adata, required=artifacts == "observed"))
         self._data = data
         set_seed(seed)
         n_batches = self.registry.n_batches
@@ -199,10 +221,17 @@ class PerturbationModel:
             effect_df=kw["effect_df"],
             library_init=_library_moments(data, n_batches),
             grn=grn_block,
+            artifacts=kw["artifacts"],
         )
-        effects = _initial_effects(stats, float(torch.sigmoid(self.program.efficacy_logit.detach()[0])))
+        if kw["artifacts"] is not None:
+            robust_library_init(self.program, np.log(data.library), data.batch_index)
+        response_rate = float(torch.sigmoid(self.program.efficacy_logit.detach()[:1]).sum()) or 0.73  # T=0
+        effects = _initial_effects(stats, response_rate)
         with torch.no_grad():  # sigma_g starts at the root-mean-square of the moment estimates across targets
-            self.program.effect_prior_raw_scale.copy_(_inverse_softplus(effects.pow(2).mean(0).sqrt().clamp(0.05, 2.0)))
+            if effects.shape[0] > 0:  # (no targets: an all-control data set for the artifact model)
+                self.program.effect_prior_raw_scale.copy_(
+                    _inverse_softplus(effects.pow(2).mean(0).sqrt().clamp(0.05, 2.0))
+                )
         self.guide = PerturbationGuide(
             self.program, n_batches, n_hidden=kw["n_hidden"], encode_perturbation=kw["encode_perturbation"]
         )
@@ -268,7 +297,8 @@ class PerturbationModel:
             train_rows, val_rows = holdout_rows(n, validation_fraction, seed, block_size)
             train_data, val_data = _RowSubset(self._data, train_rows), _RowSubset(self._data, val_rows)
         else:
-            train_data, val_data = self._data, CellData(validation_adata, self.registry)
+            train_data = self._data
+            val_data = CellData(validation_adata, self.registry, **self._artifact_data_kwargs(validation_adata))
         if max_epochs is None:
             max_epochs = int(min(400, max(50, 2_000_000 // len(train_data))))
         module = SVIModule(self.program, self.guide, n_train=len(train_data), n_val=len(val_data), lr=lr, seed=seed)
@@ -509,8 +539,11 @@ class PerturbationModel:
         """Counterfactual expression of observed cells under an intervention, through ``pyro.poutine.do``.
 
         Abduction: each cell's basal state is drawn from the guide given its observed counts. Action: ``do`` sets
-        ``perturbation`` (a label, e.g. ``"control"`` or ``"STAT1+IRF1"``) and/or ``efficacy`` (0 or 1) for every
-        cell. Prediction: the model simulates counts at each cell's own depth (moved by the intervened targets'
+        ``perturbation`` (a label, e.g. ``"control"`` or ``"STAT1+IRF1"``), ``efficacy`` (0 or 1) and/or ``artifact``
+        (0: the cleaned cell; needs the artifact block) for every cell. With the artifact block, each cell's factual
+        artifact state is abducted too (its label in the observed mode, a posterior draw in the latent mode), and
+        under ``do(artifact=...)`` its depth is moved to the intervened state (the depth noise is kept).
+        Prediction: the model simulates counts at each cell's own depth (moved by the intervened targets'
         library effect). Repeated over ``n_samples`` posterior draws. For cells that were themselves perturbed,
         the removal of their factual library effect uses the same ``efficacy`` draw as the counterfactual world (their
         factual efficacy is not abducted separately yet); for control cells the query is exact.
@@ -520,8 +553,9 @@ class PerturbationModel:
         cells
             Observed cells with the registered genes (and the registry's obs columns).
         do
-            Intervention by site name: ``{"perturbation": label}``, ``{"efficacy": 1}``, and with ``grn=True``
-            ``{"adjacency": {(source, target): 0 or 1}}`` (edges removed or forced; the others keep their draws).
+            Intervention by site name: ``{"perturbation": label}``, ``{"efficacy": 1}``, with ``artifacts``
+            ``{"artifact": 0}``, with ``grn=True`` ``{"adjacency": {(source, target): 0 or 1}}`` (edges removed
+            or forced; the others keep their draws), or several.
         n_samples
             Posterior draws averaged.
         batch_size
@@ -537,12 +571,13 @@ class PerturbationModel:
         self._check_trained()
         if not do:
             raise ValueError("Give at least one intervention, e.g. do={'perturbation': 'control'}.")
-        unknown = sorted(set(do) - set(INTERVENABLE_SITES))
+        absent = {"artifact"} if self.program.artifact_block is None else set()
+        absent |= {"adjacency"} if self.program.grn is None else set()
+        sites = tuple(s for s in INTERVENABLE_SITES if s not in absent)
+        unknown = sorted(set(do) - set(sites))
         if unknown:
-            raise ValueError(
-                f"Cannot intervene on {unknown}: this model's intervenable sites are {INTERVENABLE_SITES}."
-            )
-        data = CellData(cells, self.registry)
+            raise ValueError(f"Cannot intervene on {unknown}: this model's intervenable sites are {sites}.")
+        data = CellData(cells, self.registry, **self._artifact_data_kwargs(cells, required=False))
         edge_action = self._edge_action({"adjacency": do["adjacency"]}) if "adjacency" in do else None
         action_values: dict[str, torch.Tensor] = {}
         if "perturbation" in do:
@@ -551,6 +586,8 @@ class PerturbationModel:
             if do["efficacy"] not in (0, 1):
                 raise ValueError(f"efficacy can be set to 0 or 1, got {do['efficacy']!r}.")
             action_values["efficacy"] = torch.tensor(float(do["efficacy"]))
+        if "artifact" in do:
+            action_values["artifact"] = artifact_action(self.program, do["artifact"])
         lognorm = np.zeros((len(data), self.registry.n_genes), dtype=np.float32)
         counts = np.zeros_like(lognorm)
         with torch.random.fork_rng(), local_params(), torch.no_grad():
@@ -561,9 +598,11 @@ class PerturbationModel:
                 n = len(rows)
                 action = {k: (v.expand(n, -1) if v.ndim else v.expand(n)) for k, v in action_values.items()}
                 for _ in range(n_samples):
-                    latents = abduct(self.guide, batch)
+                    latents, world = abduct(self.guide, batch), batch
+                    if self.program.artifact_block is not None:  # keep each cell's factual artifact state
+                        latents, world = abduct_artifact(self.program, self.guide, batch, latents, action)
                     extra = {} if edge_action is None else edge_action(latents)
-                    x = intervene(self.program, latents, batch, {**action, **extra})
+                    x = intervene(self.program, latents, world, {**action, **extra})
                     counts[rows] += x.numpy() / n_samples
                     lognorm[rows] += log_normalise(x).numpy() / n_samples
         out = AnnData(lognorm, obs=cells.obs.copy(), var=pd.DataFrame(index=list(self.registry.genes)))
@@ -625,6 +664,49 @@ class PerturbationModel:
             raise ValueError("This model has no effect mask (sparse_effects=False).")
         probs = torch.sigmoid(self.guide.mask_logit.detach()).numpy()
         return pd.DataFrame(probs, index=list(self.registry.targets), columns=list(self.registry.genes))
+
+    def artifact_probability(
+        self,
+        adata: AnnData | None = None,
+        *,
+        n_draws: int = 10,
+        batch_size: int = 2048,
+        write: bool = False,
+        seed: int = 0,
+    ) -> pd.Series:
+        """Posterior probability that each cell is a technical artifact, ``P(artifact = 1 | x, depth, label)``.
+
+        Exact in the artifact state given a draw of the basal state, averaged over ``n_draws`` guide draws
+        (:func:`pertpyro.models._artifacts.artifact_posterior`). The labels in ``obs[artifact_key]`` enter as
+        evidence in the latent mode when present; in the observed mode they are ignored (the probability is then
+        the model's own call from counts and depth).
+
+        Parameters
+        ----------
+        adata
+            Cells to score (default: the training data).
+        n_draws
+            Guide draws averaged.
+        batch_size
+            Cells per chunk.
+        write
+            Also write the probabilities to ``adata.obs["pertpyro_artifact_prob"]`` (the only entry written).
+        seed
+            Seed of the draws.
+
+        Returns
+        -------
+        Series indexed by ``obs_names``.
+        """
+        self._check_trained()
+        target = self.adata if adata is None else adata
+        return artifact_probability(self, target, n_draws=n_draws, batch_size=batch_size, write=write, seed=seed)
+
+    def _artifact_data_kwargs(self, adata: AnnData, *, required: bool = False) -> dict[str, Any]:
+        """``CellData`` options reading the artifact labels (none when the block is off)."""
+        if self.init_kwargs["artifacts"] is None:
+            return {}
+        return {"artifact_key": self.init_kwargs["artifact_key"], "require_artifact": required}
 
     def efficacy_probability(self) -> pd.Series:
         """Estimated fraction of cells per target in which the knockout took effect."""

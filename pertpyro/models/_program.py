@@ -15,6 +15,10 @@ Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k
         logits[n]       = decoder(z_basal[n], batch_n) + efficacy[n] * d_n @ (effect * effect_mask)
         x[n]            ~ NegativeBinomial(mean = exp(library[n]) * softmax(logits[n]), dispersion theta_g)
 
+With ``artifacts`` set, the sites ``artifact``, ``artifact_kind``, ``artifact_label`` (cells) and
+``artifact_embedding`` (global) add a technical-artifact offset to the logits and change the library and dispersion
+of artifact cells (:mod:`pertpyro.models._artifacts`).
+
 A knockout changes the composition of a cell's expression (``effect``) and its total counts over the measured
 genes (``lambda``, per target): in the Papalexi screen, cells of the strong knockouts have ~13% fewer counts than
 controls, and the log-normalised scale a screen is analysed on is not indifferent to depth. Under
@@ -35,6 +39,7 @@ ELBO compares two densities on the same space (Maddison et al. 2017); its forwar
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import pyro
 import pyro.distributions as dist
@@ -43,6 +48,7 @@ from pyro.nn import PyroModule
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
+from pertpyro.models._artifacts import ArtifactBlock, ArtifactGuide
 from pertpyro.models._components import BasalEncoder, GeneDecoder
 from pertpyro.models._distributions import MarkedBernoulli, NegativeBinomialLogMean, is_enumerated_support
 from pertpyro.models._grn import GRNGuide, GRNPrior
@@ -102,6 +108,8 @@ class PerturbationProgram(PyroModule):
         The ``grn`` block (:class:`~pertpyro.models._grn.GRNPrior`): the targets' effects are knockouts propagated
         through a sparse regulator -> gene network (sites ``adjacency``, ``adjacency_weight``) instead of free
         ``effect`` / ``effect_mask`` sites.
+    artifacts
+        Technical-artifact block (:mod:`pertpyro.models._artifacts`): ``None`` (off), ``"observed"`` or ``"latent"``.
     effect_df
         Degrees of freedom of a Student-t effect prior (heavy tails: strong effects are not shrunk while weak
         ones are); 0 gives a Normal prior.
@@ -124,9 +132,11 @@ class PerturbationProgram(PyroModule):
         effect_df: float = 0.0,
         library_init: tuple[torch.Tensor, torch.Tensor] | None = None,
         grn: GRNPrior | None = None,
+        artifacts: str | None = None,
     ) -> None:
         super().__init__()
         self.grn = grn  # the ``grn`` block replaces the free effects (models/_grn.py)
+        self.artifact_block = ArtifactBlock(n_genes, artifacts) if artifacts is not None else None
         self.effect_df = float(effect_df)
         self.n_genes, self.n_targets, self.latent_dim = n_genes, n_targets, latent_dim
         self.sparse_effects, self.use_efficacy = sparse_effects, efficacy
@@ -162,10 +172,16 @@ class PerturbationProgram(PyroModule):
         log_rho = nn.functional.logsigmoid(self.efficacy_logit)
         return torch.exp(perturbation @ log_rho).clamp(1e-4, 1 - 1e-4)
 
-    def nb_distribution(self, logits: torch.Tensor, log_library: torch.Tensor) -> NegativeBinomialLogMean:
-        """Counts distribution with mean ``exp(log_library) * softmax(logits)`` and per-gene dispersion ``theta``."""
+    def nb_distribution(
+        self, logits: torch.Tensor, log_library: torch.Tensor, log_theta_shift: torch.Tensor | None = None
+    ) -> NegativeBinomialLogMean:
+        """Counts distribution with mean ``exp(log_library) * softmax(logits)`` and per-gene dispersion ``theta``.
+
+        ``log_theta_shift`` (per cell, optional) moves ``log theta`` (a doublet: ``log 2``).
+        """
         log_mean = torch.log_softmax(logits, -1) + log_library.unsqueeze(-1)
-        return NegativeBinomialLogMean(log_mean, self.log_theta)
+        log_theta = self.log_theta if log_theta_shift is None else self.log_theta + log_theta_shift.unsqueeze(-1)
+        return NegativeBinomialLogMean(log_mean, log_theta)
 
     def forward(
         self,
@@ -175,6 +191,7 @@ class PerturbationProgram(PyroModule):
         library: torch.Tensor,
         idx: torch.Tensor,
         n_cells: int,
+        artifact: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the model on a minibatch of cells.
 
@@ -192,6 +209,9 @@ class PerturbationProgram(PyroModule):
             Indices of the minibatch cells among all ``n_cells`` (the ``cells`` plate subsample).
         n_cells
             Number of cells in the data set (the plate size; scales local sites by ``n_cells / B``).
+        artifact
+            Artifact labels ``(B,)`` (0/1) when the artifact block is on: the ``artifact`` site's values
+            (observed mode) or noisy evidence (latent mode); ``None``: inferred (latent) or drawn from the prior.
 
         Returns
         -------
@@ -202,9 +222,11 @@ class PerturbationProgram(PyroModule):
         if self.grn is not None:
             effect = self.grn()  # (T, G): knockouts propagated through the sampled network (models/_grn.py)
         else:
-            with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
-                effect = pyro.sample(EFFECT, self.effect_prior().expand([T, G]))  # (T, G)
-                if self.sparse_effects:
+            effect = self.zero.expand(0, G)  # no targets (an all-control data set for the artifact model): no sites
+            with pyro.plate(TARGETS_PLATE, T, dim=-2) if T else nullcontext(), pyro.plate(GENES_PLATE, G, dim=-1):
+                if T:
+                    effect = pyro.sample(EFFECT, self.effect_prior().expand([T, G]))  # (T, G)
+                if T and self.sparse_effects:
                     mask = pyro.sample(
                         EFFECT_MASK,
                         dist.RelaxedBernoulliStraightThrough(
@@ -212,6 +234,8 @@ class PerturbationProgram(PyroModule):
                         ),
                     )  # (T, G), hard 0/1 values
                     effect = effect * mask
+        artifacts = self.artifact_block
+        embedding = artifacts.sample_embedding() if artifacts is not None else None  # (2, G)
         # ---- local sites (scale n_cells / B) ----
         with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
             z = pyro.sample(Z_BASAL, dist.Normal(self.zero, 1.0).expand([self.latent_dim]).to_event(1))  # (B, K)
@@ -220,6 +244,7 @@ class PerturbationProgram(PyroModule):
                 dist.Bernoulli(self.target_frequency).expand([idx.shape[0], T]).to_event(1),
                 obs=perturbation,
             )  # (B, T)
+            a, kind = artifacts.sample_cells(artifact, idx.shape[0]) if artifacts is not None else (None, None)
             base = self.decoder(z, batch_index)  # (B, G)
             shifted = base + d @ effect  # (B, G): logits if the knockout took
             library_shift = d @ self.library_effect  # (B,)
@@ -237,12 +262,19 @@ class PerturbationProgram(PyroModule):
             else:
                 logits = shifted
             log_library = torch.log(library)
+            lib_loc = self.library_loc[batch_index] + library_shift
             lib_scale = nn.functional.softplus(self.library_raw_scale[batch_index]) + 1e-3
-            pyro.sample(LIBRARY, dist.Normal(self.library_loc[batch_index] + library_shift, lib_scale), obs=log_library)
+            library_dist, theta_shift = dist.Normal(lib_loc, lib_scale), None
+            if a is not None:  # artifact offset on the logits; artifact cells' depths shift and spread
+                logits = logits + artifacts.logit_offset(a, kind, embedding)
+                library_dist = artifacts.library(lib_loc, lib_scale, a, kind)
+                theta_shift = artifacts.log_theta_shift(a, kind)
+            pyro.sample(LIBRARY, library_dist, obs=log_library)
             # The depth the counts are drawn at: the observed one, moved by the knockout's library effect when
             # poutine.do changes the perturbation (the cell keeps its own depth noise: abduction of the library).
             log_depth = log_library + library_shift - factual_library_shift  # (..., B)
-            return pyro.sample(COUNTS, self.nb_distribution(logits, log_depth).to_event(1), obs=counts)
+            counts_dist = self.nb_distribution(logits, log_depth, theta_shift)
+            return pyro.sample(COUNTS, counts_dist.to_event(1), obs=counts)
 
 
 class PerturbationGuide(PyroModule):
@@ -290,6 +322,7 @@ class PerturbationGuide(PyroModule):
         self.mask_logit = nn.Parameter(torch.full((T, G), 2.0))
         self.register_buffer("mask_temperature", program.mask_temperature.clone())
         self.grn = None if program.grn is None else GRNGuide(program.grn)
+        self.artifact_guide = ArtifactGuide(G) if program.artifact_block is not None else None
         to_pyro_module_(self.encoder)
 
     def effect_scale(self) -> torch.Tensor:
@@ -304,6 +337,7 @@ class PerturbationGuide(PyroModule):
         library: torch.Tensor,
         idx: torch.Tensor,
         n_cells: int,
+        artifact: torch.Tensor | None = None,
     ) -> None:
         """Draw the latent sites; same signature as the model (``counts`` is required here)."""
         if counts is None:
@@ -312,12 +346,15 @@ class PerturbationGuide(PyroModule):
         if self.grn is not None:
             self.grn()
         else:
-            with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
-                pyro.sample(EFFECT, dist.Normal(self.effect_loc, self.effect_scale()))
-                if self.sparse_effects:
+            with pyro.plate(TARGETS_PLATE, T, dim=-2) if T else nullcontext(), pyro.plate(GENES_PLATE, G, dim=-1):
+                if T:
+                    pyro.sample(EFFECT, dist.Normal(self.effect_loc, self.effect_scale()))
+                if T and self.sparse_effects:
                     pyro.sample(
                         EFFECT_MASK, dist.RelaxedBernoulliStraightThrough(self.mask_temperature, logits=self.mask_logit)
                     )
+        if self.artifact_guide is not None:
+            self.artifact_guide()
         with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
             loc, scale = self.encoder(counts, batch_index, perturbation)
             pyro.sample(Z_BASAL, dist.Normal(loc, scale).to_event(1))

@@ -1,0 +1,388 @@
+"""The technical-artifact block (CRADLE-VAE's idea as sample sites): ``artifact``, ``artifact_embedding``.
+
+Generative story, added to :class:`pertpyro.models._program.PerturbationProgram` when ``artifacts`` is set::
+
+    artifact_embedding   ~ Normal(0, I_G)                        global (one event over genes): A
+    for each cell n:
+        artifact[n]       ~ Bernoulli(pi_a)                      a_n: observed labels, or latent and enumerated
+        artifact_label[n] ~ Bernoulli(a_n ? 1 - eps_1 : eps_0)   (latent mode) the given, noisy label
+        artifact_kind[n]  ~ Bernoulli(w)                           k_n: doublet (0) or low-quality (1), enumerated
+        library[n]        ~ Normal(loc + a_n delta_k, scale exp(a_n kappa_k))
+        x[n]              ~ NB(..., theta * 2 ** (a_n [k_n = doublet]))   a doublet sums two cells' NB counts
+        logits[n]         = decoder(z_basal[n]) + shift[n] + a_n * A[k_n]
+
+**Where the artifact enters.** ``a_n * A`` is an offset on the decoder's gene logits, not an input of the decoder
+network: removing it (``do(artifact=0)``) leaves the cell's basal state and its perturbation effect exactly as they
+were, so the cleaned cell is the same cell minus a technical shift of composition (a dying cell's loss of
+cytoplasmic, non-mitochondrial RNA is such a shift). Fed to the decoder network instead, the artifact could mix
+with the biology through its nonlinearity, and "the same cell without the artifact" would no longer be well defined.
+
+**Kinds and library.** Artifacts differ in both composition and depth, in both directions: a doublet holds two
+cells' molecules (depth ``log 2`` higher, fixed), a low-quality cell lost most of its cytoplasmic ones (learned
+negative shift, widened). So ``a_n`` comes with an enumerated kind ``k_n``, each kind with its own logit offset
+``A[k]`` and depth law; ``do(artifact=0)`` removes whichever applies. The depth is strong evidence for ``a_n``.
+
+**Latent mode: enumeration, not a relaxed Bernoulli.** ``a_n`` has two values, so it is summed out exactly by
+``TraceEnum_ELBO`` (like ``efficacy``; the two enumerated dimensions sit left of the two plates): no
+reparameterisation bias, no temperature to tune, no encoder ``q(a_n | x_n)`` to amortise, and the posterior
+``P(a_n = 1 | x_n, label_n)`` is exact given the basal state (:func:`artifact_posterior`). The given labels are
+noisy evidence through the flip rates ``eps_0`` (a clean cell labelled an artifact) and ``eps_1`` (an artifact
+labelled clean), learned and capped at 0.4 so that a label always says more than a coin flip; mislabelled cells are
+thus corrected by their counts and depth. Without labels (``None``), ``a_n`` is inferred from the data alone.
+
+**Observed mode.** ``artifact`` is observed at the labels; ``do(artifact=0)`` still applies (Pyro splits the node:
+the factual ``artifact`` stays observed and the downstream sites see ``artifact__CF``'s value 0).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import pyro
+import pyro.distributions as dist
+import torch
+from anndata import AnnData
+from pyro import poutine
+from pyro.nn import PyroModule
+from torch import nn
+
+from pertpyro._keys import ARTIFACT_PROB_KEY
+from pertpyro._settings import local_params
+from pertpyro.data._loader import CellData, standalone_args
+from pertpyro.models._sites import (
+    ARTIFACT,
+    ARTIFACT_EMBEDDING,
+    ARTIFACT_KIND,
+    ARTIFACT_LABEL,
+    COUNTS,
+    EFFICACY,
+    LIBRARY,
+)
+
+ARTIFACT_MODES = ("observed", "latent")
+LOG2 = math.log(2.0)
+MAX_FLIP = 0.4
+"""Upper bound of the learned label flip rates (a label must stay better than a coin flip)."""
+
+
+def check_artifact_mode(mode: str | None) -> str | None:
+    """``mode`` if it is ``None``, ``"observed"`` or ``"latent"``; a ``ValueError`` otherwise."""
+    if mode is not None and mode not in ARTIFACT_MODES:
+        raise ValueError(f"artifacts must be None, 'observed' or 'latent', got {mode!r}.")
+    return mode
+
+
+class ArtifactBlock(PyroModule):
+    """Model side of the artifact block: prior, label noise, library and logit terms (module docstring).
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes (length of ``artifact_embedding``).
+    mode
+        ``"observed"`` (labels are the ``artifact`` site's values) or ``"latent"`` (labels are noisy evidence).
+    prior
+        Initial prior probability that a cell is an artifact (learned).
+    flip
+        Initial flip rates of the labels (latent mode; learned). Small: the labels are trusted at first, so the
+        artifact kinds are learned from the labelled cells, and the rates rise as the counts contradict labels. On
+        the simulator (20% of labels flipped, 40 epochs) starting at 0.1 let a kind drift onto clean cells
+        (AUROC 0.90); starting at 0.02 gave 0.95.
+    embedding_scale
+        Prior scale of the entries of ``artifact_embedding``.
+    """
+
+    def __init__(
+        self, n_genes: int, mode: str, *, prior: float = 0.1, flip: float = 0.02, embedding_scale: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.embedding_scale = float(embedding_scale)
+        self.mode, self.n_genes = check_artifact_mode(mode), n_genes
+        self.prior_logit = nn.Parameter(torch.tensor(math.log(prior / (1 - prior))))
+        self.flip_logit = nn.Parameter(torch.full((2,), math.log(flip / (MAX_FLIP - flip))))
+        self.library_shift = nn.Parameter(torch.tensor(0.0))  # low-quality kind: -log 2 - softplus(.) ~ -1.39
+        self.library_log_inflation = nn.Parameter(torch.tensor(0.0))
+        self.kind_logit = nn.Parameter(torch.tensor(0.0))
+        self.register_buffer("zero", torch.tensor(0.0))
+
+    def flip_rates(self) -> torch.Tensor:
+        """``(eps_0, eps_1)``: P(label 1 | clean) and P(label 0 | artifact)."""
+        return MAX_FLIP * torch.sigmoid(self.flip_logit)
+
+    def sample_embedding(self) -> torch.Tensor:
+        """The global ``artifact_embedding`` site ``A``, shape ``(2, G)``: one row per artifact kind.
+
+        Call outside the cells plate. One event (not a second "genes" plate: a plate name appears once per trace).
+        """
+        return pyro.sample(
+            ARTIFACT_EMBEDDING, dist.Normal(self.zero, self.embedding_scale).expand([2, self.n_genes]).to_event(2)
+        )
+
+    def sample_cells(self, labels: torch.Tensor | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-cell sites ``artifact``, ``artifact_kind`` (and ``artifact_label`` in latent mode).
+
+        Call inside the cells plate. Returns ``a_n`` and ``k_n``, each ``(n,)`` or enumerated ``(2, 1, ..., 1)``.
+        """
+        prior = dist.Bernoulli(logits=self.prior_logit.expand([n]))
+        if self.mode == "observed":
+            a = pyro.sample(ARTIFACT, prior, obs=labels)
+        else:
+            a = pyro.sample(ARTIFACT, prior, infer={"enumerate": "parallel"})
+            if labels is not None:
+                eps = self.flip_rates()
+                label_prob = torch.where(a > 0.5, 1 - eps[1], eps[0])
+                pyro.sample(ARTIFACT_LABEL, dist.Bernoulli(probs=label_prob), obs=labels)
+        kind = pyro.sample(
+            ARTIFACT_KIND, dist.Bernoulli(logits=self.kind_logit.expand([n])), infer={"enumerate": "parallel"}
+        )
+        return a, kind
+
+    @staticmethod
+    def log_theta_shift(a: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """Shift of the NB ``log theta`` per cell: ``log 2`` for a doublet, 0 otherwise.
+
+        A doublet's counts are the sum of two cells' independent NB counts of mean ``mu`` and inverse dispersion
+        ``theta`` each: mean ``2 mu``, variance ``2 mu + 2 mu^2 / theta``, i.e. the inverse dispersion of its
+        total mean is ``2 theta``. Less overdispersed than a single cell of the same depth: evidence of a doublet.
+        """
+        return a * (1.0 - kind) * math.log(2.0)
+
+    @staticmethod
+    def logit_offset(a: torch.Tensor, kind: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """``a_n * A[k_n]`` on the gene logits, ``(..., n, G)``."""
+        return a.unsqueeze(-1) * torch.where(kind.unsqueeze(-1) > 0.5, embedding[1], embedding[0])
+
+    def _shifts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-depth shift and log widening of the two kinds, ``(2,)`` each.
+
+        Kind 0, a doublet, holds two cells' molecules: its depth is fixed at ``log 2`` above a cell's, and the sum
+        of two independent depths spreads about ``1/sqrt(2)`` as much (relative to its mean). Kind 1, a low-quality
+        cell, lost at least half its molecules: a learned shift below ``-log 2`` and a learned widening of at most 2.
+        These bounds keep the kinds identified: free, a kind drifts onto clean cells (a wide component that fits
+        whatever the clean model fits worst), as measured on the simulator.
+        """
+        shift = torch.stack([self.zero + LOG2, -LOG2 - nn.functional.softplus(self.library_shift)])
+        inflation = torch.stack([self.zero - 0.5 * LOG2, LOG2 * torch.sigmoid(self.library_log_inflation)])
+        return shift, inflation
+
+    def _components(self, loc: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Locations and scales of the three depth components (clean, doublet, low-quality), ``(..., 3)``."""
+        shift, inflation = self._shifts()
+        shift = torch.cat([self.zero.reshape(1), shift])
+        inflation = torch.cat([self.zero.reshape(1), inflation])
+        return loc.unsqueeze(-1) + shift, scale.unsqueeze(-1) * torch.exp(inflation)
+
+    def kind_logits(self) -> torch.Tensor:
+        """Log prior weights of the two artifact kinds, ``(2,)``."""
+        return nn.functional.logsigmoid(torch.stack([-self.kind_logit, self.kind_logit]))
+
+    def library(self, loc: torch.Tensor, scale: torch.Tensor, a: torch.Tensor, kind: torch.Tensor) -> dist.Normal:
+        """Distribution of the log library given ``a_n`` and the artifact kind ``k_n`` (clean: ``Normal(loc, scale)``)."""
+        shifts, inflations = self._shifts()
+        shift = torch.where(kind > 0.5, shifts[1], shifts[0])
+        inflation = torch.where(kind > 0.5, inflations[1], inflations[0])
+        return dist.Normal(loc + a * shift, scale * torch.exp(a * inflation))
+
+    def counterfactual_log_library(
+        self,
+        log_library: torch.Tensor,
+        loc: torch.Tensor,
+        scale: torch.Tensor,
+        factual: torch.Tensor,
+        counterfactual: torch.Tensor,
+    ) -> torch.Tensor:
+        """Log depth of each cell had its artifact state been ``counterfactual`` instead of ``factual``.
+
+        Abduction of the depth noise: the cell's depth component is the clean one for a clean cell and the most
+        responsible artifact component for an artifact; its standardised residual under that component is kept and
+        mapped through the counterfactual state's component (an artifact made clean: the clean one; a clean cell
+        made an artifact: the heavier artifact component). ``loc``, ``scale``: the cell's clean location and scale
+        (a perturbation's library effect stays in the residual).
+        """
+        locs, scales = self._components(loc, scale)  # (n, 3)
+        log_resp = dist.Normal(locs[:, 1:], scales[:, 1:]).log_prob(log_library.unsqueeze(-1)) + self.kind_logits()
+        artifact_component = 1 + log_resp.argmax(-1)
+        heavier = 1 + self.kind_logits().argmax()
+        source = torch.where(factual > 0.5, artifact_component, 0)
+        target = torch.where(counterfactual > 0.5, torch.where(factual > 0.5, source, heavier), 0)
+        rows = torch.arange(len(log_library))
+        residual = (log_library - locs[rows, source]) / scales[rows, source]
+        return locs[rows, target] + residual * scales[rows, target]
+
+
+class ArtifactGuide(PyroModule):
+    """Guide side: mean-field Normal for ``artifact_embedding`` (``artifact`` is observed or enumerated)."""
+
+    def __init__(self, n_genes: int) -> None:
+        super().__init__()
+        self.n_genes = n_genes
+        self.loc = nn.Parameter(torch.zeros(2, n_genes))
+        self.raw_scale = nn.Parameter(torch.full((2, n_genes), -3.0))
+
+    def forward(self) -> torch.Tensor:
+        """Draw ``artifact_embedding`` (call outside the cells plate)."""
+        scale = nn.functional.softplus(self.raw_scale) + 1e-5
+        return pyro.sample(ARTIFACT_EMBEDDING, dist.Normal(self.loc, scale).to_event(2))
+
+
+def robust_library_init(program: torch.nn.Module, log_library: np.ndarray, batch_index: np.ndarray) -> None:
+    """Start the clean cells' log-library location and scale at the per-batch median and scaled MAD.
+
+    The mean and sd would include the artifacts' atypical depths (both tails), widening the clean Normal so much
+    that depth no longer tells an artifact from a clean cell and the artifact components drift away.
+    """
+    with torch.no_grad():
+        for b in range(program.library_loc.shape[0]):
+            values = log_library[batch_index == b] if np.any(batch_index == b) else log_library
+            median = float(np.median(values))
+            mad = 1.4826 * float(np.median(np.abs(values - median)))
+            program.library_loc[b] = median
+            program.library_raw_scale[b] = math.log(math.expm1(max(mad, 0.05)))
+
+
+def _local_log_prob(trace: poutine.Trace, name: str) -> torch.Tensor:
+    site = trace.nodes[name]
+    return site["fn"].log_prob(site["value"])
+
+
+@torch.no_grad()
+def artifact_posterior(
+    program: torch.nn.Module,
+    guide: torch.nn.Module,
+    args: tuple,
+    *,
+    n_draws: int = 10,
+    latents: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Posterior ``P(artifact = 1 | x, library, label)`` of each cell of one standalone minibatch.
+
+    Exact in ``a_n`` (and ``efficacy``) given a draw of the basal state and of the global sites from the guide:
+    ``log p(a, x, l, label | z) = log sum_e p(a) p(label | a) p(e | d) p(l | a, e) p(x | z, a, e)`` for ``a`` in
+    {0, 1}, normalised; averaged over ``n_draws`` guide draws.
+
+    Parameters
+    ----------
+    program, guide
+        The trained model and guide (the program has an artifact block).
+    args
+        Model arguments of the cells (:func:`pertpyro.data._loader.standalone_args`).
+    n_draws
+        Guide draws averaged.
+    latents
+        One draw of the latent sites to condition on instead (``n_draws`` is then ignored).
+
+    Returns
+    -------
+    Tensor ``(B,)``.
+    """
+    n = args[1].shape[0]
+    efficacy_values = (0.0, 1.0) if program.use_efficacy else (None,)
+    has_label = program.artifact_block.mode == "latent" and args[-1] is not None
+    sites = (ARTIFACT, ARTIFACT_KIND, LIBRARY, COUNTS) + ((ARTIFACT_LABEL,) if has_label else ())
+    total = torch.zeros(n)
+    fixed = latents
+    for _ in range(1 if fixed is not None else n_draws):
+        if fixed is None:
+            guide_trace = poutine.trace(guide).get_trace(*args)
+            latents = {
+                name: node["value"]
+                for name, node in guide_trace.nodes.items()
+                if node["type"] == "sample" and not node["is_observed"]
+            }
+        joint = []
+        for a in (0.0, 1.0):
+            terms = []
+            for kind, e in itertools.product((0.0, 1.0), efficacy_values):
+                data = latents | {ARTIFACT: torch.full((n,), a), ARTIFACT_KIND: torch.full((n,), kind)}
+                if e is not None:
+                    data[EFFICACY] = torch.full((n,), e)
+                trace = poutine.trace(poutine.condition(program, data=data)).get_trace(*args)
+                log_p = sum(_local_log_prob(trace, s) for s in sites)
+                if e is not None:
+                    log_p = log_p + _local_log_prob(trace, EFFICACY)
+                terms.append(log_p)
+            joint.append(torch.logsumexp(torch.stack(terms), 0))
+        total += torch.softmax(torch.stack(joint), 0)[1]
+    return total / (1 if fixed is not None else n_draws)
+
+
+def artifact_action(program: torch.nn.Module, value: object) -> torch.Tensor:
+    """The tensor of ``do={"artifact": value}``: 0 (clean) or 1; a ``ValueError`` otherwise or without the block."""
+    if getattr(program, "artifact_block", None) is None:
+        raise ValueError("This model has no artifact block: build it with artifacts='observed' or 'latent'.")
+    if isinstance(value, bool) or value not in (0, 1):
+        raise ValueError(f"artifact can be set to 0 or 1, got {value!r}.")
+    return torch.tensor(float(value))
+
+
+def abduct_artifact(
+    program: torch.nn.Module,
+    guide: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    latents: dict[str, torch.Tensor],
+    action: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Abduct each cell's factual artifact state and, under ``do(artifact=...)``, its counterfactual depth.
+
+    The factual state is the label in the observed mode (when the cells carry labels), else a draw from its exact
+    posterior given ``latents``. It joins ``latents`` (so the model replays it where not intervened on); when
+    ``action`` sets ``artifact``, ``batch["library"]`` is replaced by the depth the cell would have had
+    (:meth:`ArtifactBlock.counterfactual_log_library`).
+
+    Returns
+    -------
+    The latents with ``artifact`` added, and the batch to run the intervened model on.
+    """
+    block = program.artifact_block
+    if block.mode == "observed" and "artifact" in batch:
+        factual = batch["artifact"]
+    else:
+        prob = artifact_posterior(program, guide, standalone_args(batch), latents=latents)
+        factual = torch.bernoulli(prob)
+    latents = latents | {ARTIFACT: factual}
+    if ARTIFACT not in action:
+        return latents, batch
+    codes = batch["batch_index"]
+    loc = program.library_loc[codes].detach()
+    scale = nn.functional.softplus(program.library_raw_scale[codes].detach()) + 1e-3
+    log_depth = block.counterfactual_log_library(
+        torch.log(batch["library"]), loc, scale, factual, action[ARTIFACT].expand_as(factual)
+    )
+    return latents, batch | {"library": torch.exp(log_depth).detach()}
+
+
+def artifact_probability(
+    model: object, adata: AnnData, *, n_draws: int = 10, batch_size: int = 2048, write: bool = False, seed: int = 0
+) -> pd.Series:
+    """Body of :meth:`pertpyro.PerturbationModel.artifact_probability` (see there)."""
+    if model.program.artifact_block is None:
+        raise ValueError("This model has no artifact block: build it with artifacts='observed' or 'latent'.")
+    key = model.init_kwargs["artifact_key"]
+    data = CellData(adata, model.registry, artifact_key=key, require_artifact=False)
+    out = np.zeros(len(data), dtype=np.float64)
+    with torch.random.fork_rng(), local_params(), torch.no_grad():
+        pyro.set_rng_seed(seed)
+        for start in range(0, len(data), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(data)))
+            args = standalone_args(data[rows])
+            out[rows] = artifact_posterior(model.program, model.guide, args, n_draws=n_draws).numpy()
+    probs = pd.Series(out, index=adata.obs_names.copy(), name=ARTIFACT_PROB_KEY)
+    if write:
+        adata.obs[ARTIFACT_PROB_KEY] = probs.to_numpy()
+    return probs
+
+
+__all__ = [
+    "ArtifactBlock",
+    "ArtifactGuide",
+    "abduct_artifact",
+    "artifact_action",
+    "artifact_posterior",
+    "artifact_probability",
+    "check_artifact_mode",
+    "robust_library_init",
+]

@@ -1,0 +1,170 @@
+"""The artifact block: simulator truth, recovery from noisy labels, do(artifact=0), label safety, bad inputs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyro import poutine
+from sklearn.metrics import roc_auc_score
+
+import pertpyro
+import pertpyro.models._model as _model_module
+from pertpyro.evaluation import artifact_detection, energy_distance, qc_pass_rate
+
+SIM = {"n_cells": 800, "n_genes": 40, "n_targets": 4, "n_combinations": 0, "n_truth_cells": 0, "seed": 3}
+TRAIN = {"max_epochs": 20, "batch_size": 200, "progress_bar": False, "early_stopping": False}
+
+
+def _artifact_screen(flip: float = 0.2, **kwargs):
+    adata = pertpyro.datasets.simulate(**(SIM | kwargs), doublet_rate=0.1, low_quality_rate=0.1)
+    truth = (adata.obs["artifact_type"] != "none").to_numpy()
+    flipped = np.random.default_rng(0).random(adata.n_obs) < flip
+    adata.obs["artifact"] = truth ^ flipped
+    pertpyro.setup_anndata(adata, perturbation_key="perturbation", control="control")
+    return adata, truth
+
+
+@pytest.fixture(scope="module")
+def latent_fit():
+    """A latent-mode model trained on a screen with 20% of its artifact labels flipped (trained once)."""
+    pertpyro.set_seed(0)
+    adata, truth = _artifact_screen()
+    labels_before = adata.obs["artifact"].copy()
+    model = pertpyro.PerturbationModel(adata, latent_dim=4, artifacts="latent")
+    model.train(**TRAIN)
+    return model, adata, truth, labels_before
+
+
+def test_simulator_artifacts_keep_clean_truth():
+    clean = pertpyro.datasets.simulate(**SIM)
+    dirty = pertpyro.datasets.simulate(**SIM, doublet_rate=0.1, low_quality_rate=0.1)
+    assert "artifact_type" not in clean.obs
+    assert not clean.var_names.str.startswith("MT-").any()
+    assert (dirty.layers["clean_counts"] != clean.X).nnz == 0  # the clean cells are the same draws
+    kind = dirty.obs["artifact_type"].to_numpy()
+    assert (kind == "doublet").sum() == 80
+    assert (kind == "low_quality").sum() == 80
+    partner = dirty.uns["truth"]["artifacts"]["doublet_partner"]
+    rows = np.flatnonzero(kind == "doublet")
+    expected = clean.X[rows] + clean.X[partner[rows]]
+    assert abs(dirty.X[rows] - expected).sum() == 0
+    untouched = np.flatnonzero(kind == "none")
+    assert abs(dirty.X[untouched] - clean.X[untouched]).sum() == 0
+    lib = np.asarray(dirty.X.sum(1)).ravel()
+    mito = np.asarray(dirty[:, dirty.var_names.str.startswith("MT-")].X.sum(1)).ravel() / lib
+    assert np.median(lib[kind == "low_quality"]) < 0.4 * np.median(lib[kind == "none"])
+    assert np.median(mito[kind == "low_quality"]) > 3 * np.median(mito[kind == "none"])
+    assert dirty.uns["truth"]["genes"] == list(dirty.var_names)
+
+
+def test_latent_mode_corrects_flipped_labels(latent_fit):
+    model, adata, truth, _ = latent_fit
+    prob = model.artifact_probability(n_draws=2)
+    label_auroc = roc_auc_score(truth, adata.obs["artifact"])  # about 0.8 with 20% flipped
+    scores = artifact_detection(truth, prob)
+    assert scores["auroc"] > label_auroc + 0.05
+    kind = adata.obs["artifact_type"].to_numpy()
+    assert prob[kind == "low_quality"].mean() > 0.85
+    assert prob[kind == "none"].mean() < 0.15
+    eps = model.program.artifact_block.flip_rates().detach().numpy()
+    assert np.all(eps > 0.025)  # the model is learning that the labels are noisy (the rates start at 0.02)
+
+
+def test_do_artifact_goes_through_poutine_do(latent_fit, monkeypatch):
+    model, adata, _, _ = latent_fit
+    low = adata[adata.obs["artifact_type"] == "low_quality"][:30]
+    traces, intervene = [], _model_module.intervene
+
+    def traced_intervene(*args):  # the engine's model replay, recorded
+        trace = poutine.trace(intervene).get_trace(*args)
+        traces.append(trace)
+        return trace.nodes["_RETURN"]["value"]
+
+    monkeypatch.setattr(_model_module, "intervene", traced_intervene)
+    cleaned = model.counterfactual(low, do={"artifact": 0}, n_samples=1)
+    monkeypatch.undo()
+    nodes = traces[0].nodes
+    # poutine.do split the site: the factual "artifact" node (recorded here, stamped by the do handler) keeps the
+    # abducted state, while "artifact__CF" (stopped inside the handler, so not recorded) carried the value 0
+    # downstream; the trace's own counts show the intervened world (checked below against the raw cells)
+    assert nodes["artifact"].get("_intervener_id") is not None
+    assert "artifact__CF" not in nodes or float(nodes["artifact__CF"]["value"].abs().max()) == 0.0
+    assert float(nodes["artifact"]["value"].mean()) > 0.8  # the factual state was abducted: these are artifacts
+    with pertpyro.local_params():
+        baseline = poutine.trace(intervene).get_trace(*traces[0].nodes["_INPUT"]["args"][:3], {})
+    assert baseline.nodes["artifact"].get("_intervener_id") is None  # no do, no stamp
+    # cleaning restores the mitochondrial fraction and the depth of clean cells
+    mito = low.var_names.str.startswith("MT-")
+    counts = cleaned.layers["counts"]
+    raw = low.X.toarray()
+    clean = low.layers["clean_counts"].toarray()
+    frac = lambda x: x[:, mito].sum(1) / x.sum(1)  # noqa: E731
+    assert np.median(frac(counts)) < 0.5 * np.median(frac(raw))
+    assert np.median(counts.sum(1)) > 2 * np.median(raw.sum(1))
+    assert energy_distance(counts, clean) < energy_distance(raw, clean)
+    with pytest.raises(ValueError, match="0 or 1"):
+        model.counterfactual(low, do={"artifact": 2})
+
+
+def test_labels_never_overwritten(latent_fit):
+    model, adata, _, labels_before = latent_fit
+    pd.testing.assert_series_equal(adata.obs["artifact"], labels_before)
+    assert "pertpyro_artifact_prob" not in adata.obs
+    view = adata[:100].copy()
+    columns = list(view.obs.columns)
+    prob = model.artifact_probability(view, n_draws=1, write=True)
+    assert list(view.obs.columns) == [*columns, "pertpyro_artifact_prob"]
+    np.testing.assert_allclose(view.obs["pertpyro_artifact_prob"].to_numpy(), prob.to_numpy())
+    pd.testing.assert_series_equal(view.obs["artifact"], labels_before[:100])
+
+
+def test_bad_artifact_inputs(tiny_adata):
+    with pytest.raises(ValueError, match="no artifact column 'artifact'.*pp.qc"):
+        pertpyro.PerturbationModel(tiny_adata, artifacts="observed")
+    with pytest.raises(ValueError, match="artifacts must be None"):
+        pertpyro.PerturbationModel(tiny_adata, artifacts="yes")
+    tiny_adata.obs["artifact"] = ["doublet"] * tiny_adata.n_obs
+    with pytest.raises(ValueError, match="must hold booleans"):
+        pertpyro.PerturbationModel(tiny_adata, artifacts="observed")
+    tiny_adata.obs["artifact"] = np.where(np.arange(tiny_adata.n_obs) % 2 == 0, 1.0, np.nan)
+    with pytest.raises(ValueError, match="missing values"):
+        pertpyro.PerturbationModel(tiny_adata, artifacts="observed")
+    tiny_adata.obs["artifact"] = np.arange(tiny_adata.n_obs) % 3  # 0, 1, 2
+    with pytest.raises(ValueError, match="must hold booleans"):
+        pertpyro.PerturbationModel(tiny_adata, artifacts="observed")
+    tiny_adata.obs["artifact"] = np.arange(tiny_adata.n_obs) % 2 == 0
+    model = pertpyro.PerturbationModel(tiny_adata, artifacts="observed", latent_dim=2)  # bools are fine
+    model.train(max_epochs=1, batch_size=64, progress_bar=False)
+    plain = pertpyro.PerturbationModel(tiny_adata, latent_dim=2)
+    plain.train(max_epochs=1, batch_size=64, progress_bar=False)
+    with pytest.raises(ValueError, match="intervenable sites"):
+        plain.counterfactual(tiny_adata[:5], do={"artifact": 0})
+    with pytest.raises(ValueError, match="no artifact block"):
+        plain.artifact_probability()
+
+
+def test_all_control_data_set_detects_artifacts():
+    adata = pertpyro.datasets.simulate(**(SIM | {"n_cells": 500}), doublet_rate=0.1, low_quality_rate=0.1)
+    adata.obs["perturbation"] = "control"
+    truth = (adata.obs["artifact_type"] != "none").to_numpy()
+    pertpyro.setup_anndata(adata, perturbation_key="perturbation", control="control")
+    with pytest.raises(ValueError, match="only the artifact model"):
+        pertpyro.PerturbationModel(adata)
+    model = pertpyro.PerturbationModel(adata, latent_dim=4, artifacts="latent")  # no labels at all
+    model.train(**(TRAIN | {"max_epochs": 12}))
+    prob = model.artifact_probability(n_draws=1)
+    low = adata.obs["artifact_type"].to_numpy() == "low_quality"
+    assert roc_auc_score(low[~truth | low], prob[~truth | low]) > 0.95  # low-quality vs clean, unsupervised
+
+
+def test_qc_pass_rate_and_energy_distance():
+    adata = pertpyro.datasets.simulate(**SIM, doublet_rate=0.1, low_quality_rate=0.2)
+    kind = adata.obs["artifact_type"].to_numpy()
+    reference = adata[kind == "none"]
+    assert qc_pass_rate(adata[kind == "none"], reference) > 0.95
+    assert qc_pass_rate(adata[kind == "low_quality"], reference) < 0.5  # the rate can go below one half
+    assert qc_pass_rate(adata[kind == "low_quality"], reference, layer="clean_counts") > 0.9
+    x = adata.layers["clean_counts"]
+    same = energy_distance(x[:300], x[300:600])
+    assert abs(same) < 0.2 * energy_distance(adata.X[kind == "low_quality"], x[kind == "none"])
+    with pytest.raises(ValueError, match="both"):
+        artifact_detection(np.zeros(5, bool), np.arange(5.0))
