@@ -114,7 +114,7 @@ def test_training_falls_back_to_trace_enum_outside_the_shortcut():
             super().__init__()
             self.loc = torch.nn.Parameter(torch.tensor(0.0))
 
-        def forward(self, counts, perturbation, batch_index, library, idx, n_cells):
+        def forward(self, counts, perturbation, batch_index, library, idx, n_cells, artifact=None):
             on = pyro.sample("on", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
             with pyro.plate("cells", n_cells, subsample=idx, dim=-1):
                 pyro.sample("x", dist.Normal(self.loc + on, 1.0), obs=library)
