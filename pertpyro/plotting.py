@@ -14,6 +14,7 @@ Typical use::
     plotting.ate_dotplot(ate, top_n=25)
     plotting.ate_forest(ate, "STAT1")
     plotting.volcano(ate, "IFNGR1")
+    plotting.grn_graph(model.grn(), top_n=30)  # with grn=True
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["ate_dotplot", "ate_forest", "ppc", "training_curves", "volcano"]
+__all__ = ["ate_dotplot", "ate_forest", "grn_graph", "ppc", "training_curves", "volcano"]
 
 ATE_COLUMNS = ("perturbation", "gene", "mean", "lower", "upper")
 HISTORY_COLUMNS = ("epoch", "train_loss")
@@ -409,3 +410,84 @@ def ppc(
         ax.set_title(name.replace("_", " ") + " per gene")
     fig.tight_layout()
     return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------------------------------- networks
+GRN_COLUMNS = ("source", "target", "prob", "weight")
+
+
+def grn_graph(
+    edges: pd.DataFrame,
+    *,
+    top_n: int = 40,
+    min_prob: float = 0.5,
+    ax: Axes | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """Directed graph of the most probable edges of :meth:`pertpyro.PerturbationModel.grn`.
+
+    Regulators (nodes with an outgoing edge) sit on an inner circle, their target genes on an outer one; an arrow
+    is red when the knockout of the source lowers the target (``weight > 0``: the regulator activates it), blue
+    when it raises it, and its width grows with the posterior inclusion probability.
+
+    Parameters
+    ----------
+    edges
+        Edge table with columns ``source``, ``target``, ``prob``, ``weight``.
+    top_n
+        Draw at most this many edges, the most probable first.
+    min_prob
+        Leave out edges with a lower posterior inclusion probability.
+    ax
+        Axes to draw on (default: a new figure).
+    save
+        File to write the figure to.
+
+    Returns
+    -------
+    The figure.
+    """
+    edges = _check_columns(edges, GRN_COLUMNS, "grn edge table")
+    if top_n < 1:
+        raise ValueError(f"top_n must be at least 1, got {top_n}.")
+    if not 0.0 <= min_prob <= 1.0:
+        raise ValueError(f"min_prob must lie in [0, 1], got {min_prob}.")
+    shown = edges[edges["prob"] >= min_prob].sort_values("prob", ascending=False, kind="stable").head(top_n)
+    fig, ax = _axes(ax, (6.0, 6.0))
+    ax.set_axis_off()
+    if shown.empty:
+        ax.set_title(f"no edge with inclusion probability >= {min_prob}")
+        return _finish(fig, save)
+    regulators = list(dict.fromkeys(shown["source"].astype(str)))
+    targets = [g for g in dict.fromkeys(shown["target"].astype(str)) if g not in regulators]
+    position = _ring(regulators, 1.0) | _ring(targets, 2.0)
+    for src, tgt, prob, weight in shown[list(GRN_COLUMNS)].itertuples(index=False):
+        (x0, y0), (x1, y1) = position[str(src)], position[str(tgt)]
+        ax.annotate(
+            "",
+            xy=(x1, y1),
+            xytext=(x0, y0),
+            arrowprops={
+                "arrowstyle": "-|>",
+                "color": CREDIBLE_COLOR if weight > 0 else "#2166ac",
+                "lw": 0.5 + 2.5 * float(prob),
+                "alpha": 0.75,
+                "shrinkA": 6,
+                "shrinkB": 6,
+            },
+        )
+    for names, color, size in ((regulators, "#fdb863", 9), (targets, "#d9d9d9", 7)):
+        xy = np.array([position[n] for n in names]).reshape(-1, 2)
+        ax.scatter(xy[:, 0], xy[:, 1], s=120, c=color, edgecolors="black", linewidths=0.5, zorder=3)
+        for name, (x, y) in zip(names, xy, strict=True):
+            ax.annotate(name, (x, y), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=size)
+    ax.set_xlim(-2.6, 2.6)
+    ax.set_ylim(-2.6, 2.6)
+    ax.set_aspect("equal")
+    ax.set_title(f"{len(shown)} edges with inclusion >= {min_prob} (red: knockout lowers target)")
+    return _finish(fig, save)
+
+
+def _ring(names: Sequence[str], radius: float) -> dict[str, tuple[float, float]]:
+    angles = np.linspace(0.0, 2.0 * np.pi, num=max(len(names), 1), endpoint=False) + np.pi / 2
+    return {n: (radius * np.cos(a), radius * np.sin(a)) for n, a in zip(names, angles, strict=False)}

@@ -179,3 +179,34 @@ def test_volcano_errors(ate):
         plotting.volcano(ate.drop(columns=["mean"]), "A")
     with pytest.raises(TypeError, match="DataFrame"):
         plotting.volcano(ate.to_dict(), "A")
+
+
+def test_grn_graph_draws_the_most_probable_edges(tmp_path):
+    edges = pd.DataFrame(
+        {
+            "source": ["STAT1", "STAT1", "IRF1", "JAK2", "JAK2"],
+            "target": ["IRF1", "PSMB9", "GBP1", "STAT1", "CD274"],
+            "prob": [0.95, 0.9, 0.8, 0.7, 0.2],
+            "weight": [1.0, 0.5, -0.7, 0.8, 0.3],
+        }
+    )
+    fig = plotting.grn_graph(edges, top_n=3, save=tmp_path / "grn.png")
+    assert (tmp_path / "grn.png").stat().st_size > 0
+    ax = fig.axes[0]
+    labels = {t.get_text() for t in ax.texts if t.get_text()}
+    assert labels == {"STAT1", "IRF1", "PSMB9", "GBP1"}  # the top 3 edges' nodes only
+    arrows = [t for t in ax.texts if not t.get_text()]
+    assert len(arrows) == 3
+    assert "3 edges" in ax.get_title()
+    empty = plotting.grn_graph(edges, min_prob=0.99)
+    assert "no edge" in empty.axes[0].get_title()
+
+
+def test_grn_graph_errors():
+    with pytest.raises(ValueError, match="prob"):
+        plotting.grn_graph(pd.DataFrame({"source": ["a"], "target": ["b"], "weight": [1.0]}))
+    edges = pd.DataFrame({"source": ["a"], "target": ["b"], "prob": [0.9], "weight": [1.0]})
+    with pytest.raises(ValueError, match="top_n"):
+        plotting.grn_graph(edges, top_n=0)
+    with pytest.raises(ValueError, match="min_prob"):
+        plotting.grn_graph(edges, min_prob=2.0)
