@@ -219,7 +219,7 @@ def simulate(
     grn_options = {"n_regulators": n_regulators, "density": grn_density, "n_steps": grn_steps, "weight": grn_weight}
     artifact_args = {"doublet_rate": doublet_rate, "low_quality_rate": low_quality_rate, "n_mito": n_mito}
     check_artifact_args(**artifact_args, low_quality_keep=(0.1, 0.3), n_genes=n_genes, n_targets=n_targets)
-    options = {"n_regulators", "grn_options", "artifact_args", *artifact_args}
+    options = {"n_regulators", "grn_options", "artifact_args", "options", *artifact_args}
     params = _check_args(**{k: v for k, v in locals().items() if not k.startswith("grn") and k not in options})
     if grn:
         grn_options["n_regulators"] = check_grn_args(n_genes=n_genes, n_targets=n_targets, **grn_options)
