@@ -27,7 +27,7 @@ from pertpyro.inference._lightning import SVIModule
 from pertpyro.models._program import MAX_PLATE_NESTING
 
 
-def plain_torch_loss(program, guide, counts, perturbation, batch_index, library, idx, n_cells) -> torch.Tensor:
+def plain_torch_loss(program, guide, counts, perturbation, batch_index, library, idx, n_cells, artifact=None):
     """Negative ELBO of the same model, written without Pyro's machinery (one particle)."""
     scale = n_cells / idx.shape[0]
     # global sites
