@@ -1,6 +1,6 @@
 """Where the ATE intervals miss: coverage by effect size and per label, Monte-Carlo share of the width, FDR calls.
 
-Run: ``python benchmarks/calibration_diagnosis.py --seed 1 --epochs 60`` (the numbers in notes/uncertainty.md).
+Run: ``python benchmarks/calibration_diagnosis.py --seed 1 --epochs 60`` (the numbers in benchmarks/results/uncertainty.md).
 """
 
 import argparse

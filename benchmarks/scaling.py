@@ -10,7 +10,7 @@ phase and the wall time; one CSV row per run.
 Counts: per-label gene shares (a log-normal baseline, each target moving 20 genes by a log-fold change of +-1),
 library sizes log-normal around ``--depth`` UMIs, Poisson counts; 20% control cells, the rest one target each.
 
-Run (the numbers in notes/scale.md)::
+Run (the numbers in benchmarks/results/scale.md)::
 
     python benchmarks/scaling.py --cells 50000 200000 1000000 --genes 2000 --targets 100
     python benchmarks/scaling.py --cells 50000 --genes 1000 2000 5000 --targets 100 --append

@@ -41,7 +41,7 @@ def test_interval_coverage_of_true_shifts(fitted):
     _, _, truth, draws = fitted
     table = interval_coverage(draws, truth.to_numpy()).set_index("level")
     # measured 0.75-0.76 at 90% and 0.44-0.45 at 50% on this fixture: the raw intervals under-cover (the bar of
-    # 0.85-0.95 is not met; notes/uncertainty.md); this band guards against getting worse
+    # 0.85-0.95 is not met; benchmarks/results/uncertainty.md); this band guards against getting worse
     assert 0.7 <= table.loc[0.9, "coverage"] <= 0.99, table
     assert 0.35 <= table.loc[0.5, "coverage"] <= 0.8, table
     assert table["coverage"].is_monotonic_increasing
@@ -117,7 +117,7 @@ def test_ate_probability_and_hits_on_the_simulator(fitted):
     hit = table["hit"].to_numpy()
     assert real.sum() >= 10
     assert hit.sum() >= 0.5 * real.sum()  # power: most real effects are called
-    # target 0.1, measured 0.27-0.30 on this fixture from the raw posterior (not controlled; notes/uncertainty.md)
+    # target 0.1, measured 0.27-0.30 on this fixture from the raw posterior (not controlled; benchmarks/results/uncertainty.md)
     assert np.mean(~real[hit]) <= 0.4
     # ordering: real effects get higher probabilities than null ones (AUROC)
     p = table["probability"].to_numpy()
