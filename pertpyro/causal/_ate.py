@@ -154,6 +154,41 @@ def average_treatment_effect(
     """
     if not 0 < ci < 1:
         raise ValueError(f"ci must lie strictly between 0 and 1, got {ci}.")
+    labels = [str(label) for label in labels]
+    shifts = label_shift_draws(
+        program,
+        guide,
+        population,
+        labels,
+        registry,
+        n_samples=n_samples,
+        responders=responders,
+        weights=weights,
+        seed=seed,
+        global_action=global_action,
+    )
+    return ate_table(shifts, labels, registry.genes, ci=ci)
+
+
+def label_shift_draws(
+    program: torch.nn.Module,
+    guide: torch.nn.Module,
+    population: dict[str, torch.Tensor],
+    labels: Sequence[str],
+    registry: Registry,
+    *,
+    n_samples: int,
+    responders: bool = False,
+    weights: np.ndarray | torch.Tensor | None = None,
+    seed: int = 0,
+    global_action: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """Posterior draws of the shift of each label against control, ``(n_samples, labels, genes)``.
+
+    The arms are ``[control] + labels`` simulated on ``population`` with common random numbers (see
+    :func:`simulate_label_means`), under ``seed`` with the global RNG state left untouched; ``weights`` are
+    ``(labels, cells)`` weights of the population in each label's arm (the control arm is unweighted).
+    """
     if n_samples < 1:
         raise ValueError(f"n_samples must be positive, got {n_samples}.")
     labels = [str(label) for label in labels]
@@ -177,5 +212,4 @@ def average_treatment_effect(
             weights=arm_weights,
             global_action=global_action,
         )
-    shifts = means[:, 1:] - means[:, :1]
-    return ate_table(shifts, labels, registry.genes, ci=ci)
+    return means[:, 1:] - means[:, :1]

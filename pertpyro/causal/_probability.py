@@ -14,12 +14,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import pyro
 import torch
 from scipy.stats import norm
 
-from pertpyro.causal._ate import simulate_label_means
-from pertpyro.data._registry import Registry, design_matrix
+from pertpyro.causal._ate import label_shift_draws
+from pertpyro.data._registry import Registry
 
 
 def shift_draws(
@@ -36,26 +35,20 @@ def shift_draws(
 ) -> np.ndarray:
     """Posterior draws of the shift of each label against control, ``(n_samples, labels, genes)``.
 
-    Same arguments and the same random stream as :func:`~pertpyro.causal._ate.average_treatment_effect`, so
-    ``draws.mean(0)`` equals the ``mean`` column of ``model.ate`` with the same seed.
+    The draws behind :func:`~pertpyro.causal._ate.average_treatment_effect` (same arguments, same random stream),
+    so ``draws.mean(0)`` equals the ``mean`` column of ``model.ate`` with the same seed.
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be positive, got {n_samples}.")
-    labels = [str(label) for label in labels]
-    if not labels:
-        raise ValueError("Give at least one perturbation label.")
-    designs = torch.from_numpy(
-        np.concatenate([np.zeros((1, registry.n_targets), np.float32), design_matrix(labels, registry)])
-    )
-    with torch.random.fork_rng():
-        pyro.set_rng_seed(seed)
-        arm_weights = None
-        if weights is not None:
-            arm_weights = torch.cat([torch.ones(1, weights.shape[1]), torch.as_tensor(weights, dtype=torch.float32)])
-        means = simulate_label_means(
-            program, guide, population, designs, n_samples=n_samples, responders=responders, weights=arm_weights
-        )
-    return (means[:, 1:] - means[:, :1]).numpy()
+    return label_shift_draws(
+        program,
+        guide,
+        population,
+        labels,
+        registry,
+        n_samples=n_samples,
+        responders=responders,
+        weights=weights,
+        seed=seed,
+    ).numpy()
 
 
 def check_query(threshold: float, fdr: float | None) -> None:
