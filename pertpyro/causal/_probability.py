@@ -1,8 +1,7 @@
 """Posterior draws of average treatment effects, exceedance probabilities and Bayesian FDR hit calls.
 
-``shift_draws`` is the raw material of :func:`pertpyro.causal._ate.average_treatment_effect` (same engine, same
-seeds, so the same draws): posterior draws of the shift of mean ``log1p(1e4 x / sum x)`` per label and gene. From
-them, :func:`exceedance_table` gives the posterior probability that ``|shift| > threshold`` and, optionally, calls
+The input is :func:`pertpyro.causal._ate.label_shift_draws` (the draws behind ``average_treatment_effect``: same
+engine, same seeds): posterior draws of the shift of mean ``log1p(1e4 x / sum x)`` per label and gene. From them, :func:`exceedance_table` gives the posterior probability that ``|shift| > threshold`` and, optionally, calls
 hits by controlling the Bayesian false discovery rate (Newton et al. 2004; Müller et al. 2006): the posterior
 expected proportion of false calls among the called ones, ``mean(1 - p)`` over the calls, is kept below ``fdr``
 by calling the effects with the highest probabilities first.
@@ -14,41 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.stats import norm
-
-from pertpyro.causal._ate import label_shift_draws
-from pertpyro.data._registry import Registry
-
-
-def shift_draws(
-    program: torch.nn.Module,
-    guide: torch.nn.Module,
-    population: dict[str, torch.Tensor],
-    labels: Sequence[str],
-    registry: Registry,
-    *,
-    n_samples: int = 100,
-    responders: bool = False,
-    weights: np.ndarray | None = None,
-    seed: int = 0,
-) -> np.ndarray:
-    """Posterior draws of the shift of each label against control, ``(n_samples, labels, genes)``.
-
-    The draws behind :func:`~pertpyro.causal._ate.average_treatment_effect` (same arguments, same random stream),
-    so ``draws.mean(0)`` equals the ``mean`` column of ``model.ate`` with the same seed.
-    """
-    return label_shift_draws(
-        program,
-        guide,
-        population,
-        labels,
-        registry,
-        n_samples=n_samples,
-        responders=responders,
-        weights=weights,
-        seed=seed,
-    ).numpy()
 
 
 def check_query(threshold: float, fdr: float | None) -> None:

@@ -16,9 +16,9 @@ from anndata import AnnData
 
 from pertpyro import __version__
 from pertpyro._settings import local_params, set_seed
-from pertpyro.causal._ate import average_treatment_effect, log_normalise
+from pertpyro.causal._ate import average_treatment_effect, label_shift_draws, log_normalise
 from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene
-from pertpyro.causal._probability import check_query, exceedance_table, shift_draws
+from pertpyro.causal._probability import check_query, exceedance_table
 from pertpyro.data._blocks import holdout_rows
 from pertpyro.data._loader import CellData, make_loader, program_args
 from pertpyro.data._registry import Registry, design_matrix, get_registry, perturbation_labels
@@ -458,7 +458,7 @@ class PerturbationModel:
         labels = self._labels(perturbations)
         population = self._population(cells, max_cells, seed)
         weights = self._batch_weights(labels, population) if match_batches else None
-        return shift_draws(
+        return label_shift_draws(
             self.program,
             self.guide,
             population,
@@ -468,7 +468,7 @@ class PerturbationModel:
             responders=responders,
             weights=weights,
             seed=seed,
-        )
+        ).numpy()
 
     def ate_probability(
         self,
