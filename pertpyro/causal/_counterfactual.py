@@ -12,7 +12,16 @@ import torch
 from pyro import poutine
 
 from pertpyro.data._loader import standalone_args
-from pertpyro.models._sites import ADJACENCY, ADJACENCY_WEIGHT, EFFECT, EFFECT_MASK, EFFICACY, PERTURBATION, Z_BASAL
+from pertpyro.models._sites import (
+    ADJACENCY,
+    ADJACENCY_WEIGHT,
+    EFFECT,
+    EFFECT_MASK,
+    EFFICACY,
+    EFFICACY_RATE,
+    PERTURBATION,
+    Z_BASAL,
+)
 
 INTERVENABLE_SITES = (PERTURBATION, EFFICACY, ADJACENCY)
 """Sites of the current model that ``do`` accepts (more arrive with the artifact and GRN blocks)."""
@@ -21,7 +30,7 @@ INTERVENABLE_SITES = (PERTURBATION, EFFICACY, ADJACENCY)
 def abduct(guide: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One posterior draw of the latent sites given the cells' factual data: ``z_basal`` and the global sites."""
     trace = poutine.trace(guide).get_trace(*standalone_args(batch))
-    names = (Z_BASAL, EFFECT, EFFECT_MASK, ADJACENCY, ADJACENCY_WEIGHT)
+    names = (Z_BASAL, EFFICACY_RATE, EFFECT, EFFECT_MASK, ADJACENCY, ADJACENCY_WEIGHT)
     return {name: trace.nodes[name]["value"] for name in names if name in trace.nodes}
 
 

@@ -25,7 +25,12 @@ from pertpyro.data._registry import Registry, design_matrix, get_counts, get_reg
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.inference._lightning import SVIModule, fit
 from pertpyro.models._grn_api import build_grn, grn_table, resolve_edge_do
-from pertpyro.models._program import PerturbationGuide, PerturbationProgram, _inverse_softplus
+from pertpyro.models._program import (
+    EFFICACY_INIT_LOGIT,
+    PerturbationGuide,
+    PerturbationProgram,
+    _inverse_softplus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +206,7 @@ class PerturbationModel:
             library_init=_library_moments(data, n_batches),
             grn=grn_block,
         )
-        effects = _initial_effects(data, float(torch.sigmoid(self.program.efficacy_logit.detach()[0])))
+        effects = _initial_effects(data, float(torch.sigmoid(torch.tensor(EFFICACY_INIT_LOGIT))))
         with torch.no_grad():  # sigma_g starts at the root-mean-square of the moment estimates across targets
             self.program.effect_prior_raw_scale.copy_(_inverse_softplus(effects.pow(2).mean(0).sqrt().clamp(0.05, 2.0)))
         self.guide = PerturbationGuide(
@@ -623,8 +628,8 @@ class PerturbationModel:
         return pd.DataFrame(probs, index=list(self.registry.targets), columns=list(self.registry.genes))
 
     def efficacy_probability(self) -> pd.Series:
-        """Estimated fraction of cells per target in which the knockout took effect."""
-        rho = torch.sigmoid(self.program.efficacy_logit.detach()).numpy()
+        """Estimated fraction of cells per target in which the knockout took effect (posterior median)."""
+        rho = self.guide.efficacy_median().detach().numpy()
         return pd.Series(rho, index=list(self.registry.targets), name="efficacy")
 
     # ------------------------------------------------------------------ persistence

@@ -207,7 +207,7 @@ def to_inference_data(
         posterior["ate"] = model.ate_draws(labels, n_samples=num_samples, max_cells=max_cells, seed=seed)
     program = model.program
     constant = {
-        "efficacy_rate": torch.sigmoid(program.efficacy_logit).detach().numpy(),
+        "efficacy_rate": model.guide.efficacy_median().detach().numpy(),
         "library_effect": program.library_effect.detach().numpy(),
         "effect_prior_scale": program.effect_prior_scale().detach().numpy(),
         "dispersion": program.log_theta.exp().detach().numpy(),
