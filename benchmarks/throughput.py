@@ -46,8 +46,8 @@ def plain_torch_loss(program, guide, counts, perturbation, batch_index, library,
     if program.use_efficacy:
         q_rate = guide.efficacy_distribution()
         rate = q_rate.rsample()
-        p_rate = dist.Beta(1.0, 1.0).expand(rate.shape).to_event(1)
-        kl_global = kl_global + q_rate.log_prob(rate) - p_rate.log_prob(rate)
+        p_rate = dist.Beta(1.0, 1.0).expand(rate.shape)
+        kl_global = kl_global + (q_rate.log_prob(rate) - p_rate.log_prob(rate)).sum()
     # local sites
     loc, sd = guide.encoder(counts, batch_index, perturbation)
     z = loc + sd * torch.randn_like(loc)

@@ -37,7 +37,7 @@ def iwelbo_per_cell(
     args = standalone_args(batch)
     fixed = {EFFECT: guide.effect_loc.detach()}
     if program.use_efficacy:
-        fixed[EFFICACY_RATE] = guide.efficacy_median().detach()
+        fixed[EFFICACY_RATE] = guide.efficacy_median().detach().unsqueeze(-1)
     if program.sparse_effects:
         fixed[EFFECT_MASK] = (guide.mask_logit.detach() > 0).float()
     efficacy_values = (0.0, 1.0) if program.use_efficacy else (None,)

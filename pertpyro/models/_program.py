@@ -163,9 +163,13 @@ class PerturbationProgram(PyroModule):
         return dist.Normal(self.zero, self.effect_prior_scale())
 
     def response_probability(self, perturbation: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
-        """``P(efficacy = 1)`` per cell: the product of the per-target response rates ``rate`` of its targets."""
+        """``P(efficacy = 1)`` per cell: the product of the per-target response rates of its targets.
+
+        ``perturbation`` is ``(B, T)``, ``rate`` the ``efficacy_rate`` site's value ``(..., T, 1)``; returns
+        ``(..., B)``.
+        """
         log_rho = torch.log(rate.clamp(1e-6, 1.0))
-        return torch.exp(perturbation @ log_rho).clamp(1e-4, 1 - 1e-4)
+        return torch.exp(perturbation @ log_rho).squeeze(-1).clamp(1e-4, 1 - 1e-4)
 
     def nb_distribution(self, logits: torch.Tensor, log_library: torch.Tensor) -> NegativeBinomialLogMean:
         """Counts distribution with mean ``exp(log_library) * softmax(logits)`` and per-gene dispersion ``theta``."""
@@ -204,12 +208,14 @@ class PerturbationProgram(PyroModule):
         """
         G, T = self.n_genes, self.n_targets
         # ---- global sites (scale 1) ----
+        targets = pyro.plate(TARGETS_PLATE, T, dim=-2)  # one plate object, entered by several sites
         if self.use_efficacy:  # per-target response rates, uniform prior: their uncertainty enters every query
-            rate = pyro.sample(EFFICACY_RATE, dist.Beta(self.one, self.one).expand([T]).to_event(1))  # (T,)
+            with targets:
+                rate = pyro.sample(EFFICACY_RATE, dist.Beta(self.one, self.one).expand([T, 1]))  # (T, 1)
         if self.grn is not None:
             effect = self.grn()  # (T, G): knockouts propagated through the sampled network (models/_grn.py)
         else:
-            with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
+            with targets, pyro.plate(GENES_PLATE, G, dim=-1):
                 effect = pyro.sample(EFFECT, self.effect_prior().expand([T, G]))  # (T, G)
                 if self.sparse_effects:
                     mask = pyro.sample(
@@ -303,10 +309,10 @@ class PerturbationGuide(PyroModule):
         to_pyro_module_(self.encoder)
 
     def efficacy_distribution(self) -> dist.Distribution:
-        """Posterior of the per-target response rates: logit-normal, ``(T,)`` event."""
+        """Posterior of the per-target response rates: logit-normal, batch shape ``(T, 1)`` (targets plate)."""
         scale = nn.functional.softplus(self.efficacy_raw_scale) + 1e-4
-        base = dist.Normal(self.efficacy_loc, scale)
-        return dist.TransformedDistribution(base, [dist.transforms.SigmoidTransform()]).to_event(1)
+        base = dist.Normal(self.efficacy_loc.unsqueeze(-1), scale.unsqueeze(-1))
+        return dist.TransformedDistribution(base, [dist.transforms.SigmoidTransform()])
 
     def efficacy_median(self) -> torch.Tensor:
         """Posterior median of the per-target response rates, ``(T,)``."""
@@ -329,12 +335,14 @@ class PerturbationGuide(PyroModule):
         if counts is None:
             raise ValueError("The guide needs observed counts to infer each cell's basal state.")
         T, G = self.effect_loc.shape
+        targets = pyro.plate(TARGETS_PLATE, T, dim=-2)  # one plate object, entered by several sites
         if self.use_efficacy:
-            pyro.sample(EFFICACY_RATE, self.efficacy_distribution())
+            with targets:
+                pyro.sample(EFFICACY_RATE, self.efficacy_distribution())
         if self.grn is not None:
             self.grn()
         else:
-            with pyro.plate(TARGETS_PLATE, T, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
+            with targets, pyro.plate(GENES_PLATE, G, dim=-1):
                 pyro.sample(EFFECT, dist.Normal(self.effect_loc, self.effect_scale()))
                 if self.sparse_effects:
                     pyro.sample(
