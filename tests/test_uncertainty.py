@@ -40,14 +40,40 @@ def test_interval_coverage_of_true_shifts(fitted):
     """The 90% intervals of model.ate cover most true shifts; collapsed intervals would not."""
     _, _, truth, draws = fitted
     table = interval_coverage(draws, truth.to_numpy()).set_index("level")
-    # measured 0.75-0.76 at 90% and 0.44-0.45 at 50% on this fixture: the raw intervals under-cover (the bar of
-    # 0.85-0.95 is not met; benchmarks/results/uncertainty.md); this band guards against getting worse
-    assert 0.7 <= table.loc[0.9, "coverage"] <= 0.99, table
-    assert 0.35 <= table.loc[0.5, "coverage"] <= 0.8, table
+    # measured 0.58 at 90% and 0.27 at 50% on this fixture since the draws carry no Monte-Carlo noise (before:
+    # 0.76 / 0.44, widened by that noise): the posterior itself is over-confident and the bar of 0.85-0.95 is not
+    # met (notes/uncertainty.md). The band pins the honest numbers: it fails if the intervals get wider or narrower
+    assert 0.5 <= table.loc[0.9, "coverage"] <= 0.7, table
+    assert 0.2 <= table.loc[0.5, "coverage"] <= 0.36, table
     assert table["coverage"].is_monotonic_increasing
     # the same check fails for intervals a tenth as wide (it can fail)
     narrow = interval_coverage(draws, truth.to_numpy(), calibration=IntervalCalibration(scale=0.1))
-    assert narrow.set_index("level").loc[0.9, "coverage"] < 0.6
+    assert narrow.set_index("level").loc[0.9, "coverage"] < 0.3
+
+
+def test_ate_draws_carry_posterior_not_monte_carlo_noise(fitted):
+    """With the posterior collapsed to a point the ATE draws barely move (measured median sd 0.004 against 0.036
+    with the posterior; before the coupled engine: 0.049 against 0.063 on the benchmark screen), and the
+    uncertainty of the response rates (site ``efficacy_rate``) moves the knockout's own-gene shift."""
+    _, model, truth, draws = fitted
+    label = list(truth.index)[:1]
+    scales = {name: p.detach().clone() for name, p in model.guide.named_parameters() if "raw_scale" in name}
+    try:
+        with torch.no_grad():
+            model.guide.effect_raw_scale.fill_(-20.0)
+            model.guide.efficacy_raw_scale.fill_(-20.0)
+        point = model.ate_draws(label, n_samples=10, max_cells=400, seed=0)
+        with torch.no_grad():
+            model.guide.efficacy_raw_scale.fill_(0.0)  # logit sd ~0.7
+        rates = model.ate_draws(label, n_samples=10, max_cells=400, seed=0)
+    finally:
+        with torch.no_grad():
+            for name, p in model.guide.named_parameters():
+                if name in scales:
+                    p.copy_(scales[name])
+    assert np.median(point.std(0)) < 0.01 < 0.02 < np.median(draws.std(0))
+    own = list(model.registry.genes).index(label[0])
+    assert rates[:, 0, own].std() > max(0.05, 3 * point[:, 0, own].std())
 
 
 def test_ate_draws_match_ate(fitted):
@@ -137,7 +163,7 @@ def test_recalibration_transfers_across_genes(fitted):
     after = interval_coverage(draws[:, :, ~fit_half], values[:, ~fit_half], calibration=calibration)
     after = after.set_index("level")["coverage"]
     assert 0.35 <= after.loc[0.5] <= 0.65, after  # measured 0.51
-    assert 0.8 <= after.loc[0.9] <= 0.97, after  # measured 0.87 (raw: 0.79)
+    assert 0.8 <= after.loc[0.9] <= 0.97, after  # measured 0.87 (raw: 0.59)
     genes = np.asarray(model.registry.genes)[~fit_half]
     calls = exceedance_table(
         draws[:, :, ~fit_half], list(truth.index), genes, threshold=0.2, fdr=0.1, calibration=calibration

@@ -34,7 +34,12 @@ from pertpyro.models._artifacts import (
     robust_library_init,
 )
 from pertpyro.models._grn_api import build_grn, grn_table, resolve_edge_do
-from pertpyro.models._program import PerturbationGuide, PerturbationProgram, _inverse_softplus
+from pertpyro.models._program import (
+    EFFICACY_INIT_LOGIT,
+    PerturbationGuide,
+    PerturbationProgram,
+    _inverse_softplus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -225,8 +230,7 @@ class PerturbationModel:
         )
         if kw["artifacts"] is not None:
             robust_library_init(self.program, np.log(data.library), data.batch_index)
-        response_rate = float(torch.sigmoid(self.program.efficacy_logit.detach()[:1]).sum()) or 0.73  # T=0
-        effects = _initial_effects(stats, response_rate)
+        effects = _initial_effects(stats, float(torch.sigmoid(torch.tensor(EFFICACY_INIT_LOGIT))))
         with torch.no_grad():  # sigma_g starts at the root-mean-square of the moment estimates across targets
             if effects.shape[0] > 0:  # (no targets: an all-control data set for the artifact model)
                 self.program.effect_prior_raw_scale.copy_(
@@ -709,8 +713,8 @@ class PerturbationModel:
         return {"artifact_key": self.init_kwargs["artifact_key"], "require_artifact": required}
 
     def efficacy_probability(self) -> pd.Series:
-        """Estimated fraction of cells per target in which the knockout took effect."""
-        rho = torch.sigmoid(self.program.efficacy_logit.detach()).numpy()
+        """Estimated fraction of cells per target in which the knockout took effect (posterior median)."""
+        rho = self.guide.efficacy_median().detach().numpy()
         return pd.Series(rho, index=list(self.registry.targets), name="efficacy")
 
     # ------------------------------------------------------------------ persistence
