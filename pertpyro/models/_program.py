@@ -228,7 +228,7 @@ class PerturbationProgram(PyroModule):
         """
         G, T = self.n_genes, self.n_targets
         # ---- global sites (scale 1) ----
-        targets = pyro.plate(TARGETS_PLATE, T, dim=-2)  # one plate object, entered by several sites
+        targets = pyro.plate(TARGETS_PLATE, T, dim=-2) if T else nullcontext()  # one plate, entered by several sites
         rate = self.one.expand(T, 1)  # no targets (an all-control data set for the artifact model): no sites
         if self.use_efficacy and T:  # per-target response rates, uniform prior: their uncertainty enters every query
             with targets:
@@ -237,7 +237,7 @@ class PerturbationProgram(PyroModule):
             effect = self.grn()  # (T, G): knockouts propagated through the sampled network (models/_grn.py)
         else:
             effect = self.zero.expand(0, G)  # no targets (an all-control data set for the artifact model): no sites
-            with targets if T else nullcontext(), pyro.plate(GENES_PLATE, G, dim=-1):
+            with targets, pyro.plate(GENES_PLATE, G, dim=-1):
                 if T:
                     effect = pyro.sample(EFFECT, self.effect_prior().expand([T, G]))  # (T, G)
                 if T and self.sparse_effects:
@@ -370,14 +370,14 @@ class PerturbationGuide(PyroModule):
         if counts is None:
             raise ValueError("The guide needs observed counts to infer each cell's basal state.")
         T, G = self.effect_loc.shape
-        targets = pyro.plate(TARGETS_PLATE, T, dim=-2)  # one plate object, entered by several sites
+        targets = pyro.plate(TARGETS_PLATE, T, dim=-2) if T else nullcontext()  # one plate, entered by several sites
         if self.use_efficacy and T:
             with targets:
                 pyro.sample(EFFICACY_RATE, self.efficacy_distribution())
         if self.grn is not None:
             self.grn()
         else:
-            with targets if T else nullcontext(), pyro.plate(GENES_PLATE, G, dim=-1):
+            with targets, pyro.plate(GENES_PLATE, G, dim=-1):
                 if T:
                     pyro.sample(EFFECT, dist.Normal(self.effect_loc, self.effect_scale()))
                 if T and self.sparse_effects:
