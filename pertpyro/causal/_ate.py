@@ -13,6 +13,7 @@ uncertainty.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -86,12 +87,20 @@ def simulate_label_means(
     return out
 
 
-def ate_table(draws: torch.Tensor, labels: Sequence[str], genes: Sequence[str], *, ci: float) -> pd.DataFrame:
-    """Tidy ``(perturbation, gene, mean, lower, upper)`` from draws ``(S, L, G)`` of shifts."""
-    lo, hi = (1 - ci) / 2, 1 - (1 - ci) / 2
+def ate_table(
+    draws: torch.Tensor, labels: Sequence[str], genes: Sequence[str], *, ci: float, calibration: Any = None
+) -> pd.DataFrame:
+    """Tidy ``(perturbation, gene, mean, lower, upper)`` from draws ``(S, L, G)`` of shifts.
+
+    The interval is the equal-tailed posterior one, or, with ``calibration`` (an
+    :class:`~pertpyro.evaluation.IntervalCalibration`), its recalibrated Normal interval.
+    """
     arr = draws.numpy()
     mean = arr.mean(0)
-    lower, upper = np.quantile(arr, [lo, hi], axis=0)
+    if calibration is None:
+        lower, upper = np.quantile(arr, [(1 - ci) / 2, 1 - (1 - ci) / 2], axis=0)
+    else:
+        lower, upper = calibration.bounds(arr, ci)
     n_labels, n_genes = mean.shape
     return pd.DataFrame(
         {
@@ -117,6 +126,7 @@ def average_treatment_effect(
     weights: np.ndarray | None = None,
     seed: int = 0,
     global_action: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    calibration: Any = None,
 ) -> pd.DataFrame:
     """Shift of mean ``log1p(1e4 x / sum x)`` under each perturbation label against control.
 
@@ -143,6 +153,8 @@ def average_treatment_effect(
         Seed of this query; the global RNG state is left untouched.
     global_action
         Extra interventions on global sites given each draw's latents (see :func:`simulate_label_means`).
+    calibration
+        Recalibrate the intervals (:class:`~pertpyro.evaluation.IntervalCalibration`); ``None``: raw quantiles.
 
     Returns
     -------
@@ -163,7 +175,7 @@ def average_treatment_effect(
         seed=seed,
         global_action=global_action,
     )
-    return ate_table(shifts, labels, registry.genes, ci=ci)
+    return ate_table(shifts, labels, registry.genes, ci=ci, calibration=calibration)
 
 
 def label_shift_draws(
