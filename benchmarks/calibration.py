@@ -50,7 +50,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> tuple[list, list]:
     pertpyro.setup_anndata(adata, batch_key="batch")
     split = split_cells(adata, seed=0)
     train, val = (adata[split.to_numpy() == s].copy() for s in ("train", "val"))
-    model = pertpyro.PerturbationModel(train, latent_dim=5, seed=0)
+    model = pertpyro.PerturbationModel(train, latent_dim=5, seed=0, effect_df=args.effect_df)
     model.train(
         max_epochs=args.epochs, batch_size=256, lr=1e-2, validation_adata=val, seed=0, progress_bar=False, patience=10
     )
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--threshold", type=float, default=0.1)
     parser.add_argument("--fdr", type=float, default=0.1)
+    parser.add_argument("--effect-df", type=float, default=0.0, help="Student-t effect prior (0: Normal)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="write the coverage table to this CSV")
     args = parser.parse_args()
