@@ -34,7 +34,11 @@ DEFAULTS: dict[str, Any] = {
     "model": None,  # PerturbationModel's keyword arguments (filled from its signature)
     "train": None,  # PerturbationModel.train's keyword arguments (filled from its signature)
     "evaluate": {"n_samples": 30, "top_k": 20, "iwelbo_particles": 10},
-    "calibrate": {"run": False, "n_samples": 100},  # model.calibrate() after training (one more training)
+    "calibrate": {
+        "run": False,
+        "n_replicas": 2,
+        "n_samples": 100,
+    },  # model.calibrate() after training (one more training)
 }
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.csv"
@@ -150,7 +154,9 @@ def fit(config_path: str | Path, *, output: str | None = None, max_epochs: int |
     model.train(validation_adata=parts["val"], log_dir=run_dir / "logs", **config["train"])
     elapsed = time.perf_counter() - start
     if config["calibrate"]["run"]:  # intervals calibrated on a replica screen simulated from the fit
-        coverage = model.calibrate(n_samples=config["calibrate"]["n_samples"])
+        coverage = model.calibrate(
+            n_replicas=config["calibrate"]["n_replicas"], n_samples=config["calibrate"]["n_samples"]
+        )
         cal = model.interval_calibration_
         print(f"Calibrated the intervals on a replica screen: scale {cal.scale:.2f}, relative {cal.relative:.2f}")
         print(coverage.to_string(index=False, float_format="{:.3f}".format))

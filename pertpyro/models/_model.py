@@ -448,6 +448,7 @@ class PerturbationModel:
         self,
         perturbations: Sequence[str] | str | None = None,
         *,
+        n_replicas: int = 2,
         n_samples: int = 100,
         max_cells: int | None = 2000,
         seed: int = 0,
@@ -460,12 +461,14 @@ class PerturbationModel:
         a fresh model with the same settings is trained on it the way this one was, and the variance model
         ``sd' = sqrt((scale sd)^2 + (relative mean)^2)`` that makes its intervals cover the replica's truth at
         the nominal rates is kept: :meth:`ate` and :meth:`ate_probability` use it from then on (and
-        :meth:`save` stores it). Costs one more training. See :mod:`pertpyro.posterior._replica`.
+        :meth:`save` stores it). Costs one more training per replica. See :mod:`pertpyro.posterior._replica`.
 
         Parameters
         ----------
         perturbations
             Labels whose shifts are scored (default: every seen target and combination of the training data).
+        n_replicas
+            Replica screens, pooled (each costs one training; one replica's calibration is noisier).
         n_samples
             Posterior draws of the replica model's shifts.
         max_cells
@@ -494,6 +497,7 @@ class PerturbationModel:
             labels,
             train_kwargs=settings,
             validation_adata=self._validation_adata,
+            n_replicas=n_replicas,
             n_samples=n_samples,
             max_cells=max_cells,
             seed=seed,
