@@ -78,8 +78,8 @@ def test_ate_draws_carry_posterior_not_monte_carlo_noise(fitted):
 
 def test_replica_calibration_brings_coverage_to_nominal(fitted, tmp_path):
     """model.calibrate() (a refit on a screen simulated from the fit; no truth used) widens the intervals so
-    that they cover the true shifts at about the nominal rates: measured 0.33 / 0.66 (50% / 90%) raw, 0.52 /
-    0.91 calibrated on this fixture. ``ate`` and ``ate_probability`` use the calibration; save/load keep it."""
+    that they cover the true shifts at about the nominal rates: measured 0.33 / 0.66 (50% / 90%) raw, 0.49 /
+    0.90 calibrated on this fixture (two replicas). ``ate`` and ``ate_probability`` use it; save/load keep it."""
     adata, model, truth, draws = fitted
     labels = list(truth.index)
     try:
