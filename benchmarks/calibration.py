@@ -1,55 +1,80 @@
-"""Coverage of ``model.ate`` credible intervals for the simulator's true shifts, before and after recalibration.
+"""Coverage of ``model.ate`` intervals for the simulator's true shifts: raw posterior vs replica-calibrated.
 
-Two simulated screens (seeds ``--seed`` and ``--seed + 1``) are each split 64/16/20 into train/val/test cells; a
-model is fitted on each training part. Coverage of the 50/80/90/95% intervals for the true intent-to-treat shifts
-(``truth_shift_frame``) is reported for:
+For each seed, a simulated screen is split 64/16/20 into train/val/test cells and a model is fitted on the
+training cells. The coverage of the 50/80/90/95% intervals for the true intent-to-treat shifts
+(``truth_shift_frame``: 1,000 label x gene entries) is reported for:
 
-- ``posterior``: the raw equal-tailed posterior intervals (what ``model.ate`` reports);
-- ``heldout-cells``: recalibrated by :func:`pertpyro.evaluation.fit_interval_calibration` fitted on the
-  observed shifts of the same screen's *test cells* (no truth used: the method available on real data);
-- ``other-simulation``: recalibrated with the calibration fitted on the *other* screen's truth.
+- ``raw``: the equal-tailed posterior intervals (``model.ate(..., calibrated=False)``);
+- ``calibrated``: after ``model.calibrate()``, which fits a variance model on a replica screen simulated from the
+  fitted model itself (no truth of the screen is used; :mod:`pertpyro.posterior._replica`).
 
-Run: ``python benchmarks/calibration.py`` (about 2 minutes on 2 idle CPU cores; 30 minutes on a shared, loaded one).
+It also reports Bayesian-FDR hit calls (``ate_probability(threshold, fdr)``) against the truth: calls, real
+effects, realised false discovery rate.
+
+Run: ``python benchmarks/calibration.py --seeds 1 2 3 4`` (about 3 minutes per seed on 2 idle CPU cores).
 """
 
 import argparse
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 
 import pertpyro
+from pertpyro.causal import exceedance_table
 from pertpyro.datasets import truth_shift_frame
-from pertpyro.evaluation import (
-    fit_interval_calibration,
-    heldout_reference,
-    interval_coverage,
-    split_cells,
-)
+from pertpyro.evaluation import interval_coverage, split_cells
 
 
-def fit_screen(seed: int, args: argparse.Namespace) -> dict:
-    """Simulate, split, train; posterior draws of the shifts, truth and held-out reference."""
+def hit_calls(draws: np.ndarray, truth: np.ndarray, labels: list, genes: list, calibration, args) -> dict:
+    """Bayesian FDR calls at ``args.threshold`` / ``args.fdr`` scored against the truth."""
+    table = exceedance_table(draws, labels, genes, threshold=args.threshold, fdr=args.fdr, calibration=calibration)
+    called = table["hit"].to_numpy()
+    real = np.abs(truth.ravel()) > args.threshold
+    n_called = int(called.sum())
+    return {
+        "calls": n_called,
+        "real": int(real.sum()),
+        "false": int((called & ~real).sum()),
+        "fdr": float((called & ~real).sum() / max(n_called, 1)),
+        "power": float((called & real).sum() / max(real.sum(), 1)),
+    }
+
+
+def run_seed(seed: int, args: argparse.Namespace) -> tuple[list, list]:
+    start = time.perf_counter()
     adata = pertpyro.datasets.simulate(
-        n_cells=args.cells,
-        n_genes=args.genes,
-        n_targets=args.targets,
-        n_combinations=2,
-        seed=seed,
-        n_truth_cells=4000,
+        n_cells=args.cells, n_genes=args.genes, n_targets=args.targets, n_combinations=2, seed=seed, n_truth_cells=4000
     )
     pertpyro.setup_anndata(adata, batch_key="batch")
     split = split_cells(adata, seed=0)
-    train, val, test = (adata[split.to_numpy() == s].copy() for s in ("train", "val", "test"))
-    model = pertpyro.PerturbationModel(train, latent_dim=5, seed=0)
+    train, val = (adata[split.to_numpy() == s].copy() for s in ("train", "val"))
+    model = pertpyro.PerturbationModel(train, latent_dim=5, seed=0, effect_df=args.effect_df)
     model.train(
         max_epochs=args.epochs, batch_size=256, lr=1e-2, validation_adata=val, seed=0, progress_bar=False, patience=10
     )
-    truth = truth_shift_frame(adata)
-    labels = list(truth.index)
+    truth_frame = truth_shift_frame(adata)
+    labels, truth = list(truth_frame.index), truth_frame.to_numpy()
     draws = model.ate_draws(labels, n_samples=args.samples, seed=0)
-    reference, se = heldout_reference(test, labels)
-    return {"draws": draws, "truth": truth.to_numpy(), "reference": reference.to_numpy(), "se": se.to_numpy()}
+    replica = model.calibrate(labels, n_samples=args.samples)
+    calibration = model.interval_calibration_
+    rows, hits = [], []
+    for name, cal in (("raw", None), ("calibrated", calibration)):
+        table = interval_coverage(draws, truth, calibration=cal)
+        for row in table.itertuples():
+            rows.append((seed, name, row.level, row.coverage, row.mean_width))
+        hits.append(
+            {"seed": seed, "intervals": name, **hit_calls(draws, truth, labels, list(adata.var_names), cal, args)}
+        )
+    for row in replica.itertuples():
+        rows.append((seed, "replica (fit)", row.level, row.calibrated, np.nan))
+    print(
+        f"seed {seed}: scale {calibration.scale:.2f}, relative {calibration.relative:.2f}, "
+        f"{time.perf_counter() - start:.0f} s",
+        flush=True,
+    )
+    return rows, hits
 
 
 def main() -> None:
@@ -59,35 +84,34 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--samples", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
+    parser.add_argument("--threshold", type=float, default=0.1)
+    parser.add_argument("--fdr", type=float, default=0.1)
+    parser.add_argument("--effect-df", type=float, default=0.0, help="Student-t effect prior (0: Normal)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="write the coverage table to this CSV")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    start = time.perf_counter()
-    screens = {s: fit_screen(s, args) for s in (args.seed, args.seed + 1)}
-    rows = []
-    for seed, screen in screens.items():
-        other = screens[args.seed + 1 if seed == args.seed else args.seed]
-        methods = {
-            "posterior": None,
-            "heldout-cells": fit_interval_calibration(screen["draws"], screen["reference"], reference_se=screen["se"]),
-            "other-simulation": fit_interval_calibration(other["draws"], other["truth"]),
-        }
-        for name, calibration in methods.items():
-            table = interval_coverage(screen["draws"], screen["truth"], calibration=calibration)
-            fitted = "" if calibration is None else f"scale={calibration.scale:.2f} relative={calibration.relative:.2f}"
-            for row in table.itertuples():
-                rows.append((seed, name, fitted, row.level, row.coverage, row.mean_width))
-    out = pd.DataFrame(rows, columns=["seed", "intervals", "fitted", "level", "coverage", "mean_width"])
-    wide = out.pivot_table(index=["seed", "intervals", "fitted"], columns="level", values="coverage", sort=False)
-    widths = out.pivot_table(index=["seed", "intervals"], columns="level", values="mean_width", sort=False)
+    torch.set_num_threads(args.threads)
+    rows, hits = [], []
+    for seed in args.seeds:
+        r, h = run_seed(seed, args)
+        rows += r
+        hits += h
+    out = pd.DataFrame(rows, columns=["seed", "intervals", "level", "coverage", "mean_width"])
     print(
         f"simulate(n_cells={args.cells}, n_genes={args.genes}, n_targets={args.targets}, n_combinations=2), "
-        f"{args.epochs} epochs max, {args.samples} posterior draws; {time.perf_counter() - start:.0f} s"
+        f"at most {args.epochs} epochs, {args.samples} posterior draws"
     )
     print("coverage of the true shifts (columns: nominal level)")
+    wide = out.pivot_table(index=["seed", "intervals"], columns="level", values="coverage", sort=False)
     print(wide.round(3).to_string())
-    print("mean interval width")
+    print("mean width of the intervals")
+    widths = out.dropna().pivot_table(index=["seed", "intervals"], columns="level", values="mean_width", sort=False)
     print(widths.round(3).to_string())
+    print(f"Bayesian FDR hit calls (|shift| > {args.threshold}, target FDR {args.fdr}) against the truth")
+    print(pd.DataFrame(hits).round(3).to_string(index=False))
+    if args.out:
+        out.to_csv(args.out, index=False)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ def main() -> None:
         hit = table["hit"].to_numpy()
         print(f"threshold {threshold}: {hit.sum()} calls, {real.sum()} real, realised FDR {np.mean(~real[hit]):.3f}")
     with torch.no_grad():
-        model.guide.effect_raw_scale.fill_(-20.0)  # collapse the effect posterior: what is left is Monte-Carlo noise
+        model.guide.effect_raw_scale.fill_(-20.0)  # collapse the posterior: what is left is Monte-Carlo noise
+        model.guide.efficacy_raw_scale.fill_(-20.0)
     noise = model.ate_draws(labels, n_samples=100)
     print(f"median sd of an ATE draw: {np.median(draws.std(0)):.4f}; Monte-Carlo only: {np.median(noise.std(0)):.4f}")
 

@@ -43,6 +43,11 @@ def plain_torch_loss(program, guide, counts, perturbation, batch_index, library,
         )
         kl_global = kl_global + (q_mask.log_prob(mask) - p_mask.log_prob(mask)).sum()
         effect = effect * mask
+    if program.use_efficacy:
+        q_rate = guide.efficacy_distribution()
+        rate = q_rate.rsample()
+        p_rate = dist.Beta(1.0, 1.0).expand(rate.shape)
+        kl_global = kl_global + (q_rate.log_prob(rate) - p_rate.log_prob(rate)).sum()
     # local sites
     loc, sd = guide.encoder(counts, batch_index, perturbation)
     z = loc + sd * torch.randn_like(loc)
@@ -55,7 +60,7 @@ def plain_torch_loss(program, guide, counts, perturbation, batch_index, library,
     lib_scale = torch.nn.functional.softplus(program.library_raw_scale[batch_index]) + 1e-3
     nb = program.nb_distribution
     if program.use_efficacy:
-        p = program.response_probability(perturbation)
+        p = program.response_probability(perturbation, rate)
         lib_both = dist.Normal(torch.stack([lib_loc, lib_loc + perturbation @ program.library_effect]), lib_scale)
         both = nb(torch.stack([base, base + shift]), log_lib).log_prob(counts).sum(-1) + lib_both.log_prob(log_lib)
         ll = torch.logsumexp(torch.stack([torch.log1p(-p), torch.log(p)]) + both, 0)

@@ -54,6 +54,21 @@ def test_fit_evaluate_query(config, tmp_path, capsys):
     assert (q["lower"] <= q["upper"]).all()
 
 
+def test_fit_with_calibration(config, tmp_path, capsys):
+    """``calibrate: {run: true}`` fits the interval calibration after training; evaluate scores both intervals."""
+    cfg = yaml.safe_load(config.read_text())
+    cfg["calibrate"] = {"run": True, "n_samples": 3}
+    config.write_text(yaml.safe_dump(cfg))
+    assert cli.main(["fit", str(config)]) == 0
+    assert "Calibrated the intervals on a replica screen" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert cli.main(["evaluate", str(run)]) == 0
+    coverage = pd.read_csv(run / "calibration.csv")
+    assert set(coverage["intervals"]) == {"raw", "calibrated"}
+    wide = coverage.pivot_table(index="level", columns="intervals", values="mean_width")
+    assert (wide["calibrated"] != wide["raw"]).all()
+
+
 def test_bad_config_key_is_rejected(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"train": {"max_epoch": 3}}))

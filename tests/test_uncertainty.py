@@ -40,14 +40,69 @@ def test_interval_coverage_of_true_shifts(fitted):
     """The 90% intervals of model.ate cover most true shifts; collapsed intervals would not."""
     _, _, truth, draws = fitted
     table = interval_coverage(draws, truth.to_numpy()).set_index("level")
-    # measured 0.75-0.76 at 90% and 0.44-0.45 at 50% on this fixture: the raw intervals under-cover (the bar of
-    # 0.85-0.95 is not met; benchmarks/results/uncertainty.md); this band guards against getting worse
-    assert 0.7 <= table.loc[0.9, "coverage"] <= 0.99, table
-    assert 0.35 <= table.loc[0.5, "coverage"] <= 0.8, table
+    # measured 0.66 at 90% and 0.30 at 50% on this fixture: the raw posterior is over-confident (the draws carry
+    # no Monte-Carlo noise, so their spread is the mean-field posterior's). The band pins the honest numbers: it
+    # fails if the raw intervals get wider or narrower; test_replica_calibration_* fixes the coverage
+    assert 0.55 <= table.loc[0.9, "coverage"] <= 0.75, table
+    assert 0.25 <= table.loc[0.5, "coverage"] <= 0.42, table
     assert table["coverage"].is_monotonic_increasing
     # the same check fails for intervals a tenth as wide (it can fail)
     narrow = interval_coverage(draws, truth.to_numpy(), calibration=IntervalCalibration(scale=0.1))
-    assert narrow.set_index("level").loc[0.9, "coverage"] < 0.6
+    assert narrow.set_index("level").loc[0.9, "coverage"] < 0.3
+
+
+def test_ate_draws_carry_posterior_not_monte_carlo_noise(fitted):
+    """With the posterior collapsed to a point the ATE draws barely move (measured median sd 0.004 against 0.036
+    with the posterior; before the coupled engine: 0.049 against 0.063 on the benchmark screen), and the
+    uncertainty of the response rates (site ``efficacy_rate``) moves the knockout's own-gene shift."""
+    _, model, truth, draws = fitted
+    label = list(truth.index)[:1]
+    scales = {name: p.detach().clone() for name, p in model.guide.named_parameters() if "raw_scale" in name}
+    try:
+        with torch.no_grad():
+            model.guide.effect_raw_scale.fill_(-20.0)
+            model.guide.efficacy_raw_scale.fill_(-20.0)
+        point = model.ate_draws(label, n_samples=10, max_cells=400, seed=0)
+        with torch.no_grad():
+            model.guide.efficacy_raw_scale.fill_(0.0)  # logit sd ~0.7
+        rates = model.ate_draws(label, n_samples=10, max_cells=400, seed=0)
+    finally:
+        with torch.no_grad():
+            for name, p in model.guide.named_parameters():
+                if name in scales:
+                    p.copy_(scales[name])
+    assert np.median(point.std(0)) < 0.01 < 0.02 < np.median(draws.std(0))
+    own = list(model.registry.genes).index(label[0])
+    assert rates[:, 0, own].std() > max(0.05, 3 * point[:, 0, own].std())
+
+
+def test_replica_calibration_brings_coverage_to_nominal(fitted, tmp_path):
+    """model.calibrate() (a refit on a screen simulated from the fit; no truth used) widens the intervals so
+    that they cover the true shifts at about the nominal rates: measured 0.30 / 0.66 (50% / 90%) raw, 0.45 /
+    0.86 calibrated on this fixture (two replicas). ``ate`` and ``ate_probability`` use it; save/load keep it."""
+    adata, model, truth, draws = fitted
+    labels = list(truth.index)
+    try:
+        replica = model.calibrate(labels, n_samples=40, max_cells=400).set_index("level")
+        calibration = model.interval_calibration_
+        assert calibration.scale > 1.1  # the replica model's posterior is too narrow, as the fitted one's
+        assert replica.loc[0.9, "raw"] < 0.8
+        assert abs(replica.loc[0.9, "calibrated"] - 0.9) < 0.03
+        after = interval_coverage(draws, truth.to_numpy(), calibration=calibration).set_index("level")["coverage"]
+        assert 0.84 <= after.loc[0.9] <= 0.96, after
+        assert 0.40 <= after.loc[0.5] <= 0.62, after
+        kwargs = {"n_samples": 10, "max_cells": 200, "seed": 1}
+        wide, raw = model.ate(labels[:1], **kwargs), model.ate(labels[:1], calibrated=False, **kwargs)
+        np.testing.assert_allclose(wide["mean"], raw["mean"])
+        assert ((wide["upper"] - wide["lower"]) > (raw["upper"] - raw["lower"])).mean() > 0.95
+        prob = model.ate_probability(labels[:1], threshold=0.1, **kwargs)["probability"].to_numpy()
+        prob_raw = model.ate_probability(labels[:1], threshold=0.1, calibration=False, **kwargs)["probability"]
+        assert not np.allclose(prob, prob_raw.to_numpy())
+        model.save(tmp_path / "m")
+        loaded = pertpyro.PerturbationModel.load(tmp_path / "m", adata)
+        assert loaded.interval_calibration_ == calibration
+    finally:
+        model.interval_calibration_ = None  # the other tests score the raw posterior
 
 
 def test_ate_draws_match_ate(fitted):
@@ -137,7 +192,7 @@ def test_recalibration_transfers_across_genes(fitted):
     after = interval_coverage(draws[:, :, ~fit_half], values[:, ~fit_half], calibration=calibration)
     after = after.set_index("level")["coverage"]
     assert 0.35 <= after.loc[0.5] <= 0.65, after  # measured 0.51
-    assert 0.8 <= after.loc[0.9] <= 0.97, after  # measured 0.87 (raw: 0.79)
+    assert 0.8 <= after.loc[0.9] <= 0.97, after  # measured 0.87 (raw: 0.59)
     genes = np.asarray(model.registry.genes)[~fit_half]
     calls = exceedance_table(
         draws[:, :, ~fit_half], list(truth.index), genes, threshold=0.2, fdr=0.1, calibration=calibration

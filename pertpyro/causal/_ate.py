@@ -2,15 +2,18 @@
 
 For each posterior draw: the guide gives the basal states of a population of observed cells (abduction); the
 model is conditioned on those states and on the draw of the global sites, and ``poutine.do`` sets the
-``perturbation`` site (and, among responders, ``efficacy = 1``) (action); the model then simulates counts at the
-population's own sequencing depth (prediction). The shift is the difference of mean ``log1p(1e4 x / sum x)``
-between the intervened and the control arm, so it lives on the scale a screen is analysed on, which is not
-linear in the mean.
+``perturbation`` site (and ``efficacy``: 1 for responders, 0 for escapers) (action); the model then gives the
+counts' distribution at the population's own sequencing depth (prediction). The shift is the difference of the
+expected ``log1p(1e4 x / sum x)`` between the intervened and the control arm, so it lives on the scale a screen
+is analysed on, which is not linear in the mean. The expectation over count noise and over which cells respond is
+taken with little Monte-Carlo noise (:mod:`pertpyro.causal._expected`), so the spread of the draws is posterior
+uncertainty.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,14 +21,11 @@ import pyro
 import torch
 
 from pertpyro._settings import local_params
-from pertpyro.causal._counterfactual import abduct, intervene
+from pertpyro.causal._counterfactual import abduct
+from pertpyro.causal._expected import N_COUNTS, expected_cell_values
+from pertpyro.causal._expected import log_normalise as log_normalise  # re-exported (its old home)
 from pertpyro.data._registry import Registry, design_matrix
-from pertpyro.models._sites import ARTIFACT, EFFICACY, PERTURBATION
-
-
-def log_normalise(counts: torch.Tensor) -> torch.Tensor:
-    """``log1p(1e4 * x / sum_g x)`` per cell (cells with no counts stay at zero)."""
-    return torch.log1p(1e4 * counts / counts.sum(-1, keepdim=True).clamp_min(1.0))
+from pertpyro.models._sites import ARTIFACT
 
 
 @torch.no_grad()
@@ -39,6 +39,7 @@ def simulate_label_means(
     responders: bool = False,
     weights: torch.Tensor | None = None,
     global_action: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    n_counts: int = N_COUNTS,
 ) -> torch.Tensor:
     """Posterior draws of the mean log-normalised expression of ``population`` under each design.
 
@@ -61,41 +62,45 @@ def simulate_label_means(
     global_action
         Optional map from each draw's abducted latents to extra interventions on global sites, applied in every
         arm (e.g. ``adjacency`` with some edges removed: :func:`pertpyro.models._grn.adjacency_action`).
+    n_counts
+        Count replicates per cell and draw, coupled across arms (:mod:`pertpyro.causal._expected`).
 
     Returns
     -------
     Tensor ``(n_samples, L, G)``.
     """
-    n = population["idx"].shape[0]
     n_labels, n_genes = designs.shape[0], population["counts"].shape[1]
     out = torch.empty(n_samples, n_labels, n_genes)
     with local_params():
         for s in range(n_samples):
             latents = abduct(guide, population)
             extra = {} if global_action is None else global_action(latents)
-            # Common random numbers: every arm of this draw replays the same random stream, so the efficacy
-            # draws and the gamma-Poisson count noise are shared across arms and largely cancel in differences.
-            draw_seed = int(torch.randint(0, 2**62, ()))
-            for label in range(n_labels):
-                action = {PERTURBATION: designs[label].expand(n, -1), **extra}
-                if responders:
-                    action[EFFICACY] = torch.ones(n)
-                if getattr(program, "artifact_block", None) is not None:  # effects among clean cells
-                    action[ARTIFACT] = torch.zeros(n)
-                with torch.random.fork_rng():
-                    torch.manual_seed(draw_seed)
-                    counts = intervene(program, latents, population, action)
-                values = log_normalise(counts)
-                out[s, label] = values.mean(0) if weights is None else weights[label] @ values / weights[label].sum()
+            if getattr(program, "artifact_block", None) is not None:  # effects among clean cells
+                extra = {**extra, ARTIFACT: torch.zeros(population["counts"].shape[0])}
+            values = expected_cell_values(
+                program, latents, population, designs, extra, responders=responders, n_counts=n_counts
+            )  # (L, cells, G)
+            if weights is None:
+                out[s] = values.mean(1)
+            else:
+                out[s] = torch.einsum("lc,lcg->lg", weights, values) / weights.sum(1, keepdim=True)
     return out
 
 
-def ate_table(draws: torch.Tensor, labels: Sequence[str], genes: Sequence[str], *, ci: float) -> pd.DataFrame:
-    """Tidy ``(perturbation, gene, mean, lower, upper)`` from draws ``(S, L, G)`` of shifts."""
-    lo, hi = (1 - ci) / 2, 1 - (1 - ci) / 2
+def ate_table(
+    draws: torch.Tensor, labels: Sequence[str], genes: Sequence[str], *, ci: float, calibration: Any = None
+) -> pd.DataFrame:
+    """Tidy ``(perturbation, gene, mean, lower, upper)`` from draws ``(S, L, G)`` of shifts.
+
+    The interval is the equal-tailed posterior one, or, with ``calibration`` (an
+    :class:`~pertpyro.evaluation.IntervalCalibration`), its recalibrated Normal interval.
+    """
     arr = draws.numpy()
     mean = arr.mean(0)
-    lower, upper = np.quantile(arr, [lo, hi], axis=0)
+    if calibration is None:
+        lower, upper = np.quantile(arr, [(1 - ci) / 2, 1 - (1 - ci) / 2], axis=0)
+    else:
+        lower, upper = calibration.bounds(arr, ci)
     n_labels, n_genes = mean.shape
     return pd.DataFrame(
         {
@@ -121,6 +126,7 @@ def average_treatment_effect(
     weights: np.ndarray | None = None,
     seed: int = 0,
     global_action: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    calibration: Any = None,
 ) -> pd.DataFrame:
     """Shift of mean ``log1p(1e4 x / sum x)`` under each perturbation label against control.
 
@@ -147,6 +153,8 @@ def average_treatment_effect(
         Seed of this query; the global RNG state is left untouched.
     global_action
         Extra interventions on global sites given each draw's latents (see :func:`simulate_label_means`).
+    calibration
+        Recalibrate the intervals (:class:`~pertpyro.evaluation.IntervalCalibration`); ``None``: raw quantiles.
 
     Returns
     -------
@@ -167,7 +175,7 @@ def average_treatment_effect(
         seed=seed,
         global_action=global_action,
     )
-    return ate_table(shifts, labels, registry.genes, ci=ci)
+    return ate_table(shifts, labels, registry.genes, ci=ci, calibration=calibration)
 
 
 def label_shift_draws(

@@ -20,6 +20,7 @@ from pertpyro.models._sites import (
     EFFECT,
     EFFECT_MASK,
     EFFICACY,
+    EFFICACY_RATE,
     PERTURBATION,
     Z_BASAL,
 )
@@ -31,7 +32,7 @@ INTERVENABLE_SITES = (PERTURBATION, EFFICACY, ARTIFACT, ADJACENCY)
 def abduct(guide: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One posterior draw of the latent sites given the cells' factual data: ``z_basal`` and the global sites."""
     trace = poutine.trace(guide).get_trace(*standalone_args(batch))
-    names = (Z_BASAL, EFFECT, EFFECT_MASK, ADJACENCY, ADJACENCY_WEIGHT, ARTIFACT_EMBEDDING)
+    names = (Z_BASAL, EFFICACY_RATE, EFFECT, EFFECT_MASK, ADJACENCY, ADJACENCY_WEIGHT, ARTIFACT_EMBEDDING)
     return {name: trace.nodes[name]["value"] for name in names if name in trace.nodes}
 
 

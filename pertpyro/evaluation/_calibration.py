@@ -265,7 +265,8 @@ def calibration_report(
 
     Returns
     -------
-    DataFrame with ``reference``, ``level``, ``coverage``, ``mean_width``, ``n`` (empty when neither applies).
+    DataFrame with ``reference``, ``intervals`` (``raw``; ``calibrated`` too once ``model.calibrate()`` has run),
+    ``level``, ``coverage``, ``mean_width``, ``n`` (empty when neither applies).
     """
     from pertpyro._keys import TRUTH_KEY
     from pertpyro.data._simulate import truth_shift_frame
@@ -276,14 +277,26 @@ def calibration_report(
     has_truth = truth is not None and bool(np.isfinite(truth.to_numpy()).any())  # simulate(n_truth_cells=0): NaN
     labels = list(truth.index) if truth is not None else list(model.registry.targets)
     draws = model.ate_draws(labels, n_samples=n_samples, seed=seed)
-    if has_truth:
-        truth = truth.loc[labels, genes].to_numpy()
-        tables.append(interval_coverage(draws, truth, levels=levels).assign(reference="truth"))
+    calibrations = {"raw": None}
+    if getattr(model, "interval_calibration_", None) is not None:
+        calibrations["calibrated"] = model.interval_calibration_
     if heldout is not None:
         observed, se = heldout_reference(heldout, labels)
-        table = interval_coverage(draws, observed[genes].to_numpy(), levels=levels, reference_se=se[genes].to_numpy())
-        tables.append(table.assign(reference="heldout"))
+    for name, calibration in calibrations.items():
+        if has_truth:
+            truth_values = truth.loc[labels, genes].to_numpy()
+            table = interval_coverage(draws, truth_values, levels=levels, calibration=calibration)
+            tables.append(table.assign(reference="truth", intervals=name))
+        if heldout is not None:
+            table = interval_coverage(
+                draws,
+                observed[genes].to_numpy(),
+                levels=levels,
+                reference_se=se[genes].to_numpy(),
+                calibration=calibration,
+            )
+            tables.append(table.assign(reference="heldout", intervals=name))
+    columns = ["reference", "intervals", "level", "coverage", "mean_width", "n"]
     if not tables:
-        return pd.DataFrame(columns=["reference", "level", "coverage", "mean_width", "n"])
-    out = pd.concat(tables, ignore_index=True)
-    return out[["reference", "level", "coverage", "mean_width", "n"]]
+        return pd.DataFrame(columns=columns)
+    return pd.concat(tables, ignore_index=True)[columns]

@@ -10,7 +10,7 @@ from pyro import poutine
 from pertpyro._settings import local_params
 from pertpyro.data._loader import standalone_args
 from pertpyro.models._program import PerturbationGuide, PerturbationProgram
-from pertpyro.models._sites import COUNTS, EFFECT, EFFECT_MASK, EFFICACY, LIBRARY, PERTURBATION, Z_BASAL
+from pertpyro.models._sites import COUNTS, EFFECT, EFFECT_MASK, EFFICACY, EFFICACY_RATE, LIBRARY, PERTURBATION, Z_BASAL
 
 
 def _local_log_prob(trace: poutine.Trace, name: str) -> torch.Tensor:
@@ -36,6 +36,8 @@ def iwelbo_per_cell(
     n = batch["idx"].shape[0]
     args = standalone_args(batch)
     fixed = {EFFECT: guide.effect_loc.detach()}
+    if program.use_efficacy:
+        fixed[EFFICACY_RATE] = guide.efficacy_median().detach().unsqueeze(-1)
     if program.sparse_effects:
         fixed[EFFECT_MASK] = (guide.mask_logit.detach() > 0).float()
     efficacy_values = (0.0, 1.0) if program.use_efficacy else (None,)

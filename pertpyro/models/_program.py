@@ -2,7 +2,8 @@
 
 Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k``)::
 
-    sigma_g, pi, rho_t, theta_g                point-estimated hyperparameters (empirical Bayes)
+    sigma_g, pi, theta_g                       point-estimated hyperparameters (empirical Bayes)
+    rho_t             ~ Beta(1, 1)                                 per-target response rate (``efficacy``)
     effect[t, g]      ~ Normal(0, sigma_g)                         targets x genes plate
     effect_mask[t, g] ~ RelaxedBernoulli(pi)   (hard 0/1 forward)  targets x genes plate (``sparse_effects``)
     (``grn``: instead, effect[t] = the knockout of t propagated through adjacency * adjacency_weight, regulators x
@@ -58,12 +59,16 @@ from pertpyro.models._sites import (
     EFFECT,
     EFFECT_MASK,
     EFFICACY,
+    EFFICACY_RATE,
     GENES_PLATE,
     LIBRARY,
     PERTURBATION,
     TARGETS_PLATE,
     Z_BASAL,
 )
+
+EFFICACY_INIT_LOGIT = 1.0
+"""Initial logit of the guide's per-target response rates (rate ~0.73)."""
 
 MAX_PLATE_NESTING = 2
 """Plates nest at most two deep (targets x genes); the enumerated ``efficacy`` dimension sits left of them."""
@@ -143,7 +148,6 @@ class PerturbationProgram(PyroModule):
         self.decoder = GeneDecoder(latent_dim, n_genes, n_batches, n_hidden=n_hidden, gene_bias=gene_bias)
         self.log_theta = nn.Parameter(torch.full((n_genes,), math.log(5.0)))
         self.effect_prior_raw_scale = nn.Parameter(torch.full((n_genes,), _inverse_softplus(0.3)))
-        self.efficacy_logit = nn.Parameter(torch.full((n_targets,), 1.0))
         n_lib = max(n_batches, 1)
         lib_loc, lib_scale = library_init or (torch.full((n_lib,), 7.0), torch.full((n_lib,), 0.5))
         self.library_loc = nn.Parameter(lib_loc.float().clone())
@@ -154,6 +158,7 @@ class PerturbationProgram(PyroModule):
         self.register_buffer("target_frequency", freq.clamp(1e-4, 1 - 1e-4))
         self.register_buffer("mask_temperature", torch.tensor(float(mask_temperature)))
         self.register_buffer("zero", torch.tensor(0.0))
+        self.register_buffer("one", torch.tensor(1.0))
         to_pyro_module_(self.decoder)
 
     # ----- deterministic pieces, shared by the model, the queries and the plain-torch benchmark -----
@@ -167,10 +172,14 @@ class PerturbationProgram(PyroModule):
             return dist.StudentT(self.effect_df, self.zero, self.effect_prior_scale())
         return dist.Normal(self.zero, self.effect_prior_scale())
 
-    def response_probability(self, perturbation: torch.Tensor) -> torch.Tensor:
-        """``P(efficacy = 1)`` per cell: the product of the per-target response rates of its targets."""
-        log_rho = nn.functional.logsigmoid(self.efficacy_logit)
-        return torch.exp(perturbation @ log_rho).clamp(1e-4, 1 - 1e-4)
+    def response_probability(self, perturbation: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+        """``P(efficacy = 1)`` per cell: the product of the per-target response rates of its targets.
+
+        ``perturbation`` is ``(B, T)``, ``rate`` the ``efficacy_rate`` site's value ``(..., T, 1)``; returns
+        ``(..., B)``.
+        """
+        log_rho = torch.log(rate.clamp(1e-6, 1.0))
+        return torch.exp(perturbation @ log_rho).squeeze(-1).clamp(1e-4, 1 - 1e-4)
 
     def nb_distribution(
         self, logits: torch.Tensor, log_library: torch.Tensor, log_theta_shift: torch.Tensor | None = None
@@ -219,11 +228,16 @@ class PerturbationProgram(PyroModule):
         """
         G, T = self.n_genes, self.n_targets
         # ---- global sites (scale 1) ----
+        targets = pyro.plate(TARGETS_PLATE, T, dim=-2) if T else nullcontext()  # one plate, entered by several sites
+        rate = self.one.expand(T, 1)  # no targets (an all-control data set for the artifact model): no sites
+        if self.use_efficacy and T:  # per-target response rates, uniform prior: their uncertainty enters every query
+            with targets:
+                rate = pyro.sample(EFFICACY_RATE, dist.Beta(self.one, self.one).expand([T, 1]))  # (T, 1)
         if self.grn is not None:
             effect = self.grn()  # (T, G): knockouts propagated through the sampled network (models/_grn.py)
         else:
             effect = self.zero.expand(0, G)  # no targets (an all-control data set for the artifact model): no sites
-            with pyro.plate(TARGETS_PLATE, T, dim=-2) if T else nullcontext(), pyro.plate(GENES_PLATE, G, dim=-1):
+            with targets, pyro.plate(GENES_PLATE, G, dim=-1):
                 if T:
                     effect = pyro.sample(EFFECT, self.effect_prior().expand([T, G]))  # (T, G)
                 if T and self.sparse_effects:
@@ -251,7 +265,7 @@ class PerturbationProgram(PyroModule):
             factual_library_shift = perturbation @ self.library_effect  # (B,), differs from the above under do()
             if self.use_efficacy:
                 responds = pyro.sample(
-                    EFFICACY, MarkedBernoulli(self.response_probability(d)), infer={"enumerate": "parallel"}
+                    EFFICACY, MarkedBernoulli(self.response_probability(d, rate)), infer={"enumerate": "parallel"}
                 )  # (B,) or (2, 1, 1)
                 if is_enumerated_support(responds):  # both arms, stacked: no select, no reductions
                     logits = torch.stack([base, shifted]).reshape(responds.shape[:-1] + base.shape)  # (2, 1, B, G)
@@ -280,7 +294,7 @@ class PerturbationProgram(PyroModule):
 class PerturbationGuide(PyroModule):
     """Variational family of :class:`PerturbationProgram`.
 
-    Amortised Normal for ``z_basal``; mean-field Normal for ``effect``; relaxed Bernoulli (straight-through) for
+    Amortised Normal for ``z_basal``; logit-normal for ``efficacy_rate``; mean-field Normal for ``effect``; relaxed Bernoulli (straight-through) for
     ``effect_mask``. ``efficacy`` has no guide: it is summed out exactly by enumeration.
 
     Parameters
@@ -320,10 +334,23 @@ class PerturbationGuide(PyroModule):
         self.effect_loc = nn.Parameter(torch.zeros(T, G))
         self.effect_raw_scale = nn.Parameter(torch.full((T, G), _inverse_softplus(0.05)))
         self.mask_logit = nn.Parameter(torch.full((T, G), 2.0))
+        self.use_efficacy = program.use_efficacy
+        self.efficacy_loc = nn.Parameter(torch.full((T,), EFFICACY_INIT_LOGIT))
+        self.efficacy_raw_scale = nn.Parameter(torch.full((T,), _inverse_softplus(0.1)))
         self.register_buffer("mask_temperature", program.mask_temperature.clone())
         self.grn = None if program.grn is None else GRNGuide(program.grn)
         self.artifact_guide = ArtifactGuide(G) if program.artifact_block is not None else None
         to_pyro_module_(self.encoder)
+
+    def efficacy_distribution(self) -> dist.Distribution:
+        """Posterior of the per-target response rates: logit-normal, batch shape ``(T, 1)`` (targets plate)."""
+        scale = nn.functional.softplus(self.efficacy_raw_scale) + 1e-4
+        base = dist.Normal(self.efficacy_loc.unsqueeze(-1), scale.unsqueeze(-1))
+        return dist.TransformedDistribution(base, [dist.transforms.SigmoidTransform()])
+
+    def efficacy_median(self) -> torch.Tensor:
+        """Posterior median of the per-target response rates, ``(T,)``."""
+        return torch.sigmoid(self.efficacy_loc)
 
     def effect_scale(self) -> torch.Tensor:
         """Posterior scale of the effects, ``(T, G)``."""
@@ -343,10 +370,14 @@ class PerturbationGuide(PyroModule):
         if counts is None:
             raise ValueError("The guide needs observed counts to infer each cell's basal state.")
         T, G = self.effect_loc.shape
+        targets = pyro.plate(TARGETS_PLATE, T, dim=-2) if T else nullcontext()  # one plate, entered by several sites
+        if self.use_efficacy and T:
+            with targets:
+                pyro.sample(EFFICACY_RATE, self.efficacy_distribution())
         if self.grn is not None:
             self.grn()
         else:
-            with pyro.plate(TARGETS_PLATE, T, dim=-2) if T else nullcontext(), pyro.plate(GENES_PLATE, G, dim=-1):
+            with targets, pyro.plate(GENES_PLATE, G, dim=-1):
                 if T:
                     pyro.sample(EFFECT, dist.Normal(self.effect_loc, self.effect_scale()))
                 if T and self.sparse_effects:

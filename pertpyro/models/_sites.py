@@ -6,6 +6,8 @@ PERTURBATION = "perturbation"
 """Per-cell multi-hot target design, observed, shape ``(cells, targets)``."""
 EFFICACY = "efficacy"
 """Per-cell indicator that the knockout took effect, enumerated during training, shape ``(cells,)``."""
+EFFICACY_RATE = "efficacy_rate"
+"""Per-target probability that a cell carrying the guide responds, shape ``(targets, 1)`` (uniform prior)."""
 EFFECT = "effect"
 """Per-target effect on the decoder's gene logits, shape ``(targets, genes)``."""
 EFFECT_MASK = "effect_mask"
@@ -34,7 +36,7 @@ REGULATORS_PLATE = "regulators"
 
 LOCAL_SITES = (Z_BASAL, PERTURBATION, EFFICACY, LIBRARY, COUNTS)
 """Sites inside the ``cells`` plate (scaled by ``n_cells / batch_size`` under subsampling)."""
-GLOBAL_SITES = (EFFECT, EFFECT_MASK, ADJACENCY, ADJACENCY_WEIGHT)
+GLOBAL_SITES = (EFFICACY_RATE, EFFECT, EFFECT_MASK, ADJACENCY, ADJACENCY_WEIGHT)
 """Sites outside the ``cells`` plate (counted once per step)."""
 ARTIFACT_LOCAL_SITES = (ARTIFACT, ARTIFACT_KIND, ARTIFACT_LABEL)
 """Local sites of the artifact block (``artifact_label`` only in the latent mode with labels)."""

@@ -5,8 +5,8 @@ Groups and variables (dims in brackets; the draws of the guide are independent, 
 - ``posterior``: ``effect`` [target, gene] (the logit effect of each target on each gene), ``effect_mask``
   [target, gene] when the model has sparse effects, optionally ``ate`` [perturbation, gene] (draws of
   ``model.ate``) and ``z_basal`` [cell, latent] (basal states of the checked cells);
-- ``constant_data``: point-estimated (empirical-Bayes) parameters, not sampled: ``efficacy_rate`` [target] (the
-  fraction of cells in which the knockout takes), ``library_effect`` [target], ``effect_prior_scale`` [gene],
+- ``constant_data``: point-estimated (empirical-Bayes) parameters, not sampled: ``efficacy_rate`` [target] (posterior
+  median of the fraction of cells in which the knockout takes), ``library_effect`` [target], ``effect_prior_scale`` [gene],
   ``dispersion`` [gene];
 - ``posterior_predictive`` / ``observed_data`` (when held-out cells are given): ``gene_mean`` [gene], the mean of
   ``log1p(1e4 x / sum x)`` over the cells, and ``zero_fraction`` [gene], the fraction of zero counts; simulated
@@ -207,7 +207,7 @@ def to_inference_data(
         posterior["ate"] = model.ate_draws(labels, n_samples=num_samples, max_cells=max_cells, seed=seed)
     program = model.program
     constant = {
-        "efficacy_rate": torch.sigmoid(program.efficacy_logit).detach().numpy(),
+        "efficacy_rate": model.guide.efficacy_median().detach().numpy(),
         "library_effect": program.library_effect.detach().numpy(),
         "effect_prior_scale": program.effect_prior_scale().detach().numpy(),
         "dispersion": program.log_theta.exp().detach().numpy(),
