@@ -16,6 +16,7 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match
 
@@ -35,21 +36,23 @@ class CellEnumELBO(ELBO):
     def _get_trace(self, model, guide, args, kwargs):
         return self._traces(model, guide, args, kwargs)
 
-    def _traces(self, model, guide, args, kwargs):
+    def _traces(self, model, guide, args, kwargs, prune: bool = True):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         enumerated = poutine.enum(model, first_available_dim=-1 - self.max_plate_nesting)
         model_trace = poutine.trace(poutine.replay(enumerated, trace=guide_trace)).get_trace(*args, **kwargs)
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
+        if not prune:  # the plates' index sites stay (differentiable_loss skips them without copying the traces)
+            return model_trace, guide_trace
         return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """The negative ELBO, differentiable in the parameters of model and guide."""
-        model_trace, guide_trace = self._traces(model, guide, args, kwargs)
-        elbo = 0.0
+        model_trace, guide_trace = self._traces(model, guide, args, kwargs, prune=False)
+        elbo = _ScaledSum()
         enumerated_terms, enumerated_plates, enumerated_scale = [], [], None
         for name, site in model_trace.nodes.items():
-            if site["type"] != "sample":
+            if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
                 continue
             log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
             if log_p.dim() > self.max_plate_nesting:  # depends on an enumerated value
@@ -62,14 +65,14 @@ class CellEnumELBO(ELBO):
                 enumerated_terms.append(log_p)
                 enumerated_plates.append({f.name for f in site["cond_indep_stack"] if f.vectorized})
             else:
-                elbo = elbo + _scaled_sum(log_p, site)
+                elbo.add(log_p, site)
         for name, site in guide_trace.nodes.items():
-            if site["type"] != "sample" or site["is_observed"]:
+            if site["type"] != "sample" or site["is_observed"] or isinstance(site["fn"], _Subsample):
                 continue
             if not site["fn"].has_rsample:
                 raise NotImplementedError(f"Guide site {name!r} is not reparameterised; use TraceEnum_ELBO.")
             log_q = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-            elbo = elbo - _scaled_sum(log_q, site)
+            elbo.add(log_q, site, sign=-1)
         if enumerated_terms:
             if not enumerated_plates[0] or any(p != enumerated_plates[0] for p in enumerated_plates):
                 raise NotImplementedError(
@@ -80,10 +83,8 @@ class CellEnumELBO(ELBO):
             for term in enumerated_terms[1:]:
                 joint = joint + term
             enum_dims = tuple(range(joint.dim() - self.max_plate_nesting))
-            elbo = elbo + enumerated_scale * torch.logsumexp(joint, dim=enum_dims).sum()
-        if not isinstance(elbo, torch.Tensor):
-            raise ValueError("The model and guide have no sample sites.")
-        return -elbo
+            elbo.add(torch.logsumexp(joint, dim=enum_dims), {"scale": enumerated_scale, "mask": None})
+        return -elbo.total()
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """The negative ELBO as a float (no gradients)."""
@@ -97,11 +98,41 @@ class CellEnumELBO(ELBO):
         return float(loss.detach())
 
 
-def _scaled_sum(log_p: torch.Tensor, site: dict) -> torch.Tensor:
-    mask = site["mask"]
-    if mask is not None and mask is not True:
-        log_p = torch.where(mask, log_p, log_p.new_zeros(()))
-    return site["scale"] * log_p.sum()
+class _ScaledSum:
+    """Sum of the sites' scaled, masked log-densities, with few tensor operations.
+
+    Terms of one plate scale are summed before they are multiplied by it, and terms of one shape are added
+    elementwise before they are reduced (the per-cell terms: one reduction, one multiplication by ``N / B``).
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict = {}  # scale key -> (scale, {shape: signed sum of the terms})
+
+    def add(self, log_p: torch.Tensor, site: dict, sign: int = 1) -> None:
+        mask = site["mask"]
+        if mask is not None and mask is not True:
+            log_p = torch.where(mask, log_p, log_p.new_zeros(()))
+        scale = site["scale"]
+        key = scale if isinstance(scale, int | float) else id(scale)
+        by_shape = self._groups.setdefault(key, (scale, {}))[1]
+        previous = by_shape.get(log_p.shape)
+        if previous is None:
+            by_shape[log_p.shape] = log_p if sign > 0 else -log_p
+        else:
+            by_shape[log_p.shape] = previous + log_p if sign > 0 else previous - log_p
+
+    def total(self) -> torch.Tensor:
+        if not self._groups:
+            raise ValueError("The model and guide have no sample sites.")
+        total = None
+        for scale, by_shape in self._groups.values():
+            group = None
+            for term in by_shape.values():
+                group = term.sum() if group is None else group + term.sum()
+            if not (isinstance(scale, int | float) and scale == 1):
+                group = scale * group
+            total = group if total is None else total + group
+        return total
 
 
 def _same(a, b) -> bool:
