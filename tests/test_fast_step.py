@@ -1,15 +1,19 @@
 """The training step's shortcuts around Pyro's machinery leave its loss and gradients unchanged."""
 
+import numpy as np
 import pyro
 import pytest
 import torch
 from pyro import poutine
+from pyro.infer import TraceEnum_ELBO
 
 import pertpyro
 from pertpyro._settings import local_params
 from pertpyro.data._loader import CellData, make_loader, program_args
+from pertpyro.inference import CellEnumELBO
 from pertpyro.inference._direct import direct_attributes
 from pertpyro.inference._lightning import SVIModule
+from pertpyro.models._program import MAX_PLATE_NESTING
 
 
 def _model_and_batch(adata, **options):
@@ -17,7 +21,7 @@ def _model_and_batch(adata, **options):
     with torch.no_grad():
         model.guide.effect_loc.normal_(0.0, 1.0)  # the efficacy arms differ
         model.program.library_effect.normal_(0.0, 0.3)
-    data = CellData(adata, model.registry)
+    data = CellData(adata, model.registry, **model._artifact_data_kwargs(adata))
     batch = next(iter(make_loader(data, batch_size=64, shuffle=True, seed=0)))
     return model, batch, len(data)
 
@@ -73,3 +77,34 @@ def test_direct_attributes_nests_and_cleans_up_after_an_error(tiny_adata):
         failing_step()
     assert not any(name in m.__dict__ for m in model.program.modules() for name in m._parameters)
     assert not any(name in m.__dict__ for m in model.program.modules() for name in m._buffers)
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"efficacy": False}, {"artifacts": "observed"}, {"artifacts": "latent"}], ids=str
+)
+def test_training_step_matches_trace_enum(tiny_adata, options):
+    """The training loss (no validation: recorded sites, direct attributes) is TraceEnum_ELBO's, gradients too."""
+    tiny_adata.obs["artifact"] = np.arange(tiny_adata.n_obs) % 7 == 0
+    model, batch, n = _model_and_batch(tiny_adata, **options)
+    module = SVIModule(model.program, model.guide, n_train=n, n_val=n, lr=1e-3)
+    args = program_args(batch, n)
+    trace_enum = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING, strict_enumeration_warning=False)
+
+    def reference():
+        with local_params(), pyro.validation_enabled(False):
+            return trace_enum.differentiable_loss(model.program, model.guide, *args) / n
+
+    def validated():  # CellEnumELBO on Pyro's traces (checked against each other)
+        with local_params(), pyro.validation_enabled(True):
+            return module.elbo.differentiable_loss(model.program, model.guide, *args) / n
+
+    expected, expected_grads = _loss_and_grads(reference, model)
+    checked, checked_grads = _loss_and_grads(validated, model)
+    fast, fast_grads = _loss_and_grads(lambda: module._loss(batch, n), model)
+    assert isinstance(module.elbo, CellEnumELBO)  # no fallback
+    torch.testing.assert_close(fast, expected)
+    for a, b in zip(fast_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert torch.equal(fast, checked)  # the recorded sites give the traces' numbers exactly
+    for a, b in zip(fast_grads, checked_grads, strict=True):
+        assert torch.equal(a, b)

@@ -8,6 +8,11 @@ contraction planner, the packing of log-factors and the Dice bookkeeping; it rai
 wrong (an enumerated site outside the cells plate, factors with different subsampling scales, masked enumerated
 factors, a guide site without reparameterised sampling). ``tests/test_elbo.py`` checks that it gives the same
 loss and gradients as ``TraceEnum_ELBO``.
+
+Without Pyro's validation (training), the sample sites are recorded by a small messenger instead of
+``poutine.trace`` / ``poutine.replay`` (no ``Trace`` objects, no copies of the messages), and the terms are summed
+with one reduction and one ``N / B`` multiplication per shape and plate scale; ``tests/test_fast_step.py`` checks
+that this gives the traced path's numbers exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match
@@ -36,22 +42,36 @@ class CellEnumELBO(ELBO):
     def _get_trace(self, model, guide, args, kwargs):
         return self._traces(model, guide, args, kwargs)
 
-    def _traces(self, model, guide, args, kwargs, prune: bool = True):
+    def _traces(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         enumerated = poutine.enum(model, first_available_dim=-1 - self.max_plate_nesting)
         model_trace = poutine.trace(poutine.replay(enumerated, trace=guide_trace)).get_trace(*args, **kwargs)
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
-        if not prune:  # the plates' index sites stay (differentiable_loss skips them without copying the traces)
-            return model_trace, guide_trace
         return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+
+    def _sites(self, model, guide, args, kwargs) -> tuple[dict, dict]:
+        """The sample sites of the model (guide values replayed, enumerated sites enumerated) and of the guide.
+
+        With validation on, from :meth:`_traces` (Pyro's traces, checked against each other); otherwise recorded by
+        :class:`_Sites`, which does what ``poutine.trace(poutine.replay(...))`` does for sample sites without
+        building traces.
+        """
+        if is_validation_enabled():
+            model_trace, guide_trace = self._traces(model, guide, args, kwargs)
+            return model_trace.nodes, guide_trace.nodes
+        with _Sites() as guide_sites:
+            guide(*args, **kwargs)
+        with _Sites(replay=guide_sites.sites) as model_sites:
+            poutine.enum(model, first_available_dim=-1 - self.max_plate_nesting)(*args, **kwargs)
+        return model_sites.sites, guide_sites.sites
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """The negative ELBO, differentiable in the parameters of model and guide."""
-        model_trace, guide_trace = self._traces(model, guide, args, kwargs, prune=False)
+        model_sites, guide_sites = self._sites(model, guide, args, kwargs)
         elbo = _ScaledSum()
         enumerated_terms, enumerated_plates, enumerated_scale = [], [], None
-        for name, site in model_trace.nodes.items():
+        for name, site in model_sites.items():
             if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
                 continue
             log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
@@ -66,7 +86,7 @@ class CellEnumELBO(ELBO):
                 enumerated_plates.append({f.name for f in site["cond_indep_stack"] if f.vectorized})
             else:
                 elbo.add(log_p, site)
-        for name, site in guide_trace.nodes.items():
+        for name, site in guide_sites.items():
             if site["type"] != "sample" or site["is_observed"] or isinstance(site["fn"], _Subsample):
                 continue
             if not site["fn"].has_rsample:
@@ -96,6 +116,35 @@ class CellEnumELBO(ELBO):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return float(loss.detach())
+
+
+class _Sites(Messenger):
+    """Records the sample sites of one run (Pyro's messages themselves, keyed by name); replays a guide's values.
+
+    ``replay``: sites recorded from the guide; a latent site of the same name takes the guide's value (and ``infer``
+    dict), as under ``poutine.replay``.
+    """
+
+    def __init__(self, replay: dict | None = None) -> None:
+        super().__init__()
+        self.sites: dict = {}
+        self._replay = replay
+
+    def _pyro_sample(self, msg) -> None:
+        if self._replay is None or msg["is_observed"]:
+            return
+        guide_msg = self._replay.get(msg["name"])
+        if guide_msg is not None:
+            if guide_msg["is_observed"]:
+                raise RuntimeError(f"Site {msg['name']!r} must be sampled in the guide.")
+            msg["done"] = True
+            msg["value"] = guide_msg["value"]
+            msg["infer"] = guide_msg["infer"]
+
+    def _pyro_post_sample(self, msg) -> None:
+        if msg["name"] in self.sites:
+            raise RuntimeError(f"Multiple sample sites named {msg['name']!r}.")
+        self.sites[msg["name"]] = msg
 
 
 class _ScaledSum:
