@@ -8,6 +8,11 @@ contraction planner, the packing of log-factors and the Dice bookkeeping; it rai
 wrong (an enumerated site outside the cells plate, factors with different subsampling scales, masked enumerated
 factors, a guide site without reparameterised sampling). ``tests/test_elbo.py`` checks that it gives the same
 loss and gradients as ``TraceEnum_ELBO``.
+
+Without Pyro's validation (training), the sample sites are recorded by a small messenger instead of
+``poutine.trace`` / ``poutine.replay`` (no ``Trace`` objects, no copies of the messages), and the terms are summed
+with one reduction and one ``N / B`` multiplication per shape and plate scale; ``tests/test_fast_step.py`` checks
+that this gives the traced path's numbers exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match
 
@@ -43,13 +50,29 @@ class CellEnumELBO(ELBO):
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
         return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
+    def _sites(self, model, guide, args, kwargs) -> tuple[dict, dict]:
+        """The sample sites of the model (guide values replayed, enumerated sites enumerated) and of the guide.
+
+        With validation on, from :meth:`_traces` (Pyro's traces, checked against each other); otherwise recorded by
+        :class:`_Sites`, which does what ``poutine.trace(poutine.replay(...))`` does for sample sites without
+        building traces.
+        """
+        if is_validation_enabled():
+            model_trace, guide_trace = self._traces(model, guide, args, kwargs)
+            return model_trace.nodes, guide_trace.nodes
+        with _Sites() as guide_sites:
+            guide(*args, **kwargs)
+        with _Sites(replay=guide_sites.sites) as model_sites:
+            poutine.enum(model, first_available_dim=-1 - self.max_plate_nesting)(*args, **kwargs)
+        return model_sites.sites, guide_sites.sites
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """The negative ELBO, differentiable in the parameters of model and guide."""
-        model_trace, guide_trace = self._traces(model, guide, args, kwargs)
-        elbo = 0.0
+        model_sites, guide_sites = self._sites(model, guide, args, kwargs)
+        elbo = _ScaledSum()
         enumerated_terms, enumerated_plates, enumerated_scale = [], [], None
-        for name, site in model_trace.nodes.items():
-            if site["type"] != "sample":
+        for name, site in model_sites.items():
+            if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
                 continue
             log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
             if log_p.dim() > self.max_plate_nesting:  # depends on an enumerated value
@@ -62,14 +85,14 @@ class CellEnumELBO(ELBO):
                 enumerated_terms.append(log_p)
                 enumerated_plates.append({f.name for f in site["cond_indep_stack"] if f.vectorized})
             else:
-                elbo = elbo + _scaled_sum(log_p, site)
-        for name, site in guide_trace.nodes.items():
-            if site["type"] != "sample" or site["is_observed"]:
+                elbo.add(log_p, site)
+        for name, site in guide_sites.items():
+            if site["type"] != "sample" or site["is_observed"] or isinstance(site["fn"], _Subsample):
                 continue
             if not site["fn"].has_rsample:
                 raise NotImplementedError(f"Guide site {name!r} is not reparameterised; use TraceEnum_ELBO.")
             log_q = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-            elbo = elbo - _scaled_sum(log_q, site)
+            elbo.add(log_q, site, sign=-1)
         if enumerated_terms:
             if not enumerated_plates[0] or any(p != enumerated_plates[0] for p in enumerated_plates):
                 raise NotImplementedError(
@@ -80,10 +103,8 @@ class CellEnumELBO(ELBO):
             for term in enumerated_terms[1:]:
                 joint = joint + term
             enum_dims = tuple(range(joint.dim() - self.max_plate_nesting))
-            elbo = elbo + enumerated_scale * torch.logsumexp(joint, dim=enum_dims).sum()
-        if not isinstance(elbo, torch.Tensor):
-            raise ValueError("The model and guide have no sample sites.")
-        return -elbo
+            elbo.add(torch.logsumexp(joint, dim=enum_dims), {"scale": enumerated_scale, "mask": None})
+        return -elbo.total()
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """The negative ELBO as a float (no gradients)."""
@@ -97,11 +118,70 @@ class CellEnumELBO(ELBO):
         return float(loss.detach())
 
 
-def _scaled_sum(log_p: torch.Tensor, site: dict) -> torch.Tensor:
-    mask = site["mask"]
-    if mask is not None and mask is not True:
-        log_p = torch.where(mask, log_p, log_p.new_zeros(()))
-    return site["scale"] * log_p.sum()
+class _Sites(Messenger):
+    """Records the sample sites of one run (Pyro's messages themselves, keyed by name); replays a guide's values.
+
+    ``replay``: sites recorded from the guide; a latent site of the same name takes the guide's value (and ``infer``
+    dict), as under ``poutine.replay``.
+    """
+
+    def __init__(self, replay: dict | None = None) -> None:
+        super().__init__()
+        self.sites: dict = {}
+        self._replay = replay
+
+    def _pyro_sample(self, msg) -> None:
+        if self._replay is None or msg["is_observed"]:
+            return
+        guide_msg = self._replay.get(msg["name"])
+        if guide_msg is not None:
+            if guide_msg["is_observed"]:
+                raise RuntimeError(f"Site {msg['name']!r} must be sampled in the guide.")
+            msg["done"] = True
+            msg["value"] = guide_msg["value"]
+            msg["infer"] = guide_msg["infer"]
+
+    def _pyro_post_sample(self, msg) -> None:
+        if msg["name"] in self.sites:
+            raise RuntimeError(f"Multiple sample sites named {msg['name']!r}.")
+        self.sites[msg["name"]] = msg
+
+
+class _ScaledSum:
+    """Sum of the sites' scaled, masked log-densities, with few tensor operations.
+
+    Terms of one plate scale are summed before they are multiplied by it, and terms of one shape are added
+    elementwise before they are reduced (the per-cell terms: one reduction, one multiplication by ``N / B``).
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict = {}  # scale key -> (scale, {shape: signed sum of the terms})
+
+    def add(self, log_p: torch.Tensor, site: dict, sign: int = 1) -> None:
+        mask = site["mask"]
+        if mask is not None and mask is not True:
+            log_p = torch.where(mask, log_p, log_p.new_zeros(()))
+        scale = site["scale"]
+        key = scale if isinstance(scale, int | float) else id(scale)
+        by_shape = self._groups.setdefault(key, (scale, {}))[1]
+        previous = by_shape.get(log_p.shape)
+        if previous is None:
+            by_shape[log_p.shape] = log_p if sign > 0 else -log_p
+        else:
+            by_shape[log_p.shape] = previous + log_p if sign > 0 else previous - log_p
+
+    def total(self) -> torch.Tensor:
+        if not self._groups:
+            raise ValueError("The model and guide have no sample sites.")
+        total = None
+        for scale, by_shape in self._groups.values():
+            group = None
+            for term in by_shape.values():
+                group = term.sum() if group is None else group + term.sum()
+            if not (isinstance(scale, int | float) and scale == 1):
+                group = scale * group
+            total = group if total is None else total + group
+        return total
 
 
 def _same(a, b) -> bool:

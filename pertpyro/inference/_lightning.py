@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from pertpyro._settings import local_params
 from pertpyro.data._loader import program_args, shard_loader
+from pertpyro.inference._direct import direct_attributes
 from pertpyro.inference._elbo import CellEnumELBO
 from pertpyro.models._program import MAX_PLATE_NESTING
 
@@ -77,16 +78,19 @@ class SVIModule(pl.LightningModule):
         """Call ``self.elbo.<method>(program, guide, ...)``.
 
         A program outside :class:`CellEnumELBO`'s shortcut switches to the general ``TraceEnum_ELBO`` (same value).
+        The modules' parameters are read without ``pyro.param`` statements (:func:`direct_attributes`): the ELBO reads
+        only sample sites and the optimiser holds the parameters, so the statements would only cost time.
         """
         args = program_args(batch, n_cells)
-        try:
-            return getattr(self.elbo, method)(self.program, self.guide, *args)
-        except NotImplementedError as reason:
-            if isinstance(self.elbo, TraceEnum_ELBO):
-                raise
-            logger.info("Training with TraceEnum_ELBO: %s", reason)
-            self.elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
-            return getattr(self.elbo, method)(self.program, self.guide, *args)
+        with direct_attributes(self.program, self.guide):
+            try:
+                return getattr(self.elbo, method)(self.program, self.guide, *args)
+            except NotImplementedError as reason:
+                if isinstance(self.elbo, TraceEnum_ELBO):
+                    raise
+                logger.info("Training with TraceEnum_ELBO: %s", reason)
+                self.elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
+                return getattr(self.elbo, method)(self.program, self.guide, *args)
 
     def _loss(self, batch: dict[str, torch.Tensor], n_cells: int) -> torch.Tensor:
         with local_params(), pyro.validation_enabled(self.validate):

@@ -262,7 +262,8 @@ class PerturbationProgram(PyroModule):
             base = self.decoder(z, batch_index)  # (B, G)
             shifted = base + d @ effect  # (B, G): logits if the knockout took
             library_shift = d @ self.library_effect  # (B,)
-            factual_library_shift = perturbation @ self.library_effect  # (B,), differs from the above under do()
+            factual = d is perturbation  # not intervened (poutine.do hands back another tensor): no depth change
+            factual_library_shift = library_shift if factual else perturbation @ self.library_effect  # (B,)
             if self.use_efficacy:
                 responds = pyro.sample(
                     EFFICACY, MarkedBernoulli(self.response_probability(d, rate)), infer={"enumerate": "parallel"}
@@ -272,7 +273,7 @@ class PerturbationProgram(PyroModule):
                 else:
                     logits = torch.where(responds.unsqueeze(-1) > 0.5, shifted, base)  # (..., B, G)
                 library_shift = responds * library_shift
-                factual_library_shift = responds * factual_library_shift
+                factual_library_shift = library_shift if factual else responds * factual_library_shift
             else:
                 logits = shifted
             log_library = torch.log(library)
@@ -286,7 +287,7 @@ class PerturbationProgram(PyroModule):
             pyro.sample(LIBRARY, library_dist, obs=log_library)
             # The depth the counts are drawn at: the observed one, moved by the knockout's library effect when
             # poutine.do changes the perturbation (the cell keeps its own depth noise: abduction of the library).
-            log_depth = log_library + library_shift - factual_library_shift  # (..., B)
+            log_depth = log_library if factual else log_library + library_shift - factual_library_shift  # (..., B)
             counts_dist = self.nb_distribution(logits, log_depth, theta_shift)
             return pyro.sample(COUNTS, counts_dist.to_event(1), obs=counts)
 
