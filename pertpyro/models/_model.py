@@ -637,11 +637,11 @@ class PerturbationModel:
     def iwelbo(self, adata: AnnData, *, n_particles: int = 20, batch_size: int = 1024, seed: int = 0) -> float:
         """Mean importance-weighted ELBO (nats per cell) of the cells of ``adata``, e.g. held-out test cells.
 
-        Discrete per-cell states are summed exactly, the artifact states included (with the block; the labels in
-        ``obs[artifact_key]``, when present, enter as in training).
+        A bound on ``log p(counts, library)``: discrete per-cell states are summed exactly, the artifact states
+        included (with the block). Artifact labels are not scored, so models with and without the block compare.
         """
         self._check_trained()
-        data = CellData(adata, self.registry, **self._artifact_data_kwargs(adata))
+        data = CellData(adata, self.registry)
         values = []
         with torch.random.fork_rng():
             pyro.set_rng_seed(seed)
