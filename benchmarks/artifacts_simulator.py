@@ -8,7 +8,8 @@ at random, is fitted twice: without the artifact block and with it in the latent
   to the true clean counts of the same cells, against that of the raw artifact cells;
 - QC pass rate (``pertpyro.evaluation.qc_pass_rate``, thresholds from the true clean cells) of raw, cleaned and
   generated cells;
-- recovery of the true intent-to-treat shifts (Pearson over labels x genes) with and without the block.
+- recovery of the true intent-to-treat shifts (Pearson over labels x genes) with and without the block;
+- the IWELBO of the counts (labels left out) of both models, the artifact states summed out for the block.
 
 Run: ``python benchmarks/artifacts_simulator.py`` (``--help`` for sizes).
 """
@@ -65,7 +66,7 @@ def main() -> None:
     model = pertpyro.PerturbationModel(adata, latent_dim=5, artifacts="latent", seed=args.seed)
     model.train(**train)
 
-    prob = model.artifact_probability(n_draws=5)
+    prob = model.artifact_probability()
     scores = artifact_detection(truth, prob)
     out |= {"artifact_auroc": scores["auroc"], "artifact_auprc": scores["auprc"], "prevalence": scores["prevalence"]}
     for name in ("doublet", "low_quality"):
@@ -87,6 +88,11 @@ def main() -> None:
         generated = m.counterfactual(controls, do=do, n_samples=1, seed=args.seed).layers["counts"]
         out[f"qc_pass_generated_{label}"] = qc_pass_rate(generated, reference)
     out["qc_pass_clean_cells"] = qc_pass_rate(reference, reference)
+
+    unlabelled = adata.copy()  # IWELBO of the counts alone, log p(x): no label term, comparable across the models
+    del unlabelled.obs["artifact"]
+    out["iwelbo_plain"] = plain.iwelbo(unlabelled, n_particles=10)
+    out["iwelbo_block"] = model.iwelbo(unlabelled, n_particles=10)
 
     shifts = truth_shift_frame(adata)
     out["ate_pearson_plain"] = _recovery(plain, shifts)

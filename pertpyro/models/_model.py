@@ -739,7 +739,11 @@ class PerturbationModel:
         return wide.loc[list(labels), list(self.registry.genes)]
 
     def iwelbo(self, adata: AnnData, *, n_particles: int = 20, batch_size: int = 1024, seed: int = 0) -> float:
-        """Mean importance-weighted ELBO (nats per cell) of the cells of ``adata``, e.g. held-out test cells."""
+        """Mean importance-weighted ELBO (nats per cell) of the cells of ``adata``, e.g. held-out test cells.
+
+        A bound on ``log p(counts, library)``: discrete per-cell states are summed exactly, the artifact states
+        included (with the block). Artifact labels are not scored, so models with and without the block compare.
+        """
         self._check_trained()
         data = CellData(adata, self.registry)
         values = []
@@ -773,15 +777,15 @@ class PerturbationModel:
         self,
         adata: AnnData | None = None,
         *,
-        n_draws: int = 10,
+        n_draws: int = 30,
         batch_size: int = 2048,
         write: bool = False,
         seed: int = 0,
     ) -> pd.Series:
         """Posterior probability that each cell is a technical artifact, ``P(artifact = 1 | x, depth, label)``.
 
-        Exact in the artifact state given a draw of the basal state, averaged over ``n_draws`` guide draws
-        (:func:`pertpyro.models._artifacts.artifact_posterior`). The labels in ``obs[artifact_key]`` enter as
+        Exact in the artifact state; the basal state is integrated by importance sampling with ``n_draws`` guide
+        draws (:func:`pertpyro.models._artifacts.artifact_posterior`). The labels in ``obs[artifact_key]`` enter as
         evidence in the latent mode when present; in the observed mode they are ignored (the probability is then
         the model's own call from counts and depth).
 
@@ -790,7 +794,7 @@ class PerturbationModel:
         adata
             Cells to score (default: the training data).
         n_draws
-            Guide draws averaged.
+            Importance samples of the basal state.
         batch_size
             Cells per chunk.
         write
