@@ -1,0 +1,72 @@
+"""Time per training step, pertpyro's Pyro step vs the hand-written PyTorch ELBO of the same model, side by side.
+
+Unlike ``throughput.py`` (cells/s per epoch, wall clock, data loading included) this times only the step (loss,
+backward, Adam) on 30 fixed minibatches of the shipped Papalexi data, one torch thread, four rounds in alternating
+order, and reports the minimum time per step of each: the least noisy comparison on a shared machine.
+
+Run: ``python benchmarks/step_time.py [--batch-size 512]``.
+"""
+
+import argparse
+import time
+
+import torch
+from throughput import plain_torch_loss
+
+import pertpyro
+from pertpyro.data._loader import make_loader
+from pertpyro.inference._lightning import SVIModule
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    adata = pertpyro.datasets.papalexi2021()
+    pertpyro.setup_anndata(adata, perturbation_key="perturbation", control="control", batch_key="bio_rep")
+    model = pertpyro.PerturbationModel(adata, latent_dim=10)
+    n = adata.n_obs
+    module = SVIModule(model.program, model.guide, n_train=n, n_val=n, lr=1e-3)
+    optim = torch.optim.Adam(module.parameters(), lr=1e-3)
+    loader = make_loader(model._data, batch_size=args.batch_size, shuffle=True, seed=0)
+    batches = [batch for _, batch in zip(range(30), loader, strict=False)]
+
+    def pyro_step(b: dict) -> None:
+        loss = module._loss(b, n)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+
+    def torch_step(b: dict) -> None:
+        loss = plain_torch_loss(
+            model.program,
+            model.guide,
+            b["counts"],
+            b["perturbation"],
+            b["batch_index"],
+            b["library"],
+            b["idx"],
+            n,
+            b.get("artifact"),
+        )
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+
+    times = {"pyro": [], "torch": []}
+    steps = [("pyro", pyro_step), ("torch", torch_step)]
+    for r in range(args.rounds):
+        for name, step in steps[:: 1 if r % 2 == 0 else -1]:
+            start = time.perf_counter()
+            for b in batches:
+                step(b)
+            times[name].append((time.perf_counter() - start) / len(batches) * 1000)
+    pyro_ms, torch_ms = min(times["pyro"]), min(times["torch"])
+    print(f"batch {args.batch_size}: ms per step, pertpyro {pyro_ms:.2f}, hand-written {torch_ms:.2f}")
+    print(f"ratio (hand-written / pertpyro time) {torch_ms / pyro_ms:.3f}")
+
+
+if __name__ == "__main__":
+    main()
