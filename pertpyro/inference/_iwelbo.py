@@ -5,14 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro import poutine
 
 from pertpyro._settings import local_params
 from pertpyro.data._loader import standalone_args
-from pertpyro.models._artifacts import posterior_mean_globals
+from pertpyro.models._artifacts import guide_draw
 from pertpyro.models._enumerate import cell_log_joint, enumerated_sites
 from pertpyro.models._program import PerturbationGuide, PerturbationProgram
-from pertpyro.models._sites import CELLS_PLATE, Z_BASAL
 
 
 @torch.no_grad()
@@ -34,19 +32,12 @@ def iwelbo_per_cell(
     Tensor ``(B,)`` in nats per cell.
     """
     args = standalone_args(batch)
-    fixed = posterior_mean_globals(program, guide)
     sites = enumerated_sites(program, labels_observed=args[-1] is not None)
     weights = []
     with local_params():
         for _ in range(n_particles):
-            guide_trace = poutine.trace(guide).get_trace(*args)
-            latents = {
-                name: node["value"]
-                for name, node in guide_trace.nodes.items()
-                if node["type"] == "sample" and not node["is_observed"] and name != CELLS_PLATE
-            }
-            z_site = guide_trace.nodes[Z_BASAL]
-            joint = cell_log_joint(program, args, latents | fixed, sites)  # (2, ..., 2, B)
+            latents, log_q = guide_draw(program, guide, args)  # globals at their posterior means
+            joint = cell_log_joint(program, args, latents, sites)  # (2, ..., 2, B)
             log_p = torch.logsumexp(joint.reshape(-1, joint.shape[-1]), 0) if sites else joint
-            weights.append(log_p - z_site["fn"].log_prob(z_site["value"]))
+            weights.append(log_p - log_q)
     return torch.logsumexp(torch.stack(weights), 0) - math.log(n_particles)

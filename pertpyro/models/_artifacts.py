@@ -288,7 +288,7 @@ def posterior_mean_globals(program: torch.nn.Module, guide: torch.nn.Module) -> 
     return fixed
 
 
-def _guide_draw(
+def guide_draw(
     program: torch.nn.Module, guide: torch.nn.Module, args: tuple
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One draw of the latents from the guide (globals at their means) and ``log q(z_basal | x)`` per cell."""
@@ -352,7 +352,7 @@ def artifact_posterior(
         return torch.softmax(_artifact_log_joint(program, args, latents), 0)[1]
     weights = []
     for _ in range(n_draws):
-        draw, log_q = _guide_draw(program, guide, args)
+        draw, log_q = guide_draw(program, guide, args)
         weights.append(_artifact_log_joint(program, args, draw) - log_q)
     return torch.softmax(torch.logsumexp(torch.stack(weights), 0), 0)[1]
 

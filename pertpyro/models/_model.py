@@ -357,15 +357,19 @@ class PerturbationModel:
         return history
 
     # ------------------------------------------------------------------ queries
-    def _population(self, cells: AnnData | None, max_cells: int | None, seed: int) -> dict[str, torch.Tensor]:
-        data = self._data if cells is None else CellData(cells, self.registry)
+    def _population_rows(self, cells: AnnData | None, max_cells: int | None, seed: int) -> np.ndarray:
+        """Rows of the query population: the training control cells (``cells=None``) or ``cells``, subsampled."""
         if cells is None:
             rows = np.flatnonzero(perturbation_labels(self.adata, self.registry) == self.registry.control)
         else:
-            rows = np.arange(len(data))
+            rows = np.arange(cells.n_obs)
         if max_cells is not None and len(rows) > max_cells:
             rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_cells, replace=False))
-        return _subset_batch(data, rows)
+        return rows
+
+    def _population(self, cells: AnnData | None, max_cells: int | None, seed: int) -> dict[str, torch.Tensor]:
+        data = self._data if cells is None else CellData(cells, self.registry)
+        return _subset_batch(data, self._population_rows(cells, max_cells, seed))
 
     def _check_trained(self) -> None:
         if not self.is_trained:

@@ -33,7 +33,6 @@ from pertpyro._settings import local_params
 from pertpyro.causal._ate import label_shift_draws
 from pertpyro.causal._counterfactual import abduct
 from pertpyro.data._loader import CellData, standalone_args
-from pertpyro.data._registry import perturbation_labels
 from pertpyro.evaluation._calibration import IntervalCalibration, fit_interval_calibration, interval_coverage
 from pertpyro.models._sites import COUNTS, Z_BASAL
 
@@ -110,7 +109,6 @@ def simulate_replica(
 
 def replica_shifts(
     model: PerturbationModel,
-    adata: AnnData,
     latents: dict[str, torch.Tensor],
     labels: Sequence[str],
     *,
@@ -118,13 +116,12 @@ def replica_shifts(
     n_samples: int = 8,
     seed: int = 0,
 ) -> np.ndarray:
-    """True shifts of a replica: the generating draw's ATE over the cells ``rows`` of ``adata``, ``(labels, G)``.
+    """True shifts of a replica of the training data: the generating draw's ATE over the training cells ``rows``.
 
     The same engine as :meth:`~pertpyro.PerturbationModel.ate`, with every "posterior draw" the generating one
-    (``n_samples`` repeats average the engine's remaining count noise).
+    (``n_samples`` repeats average the engine's remaining count noise). Returns ``(labels, G)``.
     """
-    data = CellData(adata, model.registry)
-    population = data[rows]
+    population = model._data[rows]
     population["idx"] = torch.arange(len(rows))
     fixed = {k: (v[torch.as_tensor(rows)] if k == Z_BASAL else v) for k, v in latents.items()}
     generating = poutine.condition(model.guide, data=fixed)
@@ -178,9 +175,7 @@ def calibrate_by_replica(
 
     if n_replicas < 1:
         raise ValueError(f"n_replicas must be positive, got {n_replicas}.")
-    control = np.flatnonzero(perturbation_labels(model.adata, model.registry) == model.registry.control)
-    if max_cells is not None and len(control) > max_cells:  # the population model.ate uses with this seed
-        control = np.sort(np.random.default_rng(seed).choice(control, size=max_cells, replace=False))
+    control = model._population_rows(None, max_cells, seed)  # the population model.ate uses with this seed
     all_draws, all_truth = [], []
     for replica_index in range(n_replicas):
         replica_seed = seed + 1000 * replica_index
@@ -188,7 +183,7 @@ def calibrate_by_replica(
         replica_val = None
         if validation_adata is not None:
             replica_val, _ = simulate_replica(model, validation_adata, seed=replica_seed + 1)
-        all_truth.append(replica_shifts(model, model.adata, latents, labels, rows=control, seed=replica_seed))
+        all_truth.append(replica_shifts(model, latents, labels, rows=control, seed=replica_seed))
         refit = PerturbationModel(replica, **model.init_kwargs)
         refit.train(**{**train_kwargs, "validation_adata": replica_val})
         all_draws.append(refit.ate_draws(labels, n_samples=n_samples, max_cells=max_cells, seed=seed))
