@@ -1,29 +1,36 @@
 """Time per training step, pertpyro's Pyro step vs the hand-written PyTorch ELBO of the same model, side by side.
 
 Unlike ``throughput.py`` (cells/s per epoch, wall clock, data loading included) this times only the step (loss,
-backward, Adam) on 30 fixed minibatches of the shipped Papalexi data, one torch thread, four rounds in alternating
+backward, Adam) on 30 fixed minibatches of the shipped Papalexi data, one torch thread by default, four rounds in alternating
 order, and reports the minimum time per step of each: the least noisy comparison on a shared machine.
 
-Run: ``python benchmarks/step_time.py [--batch-size 512]``.
+Run: ``python benchmarks/step_time.py [--batch-size 512] [--threads 1]``. Both sides run without argument checks (as training does).
 """
 
 import argparse
 import time
 
+import pyro
 import torch
 from throughput import plain_torch_loss
 
 import pertpyro
 from pertpyro.data._loader import make_loader
 from pertpyro.inference._lightning import SVIModule
+from pertpyro.inference._memory import keep_freed_memory
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="keep glibc's default allocator settings (training tunes them)"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    tuned = False if args.default_malloc else keep_freed_memory()  # as model.train does; both sides alike
     adata = pertpyro.datasets.papalexi2021()
     pertpyro.setup_anndata(adata, perturbation_key="perturbation", control="control", batch_key="bio_rep")
     model = pertpyro.PerturbationModel(adata, latent_dim=10)
@@ -57,13 +64,15 @@ def main() -> None:
 
     times = {"pyro": [], "torch": []}
     steps = [("pyro", pyro_step), ("torch", torch_step)]
-    for r in range(args.rounds):
-        for name, step in steps[:: 1 if r % 2 == 0 else -1]:
-            start = time.perf_counter()
-            for b in batches:
-                step(b)
-            times[name].append((time.perf_counter() - start) / len(batches) * 1000)
+    with pyro.validation_enabled(False):  # both sides without argument checks, as in training
+        for r in range(args.rounds):
+            for name, step in steps[:: 1 if r % 2 == 0 else -1]:
+                start = time.perf_counter()
+                for b in batches:
+                    step(b)
+                times[name].append((time.perf_counter() - start) / len(batches) * 1000)
     pyro_ms, torch_ms = min(times["pyro"]), min(times["torch"])
+    print(f"allocator {'tuned as in training' if tuned else 'glibc defaults'}, {args.threads} thread(s)")
     print(f"batch {args.batch_size}: ms per step, pertpyro {pyro_ms:.2f}, hand-written {torch_ms:.2f}")
     print(f"ratio (hand-written / pertpyro time) {torch_ms / pyro_ms:.3f}")
 

@@ -25,6 +25,7 @@ import pertpyro
 from pertpyro._settings import local_params
 from pertpyro.data._loader import CellData, make_loader, program_args
 from pertpyro.inference._lightning import SVIModule
+from pertpyro.inference._memory import keep_freed_memory
 from pertpyro.models._program import MAX_PLATE_NESTING
 
 
@@ -88,8 +89,12 @@ def main() -> None:
     parser.add_argument(
         "--skip-trace-enum", action="store_true", help="leave out the (slow) TraceEnum_ELBO column; ratio unaffected"
     )
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="keep glibc's default allocator settings (training tunes them)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    tuned = False if args.default_malloc else keep_freed_memory()  # as model.train does; both sides alike
     adata = pertpyro.datasets.papalexi2021()
     pertpyro.setup_anndata(adata, batch_key="bio_rep")
     model = pertpyro.PerturbationModel(adata, latent_dim=10)
@@ -129,7 +134,10 @@ def main() -> None:
                 float(plain_torch_loss(model.program, model.guide, *program_args(batch, n))) for _ in range(20)
             )
         print(f"negative ELBO per cell, mean of 20 draws: pyro {a:.3f}  plain torch {b:.3f}")
-        print(f"cells/s per epoch (median of {args.epochs}, {args.threads} threads, {n} cells x {adata.n_vars} genes)")
+        print(
+            f"cells/s per epoch (median of {args.epochs}, {args.threads} threads, {n} cells x {adata.n_vars} genes, "
+            f"allocator {'tuned as in training' if tuned else 'glibc defaults'})"
+        )
         print(
             "| batch | pertpyro training step (CellEnumELBO) | Pyro TraceEnum_ELBO | hand-written PyTorch ELBO | ratio |"
         )

@@ -246,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p_query.add_argument("--n-samples", type=int, default=100)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from pertpyro.inference._memory import keep_freed_memory
+
+    keep_freed_memory()  # training and the queries allocate the same large tensors over and over
     try:
         if args.command == "fit":
             fit(args.config, output=args.output, max_epochs=args.max_epochs)

@@ -27,6 +27,7 @@ from pertpyro.evaluation._calibration import IntervalCalibration
 from pertpyro.inference._device import pin_memory_for
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.inference._lightning import SVIModule, fit
+from pertpyro.inference._memory import keep_freed_memory
 from pertpyro.models._artifacts import (
     abduct_artifact,
     artifact_action,
@@ -308,8 +309,14 @@ class PerturbationModel:
         Returns
         -------
         The loss history (also in ``history_``): negative ELBO per cell, train and validation.
+
+        Notes
+        -----
+        On Linux the first call tunes glibc's allocator so that the step's large temporaries are reused instead of
+        mapped afresh (:func:`pertpyro.inference.keep_freed_memory`; opt out with ``PERTPYRO_KEEP_FREED_MEMORY=0``).
         """
         set_seed(seed)
+        keep_freed_memory()
         self.train_settings_ = {
             "max_epochs": max_epochs,
             "batch_size": batch_size,

@@ -40,7 +40,7 @@ ELBO compares two densities on the same space (Maddison et al. 2017); its forwar
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import pyro
 import pyro.distributions as dist
@@ -78,6 +78,21 @@ def _inverse_softplus(x: float | torch.Tensor) -> float | torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x + torch.log(-torch.expm1(-x))
     return x + math.log(-math.expm1(-x))
+
+
+def global_plates(owner: nn.Module, n_targets: int, n_genes: int) -> tuple[AbstractContextManager, pyro.plate]:
+    """The ``targets`` and ``genes`` plates of the global sites, built once per module and re-entered on every run.
+
+    Building a plate sends its subsample site through Pyro's handler stack; these two never subsample, so one
+    instance of each serves every run of ``owner`` (re-entering a plate object is a documented use). With no targets
+    the ``targets`` plate is a no-op context: its sites are skipped.
+    """
+    cached = owner.__dict__.get("_global_plates")
+    if cached is None or cached[0] != (n_targets, n_genes):
+        targets = pyro.plate(TARGETS_PLATE, n_targets, dim=-2) if n_targets else nullcontext()
+        cached = ((n_targets, n_genes), targets, pyro.plate(GENES_PLATE, n_genes, dim=-1))
+        owner.__dict__["_global_plates"] = cached
+    return cached[1], cached[2]
 
 
 class PerturbationProgram(PyroModule):
@@ -228,7 +243,7 @@ class PerturbationProgram(PyroModule):
         """
         G, T = self.n_genes, self.n_targets
         # ---- global sites (scale 1) ----
-        targets = pyro.plate(TARGETS_PLATE, T, dim=-2) if T else nullcontext()  # one plate, entered by several sites
+        targets, genes = global_plates(self, T, G)  # entered by several sites; built once
         rate = self.one.expand(T, 1)  # no targets (an all-control data set for the artifact model): no sites
         if self.use_efficacy and T:  # per-target response rates, uniform prior: their uncertainty enters every query
             with targets:
@@ -237,7 +252,7 @@ class PerturbationProgram(PyroModule):
             effect = self.grn()  # (T, G): knockouts propagated through the sampled network (models/_grn.py)
         else:
             effect = self.zero.expand(0, G)  # no targets (an all-control data set for the artifact model): no sites
-            with targets, pyro.plate(GENES_PLATE, G, dim=-1):
+            with targets, genes:
                 if T:
                     effect = pyro.sample(EFFECT, self.effect_prior().expand([T, G]))  # (T, G)
                 if T and self.sparse_effects:
@@ -371,14 +386,14 @@ class PerturbationGuide(PyroModule):
         if counts is None:
             raise ValueError("The guide needs observed counts to infer each cell's basal state.")
         T, G = self.effect_loc.shape
-        targets = pyro.plate(TARGETS_PLATE, T, dim=-2) if T else nullcontext()  # one plate, entered by several sites
+        targets, genes = global_plates(self, T, G)
         if self.use_efficacy and T:
             with targets:
                 pyro.sample(EFFICACY_RATE, self.efficacy_distribution())
         if self.grn is not None:
             self.grn()
         else:
-            with targets, pyro.plate(GENES_PLATE, G, dim=-1):
+            with targets, genes:
                 if T:
                     pyro.sample(EFFECT, dist.Normal(self.effect_loc, self.effect_scale()))
                 if T and self.sparse_effects:
