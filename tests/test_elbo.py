@@ -133,3 +133,20 @@ def test_training_falls_back_to_trace_enum_outside_the_shortcut():
     assert isinstance(module.elbo, Reference)
     assert torch.isfinite(loss)
     assert loss.requires_grad
+
+
+def test_shared_scale_student_t_matches_torch_and_stays_unexpanded():
+    from pertpyro.models._distributions import SharedScaleStudentT
+
+    torch.manual_seed(0)
+    scale = torch.rand(7) + 0.2
+    prior = SharedScaleStudentT(4.0, torch.tensor(0.0), scale).expand([3, 7])
+    reference = dist.StudentT(torch.tensor(4.0), torch.tensor(0.0), scale).expand([3, 7])
+    x = 3.0 * torch.randn(3, 7)
+    assert torch.allclose(prior.log_prob(x), reference.log_prob(x), atol=1e-5)
+    assert prior.scale.shape == (7,)  # the plates' expansion does not copy the per-gene scale
+    draws = prior.expand([4000, 3, 7]).rsample()
+    assert draws.shape == (4000, 3, 7)
+    assert torch.allclose(draws.var(0), reference.variance, rtol=0.35)  # df 4: variance 2 scale^2, heavy tails
+    with pytest.raises(ValueError, match="df must be positive"):
+        SharedScaleStudentT(0.0, torch.tensor(0.0), scale)

@@ -10,7 +10,8 @@ factors, a guide site without reparameterised sampling). ``tests/test_elbo.py`` 
 loss and gradients as ``TraceEnum_ELBO``.
 
 Without Pyro's validation (training), the sample sites are recorded by a small messenger instead of
-``poutine.trace`` / ``poutine.replay`` (no ``Trace`` objects, no copies of the messages), and the terms are summed
+``poutine.trace`` / ``poutine.replay`` / ``poutine.enum`` (no ``Trace`` objects, no copies of the messages, one
+handler instead of three), and the terms are summed
 with one reduction and one ``N / B`` multiplication per shape and plate scale; ``tests/test_fast_step.py`` checks
 that this gives the traced path's numbers exactly.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import torch
 from pyro import poutine
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
@@ -62,8 +64,8 @@ class CellEnumELBO(ELBO):
             return model_trace.nodes, guide_trace.nodes
         with _Sites() as guide_sites:
             guide(*args, **kwargs)
-        with _Sites(replay=guide_sites.sites) as model_sites:
-            poutine.enum(model, first_available_dim=-1 - self.max_plate_nesting)(*args, **kwargs)
+        with _Sites(replay=guide_sites.sites, first_enum_dim=-1 - self.max_plate_nesting) as model_sites:
+            model(*args, **kwargs)
         return model_sites.sites, guide_sites.sites
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
@@ -122,13 +124,16 @@ class _Sites(Messenger):
     """Records the sample sites of one run (Pyro's messages themselves, keyed by name); replays a guide's values.
 
     ``replay``: sites recorded from the guide; a latent site of the same name takes the guide's value (and ``infer``
-    dict), as under ``poutine.replay``.
+    dict), as under ``poutine.replay``. ``first_enum_dim``: a latent site marked ``enumerate="parallel"`` that the
+    guide does not cover takes its whole support, along its own dimension from ``first_enum_dim`` leftwards (one
+    per enumerated site, in order), as under ``poutine.enum`` for sites without ``pyro.markov`` dependencies.
     """
 
-    def __init__(self, replay: dict | None = None) -> None:
+    def __init__(self, replay: dict | None = None, first_enum_dim: int | None = None) -> None:
         super().__init__()
         self.sites: dict = {}
         self._replay = replay
+        self._next_enum_dim = first_enum_dim
 
     def _pyro_sample(self, msg) -> None:
         if self._replay is None or msg["is_observed"]:
@@ -140,6 +145,21 @@ class _Sites(Messenger):
             msg["done"] = True
             msg["value"] = guide_msg["value"]
             msg["infer"] = guide_msg["infer"]
+        elif self._next_enum_dim is not None and msg["infer"].get("enumerate") is not None:
+            self._enumerate(msg)
+
+    def _enumerate(self, msg) -> None:
+        fn = msg["fn"]
+        if msg["infer"]["enumerate"] != "parallel" or not isinstance(fn, TorchDistributionMixin) or fn.event_dim:
+            raise NotImplementedError(f"Site {msg['name']!r}: only parallel enumeration of scalar sites is supported.")
+        values = fn.enumerate_support(expand=False)  # (n,) + (1,) * len(batch_shape)
+        support_tag = getattr(values, "_pyro_categorical_support", None)
+        dim, self._next_enum_dim = self._next_enum_dim, self._next_enum_dim - 1
+        values = values.reshape(values.shape[:1] + (1,) * (-1 - dim))  # the support along dim
+        if support_tag is not None:  # reshape drops the tag that MarkedBernoulli / Categorical read
+            values._pyro_categorical_support = support_tag
+        msg["value"], msg["done"] = values, True
+        msg["infer"] = {**msg["infer"], "_enumerate_dim": dim}
 
     def _pyro_post_sample(self, msg) -> None:
         if msg["name"] in self.sites:

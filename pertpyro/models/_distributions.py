@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
-from pyro.distributions import Bernoulli, TorchDistribution, constraints
+from pyro.distributions import Bernoulli, StudentT, TorchDistribution, constraints
 from torch.distributions.utils import broadcast_all
 
 _EMPTY = torch.Size()
@@ -66,6 +68,67 @@ class NegativeBinomialLogMean(TorchDistribution):
             theta = log_theta.exp().expand(shape)
             rate = torch._standard_gamma(theta) * (log_mean - log_theta).exp().expand(shape)
             return torch.poisson(rate)
+
+
+class SharedScaleStudentT(TorchDistribution):
+    """Student-t with a fixed number of degrees of freedom, location ``loc`` and scale ``scale``.
+
+    The effect prior: one scale per gene, shared by every target. Expanded to the ``(targets, genes)`` plates, the
+    parameters keep their own shapes and only the result of :meth:`log_prob` is broadcast, so the normalising
+    constant (a log-gamma of ``df`` and ``log scale``) is computed once per gene instead of once per target and gene,
+    and the constant of ``df`` once in Python. Values are those of ``torch.distributions.StudentT``.
+
+    Parameters
+    ----------
+    df
+        Degrees of freedom (a positive number).
+    loc
+        Location.
+    scale
+        Scale (positive), broadcastable with ``loc``.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(self, df: float, loc: torch.Tensor, scale: torch.Tensor, validate_args: bool | None = None) -> None:
+        if not df > 0:
+            raise ValueError(f"df must be positive, got {df}.")
+        self.df, self.loc, self.scale = float(df), loc, scale
+        self._log_norm = (
+            0.5 * math.log(self.df * math.pi) + math.lgamma(0.5 * self.df) - math.lgamma(0.5 * (self.df + 1))
+        )
+        super().__init__(torch.broadcast_shapes(loc.shape, scale.shape), validate_args=validate_args)
+
+    def expand(self, batch_shape: torch.Size, _instance: SharedScaleStudentT | None = None):
+        new = self._get_checked_instance(SharedScaleStudentT, _instance)
+        new.df, new.loc, new.scale, new._log_norm = self.df, self.loc, self.scale, self._log_norm
+        super(SharedScaleStudentT, new).__init__(torch.Size(batch_shape), validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def _full(self) -> StudentT:
+        df = torch.full((), self.df, dtype=self.scale.dtype, device=self.scale.device)
+        return StudentT(df, self.loc, self.scale).expand(self.batch_shape)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._full().mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self._full().variance
+
+    def rsample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
+        return self._full().rsample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        y = (value - self.loc) / self.scale
+        out = -0.5 * (self.df + 1.0) * torch.log1p(y * y / self.df) - (self.scale.log() + self._log_norm)
+        return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
 
 
 class MarkedBernoulli(Bernoulli):

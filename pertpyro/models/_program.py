@@ -51,7 +51,12 @@ from torch import nn
 
 from pertpyro.models._artifacts import ArtifactBlock, ArtifactGuide
 from pertpyro.models._components import BasalEncoder, GeneDecoder
-from pertpyro.models._distributions import MarkedBernoulli, NegativeBinomialLogMean, is_enumerated_support
+from pertpyro.models._distributions import (
+    MarkedBernoulli,
+    NegativeBinomialLogMean,
+    SharedScaleStudentT,
+    is_enumerated_support,
+)
 from pertpyro.models._grn import GRNGuide, GRNPrior
 from pertpyro.models._sites import (
     CELLS_PLATE,
@@ -184,7 +189,7 @@ class PerturbationProgram(PyroModule):
     def effect_prior(self) -> dist.Distribution:
         """Prior of one target's effects: per-gene scale ``sigma_g``, Normal or heavy-tailed Student-t."""
         if self.effect_df > 0:
-            return dist.StudentT(self.effect_df, self.zero, self.effect_prior_scale())
+            return SharedScaleStudentT(self.effect_df, self.zero, self.effect_prior_scale())
         return dist.Normal(self.zero, self.effect_prior_scale())
 
     def response_probability(self, perturbation: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
