@@ -12,25 +12,20 @@ import time
 
 import pyro
 import torch
-from throughput import plain_torch_loss
+from throughput import add_machine_arguments, plain_torch_loss, setup_machine
 
 import pertpyro
 from pertpyro.data._loader import make_loader
 from pertpyro.inference._lightning import SVIModule
-from pertpyro.inference._memory import keep_freed_memory
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--default-malloc", action="store_true", help="keep glibc's default allocator settings (training tunes them)"
-    )
+    add_machine_arguments(parser, threads=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    tuned = False if args.default_malloc else keep_freed_memory()  # as model.train does; both sides alike
+    tuned = setup_machine(args)
     adata = pertpyro.datasets.papalexi2021()
     pertpyro.setup_anndata(adata, perturbation_key="perturbation", control="control", batch_key="bio_rep")
     model = pertpyro.PerturbationModel(adata, latent_dim=10)

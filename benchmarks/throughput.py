@@ -81,20 +81,30 @@ def _epoch(step, loader, n_cells) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def add_machine_arguments(parser: argparse.ArgumentParser, threads: int) -> None:
+    """``--threads`` and ``--default-malloc``, shared with ``step_time.py``."""
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="keep glibc's default allocator settings (training tunes them)"
+    )
+
+
+def setup_machine(args: argparse.Namespace) -> bool:
+    """Set the torch threads and tune the allocator as ``model.train`` does (both sides alike); whether tuned."""
+    torch.set_num_threads(args.threads)
+    return False if args.default_malloc else keep_freed_memory()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, nargs="+", default=[512, 2048])
-    parser.add_argument("--threads", type=int, default=2)
+    add_machine_arguments(parser, threads=2)
     parser.add_argument(
         "--skip-trace-enum", action="store_true", help="leave out the (slow) TraceEnum_ELBO column; ratio unaffected"
     )
-    parser.add_argument(
-        "--default-malloc", action="store_true", help="keep glibc's default allocator settings (training tunes them)"
-    )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    tuned = False if args.default_malloc else keep_freed_memory()  # as model.train does; both sides alike
+    tuned = setup_machine(args)
     adata = pertpyro.datasets.papalexi2021()
     pertpyro.setup_anndata(adata, batch_key="bio_rep")
     model = pertpyro.PerturbationModel(adata, latent_dim=10)
