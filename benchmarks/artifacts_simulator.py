@@ -36,12 +36,16 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=2000)
     parser.add_argument("--genes", type=int, default=100)
     parser.add_argument("--targets", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="fixed epochs (default: the package's, early stopping on the ELBO)"
+    )
+    parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--flip", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=str, default=None, help="also write the numbers to this file")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     adata = pertpyro.datasets.simulate(
         n_cells=args.cells,
@@ -58,13 +62,13 @@ def main() -> None:
     flipped = np.random.default_rng(args.seed).random(adata.n_obs) < args.flip
     adata.obs["artifact"] = truth ^ flipped
     pertpyro.setup_anndata(adata, perturbation_key="perturbation", control="control")
-    train = {"max_epochs": args.epochs, "batch_size": 256, "seed": args.seed, "progress_bar": False}
+    train = {"max_epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "progress_bar": False}
     out: dict[str, float] = {"label_auroc": artifact_detection(truth, adata.obs["artifact"])["auroc"]}
 
     plain = pertpyro.PerturbationModel(adata, latent_dim=5, seed=args.seed)
-    plain.train(**train)
+    out["epochs_plain"] = len(plain.train(**train))
     model = pertpyro.PerturbationModel(adata, latent_dim=5, artifacts="latent", seed=args.seed)
-    model.train(**train)
+    out["epochs_block"] = len(model.train(**train))
 
     prob = model.artifact_probability()
     scores = artifact_detection(truth, prob)
@@ -101,7 +105,8 @@ def main() -> None:
 
     print(
         f"simulate(n_cells={args.cells}, n_genes={args.genes}, n_targets={args.targets}, doublet_rate=0.1, "
-        f"low_quality_rate=0.1, seed={args.seed}); {args.flip:.0%} of labels flipped; {args.epochs} epochs"
+        f"low_quality_rate=0.1, seed={args.seed}); {args.flip:.0%} of labels flipped; epochs {args.epochs or 'default'}, "
+        f"batch {args.batch_size}"
     )
     for key, value in out.items():
         print(f"{key:32s} {value}")
