@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=str, default=None, help="also write the numbers to this file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--train-seed", type=int, default=None, help="seed of both fits (default: --seed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -78,14 +79,14 @@ def main() -> None:
         "max_epochs": args.epochs or None,
         "batch_size": args.batch_size,
         "early_stopping": args.early_stopping,
-        "seed": args.seed,
+        "seed": args.seed if args.train_seed is None else args.train_seed,
         "progress_bar": False,
     }
     out: dict[str, float] = {"label_auroc": artifact_detection(truth, adata.obs["artifact"])["auroc"]}
 
-    plain = pertpyro.PerturbationModel(adata, latent_dim=5, seed=args.seed)
+    plain = pertpyro.PerturbationModel(adata, latent_dim=5, seed=train["seed"])
     out["epochs_plain"] = len(plain.train(**train))
-    model = pertpyro.PerturbationModel(adata, latent_dim=5, artifacts="latent", seed=args.seed)
+    model = pertpyro.PerturbationModel(adata, latent_dim=5, artifacts="latent", seed=train["seed"])
     out["epochs_block"] = len(model.train(**train))
 
     prob = model.artifact_probability()
