@@ -25,6 +25,7 @@ from pertpyro.causal._counterfactual import abduct
 from pertpyro.causal._expected import N_COUNTS, expected_cell_values
 from pertpyro.causal._expected import log_normalise as log_normalise  # re-exported (its old home)
 from pertpyro.data._registry import Registry, design_matrix
+from pertpyro.models._artifacts import abduct_artifact
 from pertpyro.models._sites import ARTIFACT
 
 
@@ -75,10 +76,13 @@ def simulate_label_means(
         for s in range(n_samples):
             latents = abduct(guide, population)
             extra = {} if global_action is None else global_action(latents)
+            cells = population
             if getattr(program, "artifact_block", None) is not None:  # effects among clean cells
-                extra = {**extra, ARTIFACT: torch.zeros(population["counts"].shape[0])}
+                clean = {ARTIFACT: torch.zeros(population["counts"].shape[0])}
+                latents, cells = abduct_artifact(program, guide, population, latents, clean)  # clean cells' depths
+                extra = {**extra, **clean}
             values = expected_cell_values(
-                program, latents, population, designs, extra, responders=responders, n_counts=n_counts
+                program, latents, cells, designs, extra, responders=responders, n_counts=n_counts
             )  # (L, cells, G)
             if weights is None:
                 out[s] = values.mean(1)

@@ -10,6 +10,7 @@ Generative story, added to :class:`pertpyro.models._program.PerturbationProgram`
         library[n]        ~ Normal(loc + a_n delta_k, scale exp(a_n kappa_k))
         x[n]              ~ NB(..., theta * (1 + s) ** (a_n [k_n = doublet]))   s in (0, 1): a sum of two cells
         logits[n]         = decoder(z_basal[n]) + shift[n] + a_n [k_n = low-quality] A
+                            (a doublet: log of (softmax(decoder + shift) + softmax(decoder)) / 2 instead)
 
 **Where the artifact enters.** ``a_n * A`` is an offset on the decoder's gene logits, not an input of the decoder
 network: removing it (``do(artifact=0)``) leaves the cell's basal state and its perturbation effect exactly as they
@@ -181,6 +182,23 @@ class ArtifactBlock(PyroModule):
         0.976 without).
         """
         return (a * kind).unsqueeze(-1) * embedding
+
+    def artifact_logits(
+        self, logits: torch.Tensor, base: torch.Tensor, a: torch.Tensor, kind: torch.Tensor, embedding: torch.Tensor
+    ) -> torch.Tensor:
+        """Gene logits of each cell given its artifact state: a doublet's perturbation effect diluted, offsets added.
+
+        ``logits`` are the cell's logits with its perturbation effect (where it responds), ``base`` those without.
+        A doublet holds the molecules of the perturbed cell and of a random partner, which (on average over
+        partners) carries no effect of this guide: its expected composition is the mixture
+        ``(softmax(logits) + softmax(base)) / 2``, the perturbation's shift at about half strength. Treated as a
+        full-effect cell (as before), every doublet pulled the fitted effects and response rates towards zero. A
+        low-quality cell gets the offset ``A`` (:meth:`logit_offset`). Under ``do(artifact=0)`` the logits are the
+        clean cell's, with the full effect.
+        """
+        doublet = (a * (1.0 - kind)).unsqueeze(-1) > 0.5
+        mixed = torch.logaddexp(torch.log_softmax(logits, -1), torch.log_softmax(base, -1))
+        return torch.where(doublet, mixed, logits) + self.logit_offset(a, kind, embedding)
 
     def _shifts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-depth shift and log widening of the two kinds, ``(2,)`` each.

@@ -301,7 +301,7 @@ class PerturbationProgram(PyroModule):
             lib_scale = nn.functional.softplus(self.library_raw_scale[batch_index]) + 1e-3
             library_dist, theta_shift = dist.Normal(lib_loc, lib_scale), None
             if a is not None:  # artifact offset on the logits; artifact cells' depths shift and spread
-                logits = logits + artifacts.logit_offset(a, kind, embedding)
+                logits = artifacts.artifact_logits(logits, base, a, kind, embedding)
                 library_dist = artifacts.library(lib_loc, lib_scale, a, kind)
                 theta_shift = artifacts.log_theta_shift(a, kind)
             pyro.sample(LIBRARY, library_dist, obs=log_library)
