@@ -184,7 +184,9 @@ def evaluate(run_dir: str | Path) -> pd.DataFrame:
     ev = config["evaluate"]
     # One simulation serves both the predictions (batch-matched posterior means) and the scored intervals
     # (batch-standardised draws): the same draws model.predict_shift and calibration_report would take.
-    test_labels = sorted({str(lab) for lab in perturbation_labels(parts["test"], model.registry)} - {model.registry.control})
+    test_labels = sorted(
+        {str(lab) for lab in perturbation_labels(parts["test"], model.registry)} - {model.registry.control}
+    )
     report_labels = evaluation.report_labels(model, adata)
     labels = list(dict.fromkeys(test_labels + report_labels))
     matched, standard = heldout_draws(model, labels, n_samples=ev["n_samples"], n_counts=ev["n_counts"])
