@@ -18,6 +18,7 @@ cfg = yaml.safe_load(open("configs/papalexi.yaml"))
 cfg["train"]["seed"] = seed
 cfg["output"] = f"/tmp/pap/q_{name}_s{seed}"
 zero_init = False
+eff_targets = None
 n_mean = 100
 for kv in sys.argv[3:]:
     k, v = kv.split("=")
@@ -25,11 +26,26 @@ for kv in sys.argv[3:]:
     if k == "zero_init":
         zero_init = bool(v)
         continue
+    if k == "eff_targets":  # the efficacy mixture only for these targets (others: every cell responds)
+        eff_targets = set(str(v).split(","))
+        continue
     if k == "n_mean":
         n_mean = int(v)
         continue
     sec, key = k.split(".")
     cfg[sec][key] = v
+if eff_targets is not None:
+    from pertpyro.data._registry import get_registry
+    from pertpyro.models._program import PerturbationProgram
+
+    _registry_targets = None
+    _orig_rp = PerturbationProgram.response_probability
+
+    def response_probability(self, perturbation, rate):
+        keep = torch.tensor([t in eff_targets for t in _registry_targets]).unsqueeze(-1)  # (T, 1)
+        return _orig_rp(self, perturbation, torch.where(keep, rate, torch.ones_like(rate)))
+
+    PerturbationProgram.response_probability = response_probability
 if zero_init:
     orig = M.PerturbationModel._build
 
@@ -41,6 +57,8 @@ if zero_init:
     M.PerturbationModel._build = _build
 cpath = Path(f"/tmp/pap/cfg_{name}_s{seed}.yaml")
 cpath.write_text(yaml.safe_dump(cfg))
+if eff_targets is not None:
+    _registry_targets = list(get_registry(cli.load_data(cli.load_config(cpath))).targets)
 t0 = time.perf_counter()
 run = cli.fit(cpath)
 fit_s = time.perf_counter() - t0
