@@ -22,7 +22,7 @@ import torch
 
 from pertpyro._settings import local_params
 from pertpyro.causal._counterfactual import abduct
-from pertpyro.causal._expected import N_COUNTS, expected_cell_values
+from pertpyro.causal._expected import N_COUNTS, escapers_are_controls, expected_cell_values
 from pertpyro.causal._expected import log_normalise as log_normalise  # re-exported (its old home)
 from pertpyro.data._registry import Registry, design_matrix
 from pertpyro.models._artifacts import abduct_artifact
@@ -59,7 +59,8 @@ def simulate_label_means(
         Intervene on ``efficacy = 1`` as well (the effect among cells where the knockout took).
     weights
         Optional ``(L, cells)`` weights of the population cells in each arm's mean (e.g. to match an arm's batch
-        composition); uniform when ``None``.
+        composition); uniform when ``None``. ``(W, L, cells)``: ``W`` weightings of the same simulated cells at no
+        extra cost (e.g. batch-matched and uniform), output ``(n_samples, W, L, G)``.
     global_action
         Optional map from each draw's abducted latents to extra interventions on global sites, applied in every
         arm (e.g. ``adjacency`` with some edges removed: :func:`pertpyro.models._grn.adjacency_action`).
@@ -68,10 +69,12 @@ def simulate_label_means(
 
     Returns
     -------
-    Tensor ``(n_samples, L, G)``.
+    Tensor ``(n_samples, L, G)`` (``(n_samples, W, L, G)`` with 3-D ``weights``).
     """
     n_labels, n_genes = designs.shape[0], population["counts"].shape[1]
-    out = torch.empty(n_samples, n_labels, n_genes)
+    sets = () if weights is None else tuple(weights.shape[:-2])
+    out = torch.empty(n_samples, *sets, n_labels, n_genes)
+    escaper_arms = None  # found on the first draw (a property of the program), then reused
     with local_params():
         for s in range(n_samples):
             latents = abduct(guide, population)
@@ -81,13 +84,22 @@ def simulate_label_means(
                 clean = {ARTIFACT: torch.zeros(population["counts"].shape[0])}
                 latents, cells = abduct_artifact(program, guide, population, latents, clean)  # clean cells' depths
                 extra = {**extra, **clean}
+            if escaper_arms is None and not responders:
+                escaper_arms = not escapers_are_controls(program, latents, cells, designs, extra)
             values = expected_cell_values(
-                program, latents, cells, designs, extra, responders=responders, n_counts=n_counts
+                program,
+                latents,
+                cells,
+                designs,
+                extra,
+                responders=responders,
+                n_counts=n_counts,
+                escaper_arms=escaper_arms,
             )  # (L, cells, G)
             if weights is None:
                 out[s] = values.mean(1)
             else:
-                out[s] = torch.einsum("lc,lcg->lg", weights, values) / weights.sum(1, keepdim=True)
+                out[s] = torch.einsum("...lc,lcg->...lg", weights, values) / weights.sum(-1, keepdim=True)
     return out
 
 
@@ -194,12 +206,15 @@ def label_shift_draws(
     weights: np.ndarray | torch.Tensor | None = None,
     seed: int = 0,
     global_action: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    n_counts: int = N_COUNTS,
 ) -> torch.Tensor:
     """Posterior draws of the shift of each label against control, ``(n_samples, labels, genes)``.
 
     The arms are ``[control] + labels`` simulated on ``population`` with common random numbers (see
     :func:`simulate_label_means`), under ``seed`` with the global RNG state left untouched; ``weights`` are
-    ``(labels, cells)`` weights of the population in each label's arm (the control arm is unweighted).
+    ``(labels, cells)`` weights of the population in each label's arm (the control arm is unweighted), or
+    ``(W, labels, cells)`` for ``W`` weightings of the same draws (output ``(n_samples, W, labels, genes)``);
+    ``n_counts``: count replicates per cell and draw.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be positive, got {n_samples}.")
@@ -213,7 +228,8 @@ def label_shift_draws(
         pyro.set_rng_seed(seed)
         arm_weights = None
         if weights is not None:
-            arm_weights = torch.cat([torch.ones(1, weights.shape[1]), torch.as_tensor(weights, dtype=torch.float32)])
+            weights = torch.as_tensor(weights, dtype=torch.float32)
+            arm_weights = torch.cat([torch.ones(*weights.shape[:-2], 1, weights.shape[-1]), weights], dim=-2)
         means = simulate_label_means(
             program,
             guide,
@@ -223,5 +239,6 @@ def label_shift_draws(
             responders=responders,
             weights=arm_weights,
             global_action=global_action,
+            n_counts=n_counts,
         )
-    return means[:, 1:] - means[:, :1]
+    return means[..., 1:, :] - means[..., :1, :]

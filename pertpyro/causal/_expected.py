@@ -48,6 +48,7 @@ def expected_cell_values(
     *,
     responders: bool = False,
     n_counts: int = N_COUNTS,
+    escaper_arms: bool | None = None,
 ) -> torch.Tensor:
     """Expected log-normalised expression of each population cell under each design, for one posterior draw.
 
@@ -67,6 +68,10 @@ def expected_cell_values(
         Set ``efficacy = 1`` (the effect among responders) instead of summing over the response.
     n_counts
         Count replicates per cell.
+    escaper_arms
+        Whether escapers (``efficacy = 0``) need arms of their own: ``None`` traces them and compares with the
+        control arm (one more model trace per design); ``False`` takes them to be the control arm, as
+        :func:`escapers_are_controls` found once for the program (saves that trace per draw).
 
     Returns
     -------
@@ -91,7 +96,7 @@ def expected_cell_values(
             weights.append([(len(means), None)])
             means.append(mean)
             continue
-        escaper, _, _ = arm(design, zeros)
+        escaper = control_mean if escaper_arms is False else arm(design, zeros)[0]
         pair = [(len(means), p)]
         means.append(mean)
         if torch.equal(escaper, control_mean):  # escapers look like controls (the current model): no extra arm
@@ -107,6 +112,35 @@ def expected_cell_values(
             value = control if index < 0 else values[index]
             out[label] += value if w is None else w.unsqueeze(-1) * value
     return out
+
+
+def escapers_are_controls(
+    program: torch.nn.Module,
+    latents: dict[str, torch.Tensor],
+    population: dict[str, torch.Tensor],
+    designs: torch.Tensor,
+    extra: Mapping[str, torch.Tensor],
+) -> bool:
+    """Whether every design's escaper arm (``efficacy = 0``) has exactly the control arm's counts distribution.
+
+    True for a program whose interventions act only through the responders (the current model); then
+    :func:`expected_cell_values` can skip the escaper arms (``escaper_arms=False``). Checked on one draw of the
+    latents: the answer is a property of the program's structure.
+    """
+    n = population["idx"].shape[0]
+    if n == 0:
+        return False
+    control = arm_distribution(
+        program, latents, population, {PERTURBATION: torch.zeros_like(designs[0]).expand(n, -1), **extra}
+    )
+    if control[2] is None:  # no efficacy block: no escapers
+        return True
+    zeros = torch.zeros(n)
+    for design in designs:
+        action = {PERTURBATION: design.expand(n, -1), **extra, EFFICACY: zeros}
+        if not torch.equal(arm_distribution(program, latents, population, action)[0], control[0]):
+            return False
+    return True
 
 
 def arm_distribution(

@@ -18,6 +18,7 @@ from pertpyro.evaluation._calibration import (
     heldout_reference,
     interval_bounds,
     interval_coverage,
+    report_labels,
 )
 from pertpyro.evaluation._grn import (
     causalbench_stats,
@@ -64,6 +65,7 @@ __all__ = [
     "heldout_reference",
     "interval_bounds",
     "interval_coverage",
+    "report_labels",
     "format_table",
     "label_moments",
     "log_normalise",

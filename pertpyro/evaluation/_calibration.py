@@ -239,6 +239,16 @@ def heldout_reference(adata: AnnData, labels: Sequence[str]) -> tuple[pd.DataFra
     return shift, se
 
 
+def report_labels(model: object, adata: AnnData) -> list[str]:
+    """Labels :func:`calibration_report` scores: the simulator truth's, else every seen target of the model."""
+    from pertpyro._keys import TRUTH_KEY
+    from pertpyro.data._simulate import truth_shift_frame
+
+    if TRUTH_KEY in adata.uns:
+        return [str(label) for label in truth_shift_frame(adata).index]
+    return [str(label) for label in model.registry.targets]
+
+
 def calibration_report(
     model: object,
     adata: AnnData,
@@ -247,6 +257,7 @@ def calibration_report(
     levels: Sequence[float] = DEFAULT_LEVELS,
     n_samples: int = 100,
     seed: int = 0,
+    draws: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Coverage of the ATE intervals of every seen label, against the truth and/or held-out cells.
 
@@ -262,6 +273,9 @@ def calibration_report(
         scored against the observed shifts (``reference = "heldout"``), the check available on real data.
     levels, n_samples, seed
         Interval masses, posterior draws and seed.
+    draws
+        ``model.ate_draws(report_labels(model, adata), ...)`` computed beforehand (e.g. by
+        :func:`~pertpyro.evaluation._draws.heldout_draws`); ``n_samples`` and ``seed`` are then unused.
 
     Returns
     -------
@@ -275,8 +289,11 @@ def calibration_report(
     tables = []
     truth = truth_shift_frame(adata) if TRUTH_KEY in adata.uns else None
     has_truth = truth is not None and bool(np.isfinite(truth.to_numpy()).any())  # simulate(n_truth_cells=0): NaN
-    labels = list(truth.index) if truth is not None else list(model.registry.targets)
-    draws = model.ate_draws(labels, n_samples=n_samples, seed=seed)
+    labels = report_labels(model, adata)
+    if draws is None:
+        draws = model.ate_draws(labels, n_samples=n_samples, seed=seed)
+    elif np.shape(draws)[1:] != (len(labels), len(genes)):
+        raise ValueError(f"draws must be (samples, {len(labels)}, {len(genes)}), got {np.shape(draws)}.")
     calibrations = {"raw": None}
     if getattr(model, "interval_calibration_", None) is not None:
         calibrations["calibrated"] = model.interval_calibration_

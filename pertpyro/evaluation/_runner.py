@@ -97,6 +97,7 @@ def ate_metrics(
     model_name: str | None = None,
     strong_threshold: float = 2.0,
     predict_kwargs: Mapping[str, Any] | None = None,
+    predictions: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Score a model's predicted average treatment effects, and the baselines', on held-out cells.
 
@@ -137,6 +138,9 @@ def ate_metrics(
         Signal-to-noise threshold of the default strong subset.
     predict_kwargs
         Keyword arguments of ``model.predict_shift`` (e.g. ``{"n_samples": 100}``).
+    predictions
+        The model's predicted shifts versus control (labels x genes), computed beforehand (e.g. from
+        :func:`~pertpyro.evaluation._draws.heldout_draws`); ``model.predict_shift`` is then not called.
 
     Returns
     -------
@@ -173,19 +177,22 @@ def ate_metrics(
     strong = [str(s) for s in strong]
     logger.info("Strong subset (%d labels): %s", len(strong), strong)
 
-    predictions: dict[str, pd.DataFrame] = {}
+    methods: dict[str, pd.DataFrame] = {}
     if model is not None:
         model_name = model_name or type(model).__name__
-        predictions[model_name] = _model_predictions(model, labels, **dict(predict_kwargs or {}))
+        if predictions is None:
+            methods[model_name] = _model_predictions(model, labels, **dict(predict_kwargs or {}))
+        else:
+            methods[model_name] = pd.DataFrame(predictions)
     for name, fn in baseline_fns.items():
-        predictions[name] = pd.DataFrame(fn(adata_train, labels))
+        methods[name] = pd.DataFrame(fn(adata_train, labels))
 
     iwelbo_value = None
     if model is not None and iwelbo and callable(getattr(model, "iwelbo", None)):
         iwelbo_value = _iwelbo_value(model, adata_test)
 
     tables = []
-    for method, pred in predictions.items():
+    for method, pred in methods.items():
         pred = pred.reindex(index=labels)
         for ref in references:
             pred_ref = pred if ref == "control" else to_perturbed_reference(pred, moments.n)

@@ -123,6 +123,9 @@ class PerturbationProgram(PyroModule):
         Whether the spike-and-slab ``effect_mask`` block is on.
     efficacy
         Whether the per-cell ``efficacy`` block is on (otherwise every perturbed cell responds).
+    efficacy_targets
+        Optional boolean ``(T,)``: only these targets have escapers (the others' response rate is fixed at 1);
+        ``None``: all targets.
     mask_prior
         Initial prior inclusion probability of an effect (learned).
     mask_temperature
@@ -152,6 +155,7 @@ class PerturbationProgram(PyroModule):
         gene_bias: torch.Tensor | None = None,
         sparse_effects: bool = True,
         efficacy: bool = True,
+        efficacy_targets: torch.Tensor | None = None,
         mask_prior: float = 0.5,
         mask_temperature: float = 0.5,
         effect_df: float = 0.0,
@@ -179,6 +183,8 @@ class PerturbationProgram(PyroModule):
         self.register_buffer("mask_temperature", torch.tensor(float(mask_temperature)))
         self.register_buffer("zero", torch.tensor(0.0))
         self.register_buffer("one", torch.tensor(1.0))
+        # not persistent: checkpoints of models without it load unchanged (it is rebuilt from the settings)
+        self.register_buffer("efficacy_targets", None if efficacy_targets is None else efficacy_targets.bool(), False)
         to_pyro_module_(self.decoder)
 
     # ----- deterministic pieces, shared by the model, the queries and the plain-torch benchmark -----
@@ -253,6 +259,8 @@ class PerturbationProgram(PyroModule):
         if self.use_efficacy and T:  # per-target response rates, uniform prior: their uncertainty enters every query
             with targets:
                 rate = pyro.sample(EFFICACY_RATE, dist.Beta(self.one, self.one).expand([T, 1]))  # (T, 1)
+                if self.efficacy_targets is not None:  # the other targets: every cell responds
+                    rate = torch.where(self.efficacy_targets.unsqueeze(-1), rate, self.one)
         if self.grn is not None:
             effect = self.grn()  # (T, G): knockouts propagated through the sampled network (models/_grn.py)
         else:
