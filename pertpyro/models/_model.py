@@ -24,6 +24,7 @@ from pertpyro.data._loader import CellData, make_loader, program_args
 from pertpyro.data._registry import Registry, design_matrix, get_registry, perturbation_labels
 from pertpyro.data._stream import CountStatistics
 from pertpyro.evaluation._calibration import IntervalCalibration
+from pertpyro.evaluation._metrics import strong_perturbations
 from pertpyro.inference._device import pin_memory_for
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.inference._lightning import SVIModule, fit
@@ -84,6 +85,21 @@ def _initial_effects(stats: CountStatistics, response_rate: float) -> torch.Tens
     return torch.from_numpy(np.clip(np.log(responder_ratio), -4.0, 4.0)).float()
 
 
+STRONG_SIGNAL_TO_NOISE = 3.0  # efficacy="strong": targets whose own label's shift is this far above sampling noise
+
+
+def _resolve_efficacy(efficacy: bool | str | Sequence[str], adata: AnnData, registry: Registry) -> bool | list[str]:
+    """``efficacy`` as stored: a bool, or the list of targets with escapers (``"strong"`` resolved on ``adata``)."""
+    if isinstance(efficacy, bool):
+        return efficacy
+    if isinstance(efficacy, str):
+        if efficacy != "strong":
+            raise ValueError(f"efficacy must be True, False, 'strong' or a list of targets, got {efficacy!r}.")
+        strong = strong_perturbations(adata, threshold=STRONG_SIGNAL_TO_NOISE)
+        return [t for t in registry.targets if t in set(strong)]  # single-target labels with a clear shift
+    return [str(t) for t in efficacy]
+
+
 def _efficacy_targets(efficacy: bool | Sequence[str], targets: Sequence[str]) -> torch.Tensor | None:
     """Boolean ``(T,)`` of the targets with escapers when ``efficacy`` lists them; ``None`` for a bool."""
     if isinstance(efficacy, bool):
@@ -119,11 +135,14 @@ class PerturbationModel:
         Spike-and-slab ``effect_mask`` on the effects. Off by default: on the Papalexi screen the per-gene
         Normal prior alone predicted held-out effects better (README, "Results").
     efficacy
-        Per-cell ``efficacy`` latent (cells that escaped the knockout): ``True`` for every target, or a list of the
-        targets that may have escapers (the others' cells all respond). On Papalexi the mixture for knockouts
-        with weak effects soaks up basal heterogeneity shared by all labels (their responder effects point to the
-        interferon program) and lowers held-out Pearson; configs/papalexi.yaml keeps it for the six knockouts
-        with a clear training-split shift (benchmarks/results/papalexi.md).
+        Per-cell ``efficacy`` latent (cells that escaped the knockout): ``True`` for every target, a list of the
+        targets that may have escapers (the others' cells all respond), or ``"strong"``: the targets whose own
+        label's observed shift in ``adata`` has a signal-to-noise ratio of at least 3
+        (:func:`pertpyro.evaluation.strong_perturbations`; resolved once, here, on the training data, and stored as
+        the list). On Papalexi the mixture for knockouts with weak effects soaks up basal heterogeneity shared by
+        all labels (their responder effects point to the interferon program) and lowers held-out Pearson;
+        configs/papalexi.yaml uses ``"strong"``, which keeps it for the six knockouts with a clear shift
+        (benchmarks/results/papalexi.md).
     mask_prior
         Initial prior inclusion probability of an effect.
     encode_perturbation
@@ -170,7 +189,7 @@ class PerturbationModel:
         latent_dim: int = 10,
         n_hidden: int = 128,
         sparse_effects: bool = False,
-        efficacy: bool | Sequence[str] = True,
+        efficacy: bool | str | Sequence[str] = True,
         mask_prior: float = 0.5,
         encode_perturbation: bool = True,
         effect_df: float = 4.0,
@@ -202,7 +221,7 @@ class PerturbationModel:
             "latent_dim": latent_dim,
             "n_hidden": n_hidden,
             "sparse_effects": sparse_effects,
-            "efficacy": efficacy if isinstance(efficacy, bool) else [str(t) for t in efficacy],
+            "efficacy": _resolve_efficacy(efficacy, adata, self.registry),
             "mask_prior": mask_prior,
             "encode_perturbation": encode_perturbation,
             "effect_df": effect_df,
