@@ -80,7 +80,7 @@ def test_direct_attributes_nests_and_cleans_up_after_an_error(tiny_adata):
 
 
 @pytest.mark.parametrize(
-    "options", [{}, {"efficacy": False}, {"artifacts": "observed"}, {"artifacts": "latent"}], ids=str
+    "options", [{}, {"efficacy": False}, {"artifacts": "observed"}, {"artifacts": "latent"}, {"grn": True}], ids=str
 )
 def test_training_step_matches_trace_enum(tiny_adata, options):
     """The training loss (no validation: recorded sites, direct attributes) is TraceEnum_ELBO's, gradients too."""

@@ -45,6 +45,7 @@ from contextlib import AbstractContextManager, nullcontext
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule
 from pyro.nn.module import to_pyro_module_
 from torch import nn
@@ -94,8 +95,9 @@ def global_plates(owner: nn.Module, n_targets: int, n_genes: int) -> tuple[Abstr
     """
     cached = owner.__dict__.get("_global_plates")
     if cached is None or cached[0] != (n_targets, n_genes):
-        targets = pyro.plate(TARGETS_PLATE, n_targets, dim=-2) if n_targets else nullcontext()
-        cached = ((n_targets, n_genes), targets, pyro.plate(GENES_PLATE, n_genes, dim=-1))
+        with poutine.block():  # their subsample sites stay out of every trace, on the first run as on later ones
+            targets = pyro.plate(TARGETS_PLATE, n_targets, dim=-2) if n_targets else nullcontext()
+            cached = ((n_targets, n_genes), targets, pyro.plate(GENES_PLATE, n_genes, dim=-1))
         owner.__dict__["_global_plates"] = cached
     return cached[1], cached[2]
 
