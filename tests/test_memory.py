@@ -10,7 +10,7 @@ from pertpyro.inference import _memory
 
 PROBE = textwrap.dedent(
     """
-    import resource
+    import ctypes, resource
     import torch
     import pertpyro
     from pertpyro.inference import keep_freed_memory
@@ -22,6 +22,9 @@ PROBE = textwrap.dedent(
             del temporaries
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
 
+    # glibc's default threshold, held fixed: without this, glibc's own dynamic threshold may or may not keep the
+    # blocks, depending on what else the process allocated, and the baseline would not be reproducible
+    ctypes.CDLL(None).mallopt(-3, 128 * 1024)
     faults()
     before = faults()
     applied = keep_freed_memory()
