@@ -69,8 +69,8 @@ def expected_cell_values(
     n_counts
         Count replicates per cell.
     escaper_arms
-        Whether escapers (``efficacy = 0``) need arms of their own: ``None`` traces them and compares with the
-        control arm (one more model trace per design); ``False`` takes them to be the control arm, as
+        Whether escapers (``efficacy = 0``) need arms of their own: ``None`` or ``True`` traces them and compares
+        with the control arm (one more model trace per design); ``False`` takes them to be the control arm, as
         :func:`escapers_are_controls` found once for the program (saves that trace per draw).
 
     Returns

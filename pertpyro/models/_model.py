@@ -95,8 +95,8 @@ def _resolve_efficacy(efficacy: bool | str | Sequence[str], adata: AnnData, regi
     if isinstance(efficacy, str):
         if efficacy != "strong":
             raise ValueError(f"efficacy must be True, False, 'strong' or a list of targets, got {efficacy!r}.")
-        strong = strong_perturbations(adata, threshold=STRONG_SIGNAL_TO_NOISE)
-        return [t for t in registry.targets if t in set(strong)]  # single-target labels with a clear shift
+        strong = set(strong_perturbations(adata, threshold=STRONG_SIGNAL_TO_NOISE))
+        return [t for t in registry.targets if t in strong]  # single-target labels with a clear shift
     return [str(t) for t in efficacy]
 
 
@@ -104,10 +104,11 @@ def _efficacy_targets(efficacy: bool | Sequence[str], targets: Sequence[str]) ->
     """Boolean ``(T,)`` of the targets with escapers when ``efficacy`` lists them; ``None`` for a bool."""
     if isinstance(efficacy, bool):
         return None
-    unknown = sorted(set(efficacy) - set(targets))
+    listed = set(efficacy)
+    unknown = sorted(listed - set(targets))
     if unknown:
         raise ValueError(f"efficacy lists targets absent from the data: {unknown}.")
-    return torch.tensor([t in set(efficacy) for t in targets])
+    return torch.tensor([t in listed for t in targets])
 
 
 def _subset_batch(data: CellData, rows: np.ndarray) -> dict[str, torch.Tensor]:
