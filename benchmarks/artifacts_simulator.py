@@ -114,8 +114,8 @@ def main() -> None:
 
     unlabelled = adata.copy()  # IWELBO of the counts alone, log p(x): no label term, comparable across the models
     del unlabelled.obs["artifact"]
-    out["iwelbo_plain"] = plain.iwelbo(unlabelled, n_particles=10)
-    out["iwelbo_block"] = model.iwelbo(unlabelled, n_particles=10)
+    out["iwelbo_plain"] = plain.iwelbo(unlabelled, n_samples=10)
+    out["iwelbo_block"] = model.iwelbo(unlabelled, n_samples=10)
 
     shifts = truth_shift_frame(adata)
     out["ate_pearson_plain"], out["ate_slope_plain"] = _recovery(plain, shifts)

@@ -24,7 +24,8 @@ import torch
 import pertpyro
 from pertpyro.causal import exceedance_table
 from pertpyro.datasets import truth_shift_frame
-from pertpyro.evaluation import interval_coverage, split_cells
+from pertpyro.evaluation import split_cells
+from pertpyro.posterior import interval_coverage
 
 
 def hit_calls(draws: np.ndarray, truth: np.ndarray, labels: list, genes: list, calibration, args) -> dict:

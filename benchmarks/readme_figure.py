@@ -41,7 +41,7 @@ def main() -> None:
     start = time.perf_counter()
     adata = pertpyro.datasets.papalexi2021()
     pertpyro.setup_anndata(adata, perturbation_key="perturbation", control="control", batch_key="bio_rep")
-    split = pertpyro.evaluate.split_cells(adata, seed=SPLIT_SEED)
+    split = pertpyro.evaluation.split_cells(adata, seed=SPLIT_SEED)
     train, val = (adata[(split == s).to_numpy()].copy() for s in ("train", "val"))
 
     model = pertpyro.PerturbationModel(train, **MODEL)

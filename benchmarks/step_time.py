@@ -32,7 +32,7 @@ def main() -> None:
     n = adata.n_obs
     module = SVIModule(model.program, model.guide, n_train=n, n_val=n, lr=1e-3)
     optim = torch.optim.Adam(module.parameters(), lr=1e-3)
-    loader = make_loader(model._data, batch_size=args.batch_size, shuffle=True, seed=0)
+    loader = make_loader(model.cell_data, batch_size=args.batch_size, shuffle=True, seed=0)
     batches = [batch for _, batch in zip(range(30), loader, strict=False)]
 
     def pyro_step(b: dict) -> None:

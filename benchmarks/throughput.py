@@ -26,7 +26,7 @@ from pertpyro._settings import local_params
 from pertpyro.data._loader import CellData, make_loader, program_args
 from pertpyro.inference._lightning import SVIModule
 from pertpyro.inference._memory import keep_freed_memory
-from pertpyro.models._program import MAX_PLATE_NESTING
+from pertpyro.module._program import MAX_PLATE_NESTING
 
 
 def plain_torch_loss(program, guide, counts, perturbation, batch_index, library, idx, n_cells, artifact=None):

@@ -31,6 +31,23 @@ def set_seed(seed: int) -> None:
 
 
 @contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed Python, NumPy, torch and Pyro for the block, then restore the caller's generator states.
+
+    Queries with a ``seed`` argument run inside it, so they are reproducible and leave the user's global random
+    streams exactly where they were.
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
+    with torch.random.fork_rng():
+        pyro.set_rng_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)  # noqa: NPY002
+
+
+@contextmanager
 def local_params() -> Iterator[None]:
     """Run Pyro with parameters kept in module state, never in the global param store.
 

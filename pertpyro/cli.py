@@ -51,7 +51,7 @@ def _keyword_defaults(fn: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 def _defaults() -> dict[str, Any]:
-    from pertpyro.models._model import PerturbationModel
+    from pertpyro.model import PerturbationModel
 
     out = copy.deepcopy(DEFAULTS)
     out["model"] = _keyword_defaults(PerturbationModel.__init__)
@@ -201,7 +201,7 @@ def evaluate(run_dir: str | Path) -> pd.DataFrame:
         iwelbo=False,
     )
     table.insert(len(table.columns), "iwelbo", float("nan"))
-    iwelbo = model.iwelbo(parts["test"], n_particles=ev["iwelbo_particles"])
+    iwelbo = model.iwelbo(parts["test"], n_samples=ev["iwelbo_particles"])
     table.loc[table["method"] == table["method"].iloc[0], "iwelbo"] = iwelbo
     table.to_csv(run_dir / "metrics.csv", index=False)
     text = evaluation.format_table(table)

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from pertpyro.posterior import import_arviz
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -389,8 +391,6 @@ def ppc(
     The figure.
     """
     import matplotlib.pyplot as plt
-
-    from pertpyro.posterior import import_arviz
 
     az = import_arviz()
     groups = set(getattr(idata, "groups", list)())

@@ -9,7 +9,8 @@ from pyro import poutine
 from sklearn.metrics import roc_auc_score
 
 import pertpyro
-import pertpyro.models._model as _model_module
+import pertpyro.model._cells as _model_module
+from pertpyro.causal._population import subset_batch
 from pertpyro.evaluation import artifact_detection, energy_distance, qc_pass_rate
 
 SIM = {"n_cells": 800, "n_genes": 40, "n_targets": 4, "n_combinations": 0, "n_truth_cells": 0, "seed": 3}
@@ -60,7 +61,7 @@ def test_simulator_artifacts_keep_clean_truth():
 
 def test_latent_mode_corrects_flipped_labels(latent_fit):
     model, adata, truth, _ = latent_fit
-    prob = model.artifact_probability(n_draws=2)
+    prob = model.artifact_probability(n_samples=2)
     label_auroc = roc_auc_score(truth, adata.obs["artifact"])  # about 0.8 with 20% flipped
     scores = artifact_detection(truth, prob)
     assert scores["auroc"] > label_auroc + 0.05
@@ -113,7 +114,7 @@ def test_labels_never_overwritten(latent_fit):
     assert "pertpyro_artifact_prob" not in adata.obs
     view = adata[:100].copy()
     columns = list(view.obs.columns)
-    prob = model.artifact_probability(view, n_draws=1, write=True)
+    prob = model.artifact_probability(view, n_samples=1, write=True)
     assert list(view.obs.columns) == [*columns, "pertpyro_artifact_prob"]
     np.testing.assert_allclose(view.obs["pertpyro_artifact_prob"].to_numpy(), prob.to_numpy())
     pd.testing.assert_series_equal(view.obs["artifact"], labels_before[:100])
@@ -153,7 +154,7 @@ def test_all_control_data_set_detects_artifacts():
         pertpyro.PerturbationModel(adata)
     model = pertpyro.PerturbationModel(adata, latent_dim=4, artifacts="latent")  # no labels at all
     model.train(**(TRAIN | {"max_epochs": 12}))
-    prob = model.artifact_probability(n_draws=1)
+    prob = model.artifact_probability(n_samples=1)
     low = adata.obs["artifact_type"].to_numpy() == "low_quality"
     assert roc_auc_score(low[~truth | low], prob[~truth | low]) > 0.95  # low-quality vs clean, unsupervised
 
@@ -179,16 +180,16 @@ def test_iwelbo_sums_artifact_states_like_pyro_enumeration(latent_fit):
 
     from pertpyro.data._loader import standalone_args
     from pertpyro.inference._iwelbo import iwelbo_per_cell
-    from pertpyro.models._artifacts import posterior_mean_globals
-    from pertpyro.models._program import MAX_PLATE_NESTING
+    from pertpyro.module._artifacts import posterior_mean_globals
+    from pertpyro.module._program import MAX_PLATE_NESTING
 
     model, adata, _, _ = latent_fit
-    batch = _model_module._subset_batch(model._data, np.arange(60))
+    batch = subset_batch(model.cell_data, np.arange(60))
     assert batch["artifact"] is not None  # the labels enter (artifact_label)
     fixed = posterior_mean_globals(model.program, model.guide)
     args = standalone_args(batch)
     pyro.set_rng_seed(5)
-    ours = float(iwelbo_per_cell(model.program, model.guide, batch, n_particles=1).sum())
+    ours = float(iwelbo_per_cell(model.program, model.guide, batch, n_samples=1).sum())
     conditioned = poutine.condition(model.program, data=fixed)
     with pertpyro.local_params(), torch.no_grad():
         pyro.set_rng_seed(5)  # the same draw of z: the guide runs first, the model's enumeration draws nothing
@@ -206,11 +207,11 @@ def test_iwelbo_of_counts_higher_with_the_block(latent_fit):
     model, adata, truth, _ = latent_fit
     counts_only = adata.copy()
     del counts_only.obs["artifact"]
-    assert model.iwelbo(adata[:200], n_particles=3) == pytest.approx(model.iwelbo(counts_only[:200], n_particles=3))
+    assert model.iwelbo(adata[:200], n_samples=3) == pytest.approx(model.iwelbo(counts_only[:200], n_samples=3))
     plain = pertpyro.PerturbationModel(adata, latent_dim=4)
     plain.train(**TRAIN)
     gain = {
-        name: model.iwelbo(adata[rows], n_particles=5) - plain.iwelbo(adata[rows], n_particles=5)
+        name: model.iwelbo(adata[rows], n_samples=5) - plain.iwelbo(adata[rows], n_samples=5)
         for name, rows in (("artifact", truth), ("clean", ~truth))
     }
     assert gain["artifact"] > 1.0  # about 1.9 nats per artifact cell

@@ -9,7 +9,7 @@ import pertpyro
 torch.set_num_threads(2)
 adata = pertpyro.datasets.papalexi2021()
 pertpyro.setup_anndata(adata, batch_key="bio_rep")
-split = pertpyro.evaluate.split_cells(adata, seed=0).to_numpy()
+split = pertpyro.evaluation.split_cells(adata, seed=0).to_numpy()
 train, val = adata[split == "train"].copy(), adata[split == "val"].copy()
 model = pertpyro.PerturbationModel(train, latent_dim=10, seed=0)
 history = model.train(max_epochs=2, validation_adata=val, seed=0, progress_bar=False)

@@ -19,8 +19,8 @@ import pertpyro
 from pertpyro.data._loader import make_loader, program_args
 from pertpyro.inference._device import pin_memory_for
 from pertpyro.inference._lightning import SVIModule
-from pertpyro.models._distributions import NegativeBinomialLogMean
-from pertpyro.models._program import MAX_PLATE_NESTING
+from pertpyro.module._distributions import NegativeBinomialLogMean
+from pertpyro.module._program import MAX_PLATE_NESTING
 
 PACKAGE = Path(pertpyro.__file__).parent
 
@@ -44,9 +44,9 @@ def test_training_step_follows_the_parameters(tiny_adata):
     """
     model = pertpyro.PerturbationModel(tiny_adata, sparse_effects=True, latent_dim=3, n_hidden=8)
     program, guide = model.program.double(), model.guide.double()
-    batch = next(iter(make_loader(model._data, batch_size=64, shuffle=True)))
+    batch = next(iter(make_loader(model.cell_data, batch_size=64, shuffle=True)))
     batch = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
-    args = program_args(batch, len(model._data))
+    args = program_args(batch, len(model.cell_data))
     guide_trace = poutine.trace(guide).get_trace(*args)
     model_trace = poutine.trace(poutine.replay(program, trace=guide_trace)).get_trace(*args)
     model_trace.compute_log_prob()
@@ -60,8 +60,8 @@ def test_training_step_follows_the_parameters(tiny_adata):
     }
     assert len(float_values) > 5
     assert set(float_values.values()) == {torch.float64}, float_values
-    module = SVIModule(program, guide, n_train=len(model._data), n_val=1, lr=1e-3)
-    loss = module._loss(batch, len(model._data))
+    module = SVIModule(program, guide, n_train=len(model.cell_data), n_val=1, lr=1e-3)
+    loss = module._loss(batch, len(model.cell_data))
     loss.backward()
     assert loss.dtype == torch.float64
     assert all(p.grad is None or p.grad.dtype == torch.float64 for p in module.parameters())
@@ -77,9 +77,9 @@ def test_pinned_memory_only_for_cuda(tiny_adata, monkeypatch):
     assert [pin_memory_for(a) for a in ("gpu", "auto")] == [False, False]
     # The model's loaders follow the accelerator (recorded, CPU training).
     seen = []
-    real = pertpyro.models._model.make_loader
+    real = pertpyro.model._model.make_loader
     monkeypatch.setattr(
-        pertpyro.models._model, "make_loader", lambda *a, **k: seen.append(k["pin_memory"]) or real(*a, **k)
+        pertpyro.model._model, "make_loader", lambda *a, **k: seen.append(k["pin_memory"]) or real(*a, **k)
     )
     model = pertpyro.PerturbationModel(tiny_adata, latent_dim=2, n_hidden=8)
     model.train(max_epochs=1, accelerator="cpu", progress_bar=False)
@@ -117,10 +117,10 @@ class _CountSyncs(pl.Callback):
 
 def _sync_callers(model, elbo=None) -> tuple[list[str], int]:
     """Files that read a tensor value back to the host during one epoch of training, and the number of steps."""
-    module = SVIModule(model.program, model.guide, n_train=len(model._data), n_val=len(model._data), lr=1e-3)
+    module = SVIModule(model.program, model.guide, n_train=len(model.cell_data), n_val=len(model.cell_data), lr=1e-3)
     if elbo is not None:
         module.elbo = elbo
-    loader = make_loader(model._data, batch_size=60, shuffle=True)
+    loader = make_loader(model.cell_data, batch_size=60, shuffle=True)
     spy = _CountSyncs()
     trainer = pl.Trainer(
         max_epochs=1,

@@ -33,7 +33,7 @@ def test_efficacy_strong_keeps_escapers_for_targets_with_a_clear_shift(tiny_adat
     import numpy as np
     import scipy.sparse as sp
 
-    from pertpyro.evaluation import strong_perturbations
+    from pertpyro.data import strong_perturbations
 
     counts = tiny_adata.X.toarray()
     has_a = tiny_adata.obs["perturbation"].isin(["A", "A+B"]).to_numpy()

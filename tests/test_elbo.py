@@ -12,7 +12,7 @@ import pertpyro
 from pertpyro._settings import local_params
 from pertpyro.data._loader import CellData, make_loader, program_args
 from pertpyro.inference import CellEnumELBO
-from pertpyro.models._program import MAX_PLATE_NESTING
+from pertpyro.module._program import MAX_PLATE_NESTING
 
 
 def _loss_and_grads(elbo, model, args):
@@ -136,7 +136,7 @@ def test_training_falls_back_to_trace_enum_outside_the_shortcut():
 
 
 def test_shared_scale_student_t_matches_torch_and_stays_unexpanded():
-    from pertpyro.models._distributions import SharedScaleStudentT
+    from pertpyro.module._distributions import SharedScaleStudentT
 
     torch.manual_seed(0)
     scale = torch.rand(7) + 0.2

@@ -7,9 +7,9 @@ from pyro.infer import TraceEnum_ELBO
 import pertpyro
 from pertpyro._settings import local_params
 from pertpyro.data._loader import CellData, make_loader, program_args
-from pertpyro.models import _program
-from pertpyro.models._distributions import MarkedBernoulli, is_enumerated_support
-from pertpyro.models._program import MAX_PLATE_NESTING
+from pertpyro.module import _program
+from pertpyro.module._distributions import MarkedBernoulli, is_enumerated_support
+from pertpyro.module._program import MAX_PLATE_NESTING
 
 
 def test_marked_support_survives_enumeration_and_only_there():

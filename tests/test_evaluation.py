@@ -12,22 +12,19 @@ import scipy.sparse as sp
 import pertpyro
 from pertpyro._keys import REGISTRY_KEY
 from pertpyro.data._registry import Registry
+from pertpyro.data import log_normalise, mean_expression, observed_shift, strong_perturbations
 from pertpyro.evaluation import (
     BASELINES,
     METRIC_COLUMNS,
     additive,
     ate_metrics,
     format_table,
-    log_normalise,
-    mean_expression,
     no_change,
-    observed_shift,
     shift_metrics,
     shrunk_training_mean,
     split_cells,
     split_heldout_combinations,
     split_heldout_perturbations,
-    strong_perturbations,
     summarise,
     topk_jaccard,
     training_mean,

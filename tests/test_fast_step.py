@@ -13,7 +13,7 @@ from pertpyro.data._loader import CellData, make_loader, program_args
 from pertpyro.inference import CellEnumELBO
 from pertpyro.inference._direct import direct_attributes
 from pertpyro.inference._lightning import SVIModule
-from pertpyro.models._program import MAX_PLATE_NESTING
+from pertpyro.module._program import MAX_PLATE_NESTING
 
 
 def _model_and_batch(adata, **options):

@@ -6,14 +6,17 @@ import pytest
 import torch
 
 import pertpyro
-from pertpyro.causal._expected import coupled_log_normalised, log_normalise
+from pertpyro.causal._expected import coupled_log_normalised
+from pertpyro.data import log_normalise
 from pertpyro.evaluation._draws import heldout_draws
 
 
 @pytest.fixture(scope="module")
 def trained():
     pertpyro.set_seed(0)
-    adata = pertpyro.datasets.simulate(n_cells=800, n_genes=30, n_targets=3, n_combinations=1, seed=3, n_truth_cells=0)
+    adata = pertpyro.datasets.simulate(
+        n_cells=800, n_genes=30, n_targets=3, n_combinations=1, n_batches=2, seed=3, n_truth_cells=0
+    )
     pertpyro.setup_anndata(adata, batch_key="batch")
     model = pertpyro.PerturbationModel(adata, latent_dim=3, seed=0)
     model.train(max_epochs=8, batch_size=256, lr=1e-2, progress_bar=False)

@@ -10,8 +10,8 @@ from pyro.infer import SVI, TraceEnum_ELBO
 
 import pertpyro
 from pertpyro.data._loader import CellData, make_loader, program_args
-from pertpyro.models import sites
-from pertpyro.models._program import MAX_PLATE_NESTING
+from pertpyro.module import sites
+from pertpyro.module._program import MAX_PLATE_NESTING
 
 FAST = {"max_epochs": 3, "batch_size": 64, "progress_bar": False}
 
@@ -186,8 +186,8 @@ def test_batch_weights_match_label_composition(tiny_adata):
 def test_iwelbo_tightens_with_particles(tiny_adata):
     model = pertpyro.PerturbationModel(tiny_adata, latent_dim=2)
     model.train(**FAST)
-    one = model.iwelbo(tiny_adata, n_particles=1, seed=0)
-    many = model.iwelbo(tiny_adata, n_particles=30, seed=0)
+    one = model.iwelbo(tiny_adata, n_samples=1, seed=0)
+    many = model.iwelbo(tiny_adata, n_samples=30, seed=0)
     # log-mean-exp of importance weights is a tighter bound than the single-sample ELBO (Burda et al. 2016)
     assert np.isfinite(one)
     assert many > one

@@ -14,7 +14,7 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
     fast = fast.replace("adata_train=train)", "adata_train=train, predict_kwargs={'n_samples': 2}, iwelbo=False)")
     fast = fast.replace('do={"perturbation": "control"})', 'do={"perturbation": "control"}, n_samples=2)')
     fast = fast.replace("seed=0)  # Lightning", "seed=0, progress_bar=False)  # Lightning")
-    fast = fast.replace("num_samples=200, heldout=test)", "num_samples=4, heldout=test[:200])")
+    fast = fast.replace("n_samples=200, heldout=test)", "n_samples=4, heldout=test[:200])")
     assert fast != block
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}

@@ -66,15 +66,15 @@ def test_backed_training_matches_in_memory(screen_file, monkeypatch):
         history = model.train(max_epochs=2, batch_size=100, progress_bar=False, seed=0)
         runs.append((history, model))
     (h_mem, m_mem), (h_disk, m_disk) = runs
-    assert is_backed(m_disk._data.counts)  # the counts stayed on disk
-    np.testing.assert_array_equal(m_disk._data.library, m_mem._data.library)
+    assert is_backed(m_disk.cell_data.counts)  # the counts stayed on disk
+    np.testing.assert_array_equal(m_disk.cell_data.library, m_mem.cell_data.library)
     # Chunked sums differ from whole-matrix sums only by float rounding, so the fits agree closely.
     np.testing.assert_allclose(h_disk[["train_loss", "val_loss"]], h_mem[["train_loss", "val_loss"]], rtol=1e-4)
     for (name, p_mem), p_disk in zip(m_mem.program.named_parameters(), m_disk.program.parameters(), strict=True):
         torch.testing.assert_close(p_disk, p_mem, rtol=1e-3, atol=1e-4, msg=name)
     # The training went somewhere: the loss dropped, and the minibatches hold the file's counts.
     assert h_disk["train_loss"].iloc[-1] < h_disk["train_loss"].iloc[0]
-    batch = m_disk._data[np.array([5, 3, 500])]
+    batch = m_disk.cell_data[np.array([5, 3, 500])]
     np.testing.assert_array_equal(batch["counts"].numpy(), adata.X[[3, 5, 500]].toarray())
     assert _digest(path) == before  # reading, registering and training never wrote to the file
 
@@ -184,4 +184,4 @@ def test_block_training_from_disk(screen_file):
     assert np.isfinite(history[["train_loss", "val_loss"]].to_numpy()).all()
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     rows = np.array([0, 1, 2, 3, 40, 41, 42, 300])  # runs and a single row: read through the mask
-    np.testing.assert_array_equal(model._data[rows]["counts"].numpy(), adata.X[rows].toarray())
+    np.testing.assert_array_equal(model.cell_data[rows]["counts"].numpy(), adata.X[rows].toarray())

@@ -11,13 +11,9 @@ import pertpyro
 from pertpyro.causal import bayesian_fdr_calls, exceedance_table
 from pertpyro.data._loader import CellData, standalone_args
 from pertpyro.datasets import truth_shift_frame
-from pertpyro.evaluation import (
-    IntervalCalibration,
-    calibration_report,
-    fit_interval_calibration,
-    interval_coverage,
-)
-from pertpyro.models import sites
+from pertpyro.evaluation import calibration_report
+from pertpyro.posterior import IntervalCalibration, fit_interval_calibration, interval_coverage
+from pertpyro.module import sites
 from pertpyro.posterior import import_arviz
 
 
@@ -209,7 +205,7 @@ def test_inference_data_dims_coords_and_summary(fitted):
     az = import_arviz()
     heldout = adata[:300].copy()
     idata = model.to_inference_data(
-        num_samples=20, heldout=heldout, ate=list(truth.index)[:2], latent=True, max_cells=300
+        n_samples=20, heldout=heldout, ate=list(truth.index)[:2], latent=True, max_cells=300
     )
     post = idata.posterior
     assert post["effect"].dims == ("chain", "draw", "target", "gene")
@@ -237,7 +233,7 @@ def test_inference_data_dims_coords_and_summary(fitted):
     fig = pertpyro.plotting.ppc(idata)
     assert len(fig.axes) == 2
     with pytest.raises(ValueError, match="posterior predictive"):
-        pertpyro.plotting.ppc(model.to_inference_data(num_samples=4))
+        pertpyro.plotting.ppc(model.to_inference_data(n_samples=4))
 
 
 # ------------------------------------------------------------------ user scripts

@@ -1,4 +1,4 @@
 """Causal queries: interventions through ``pyro.poutine.do``."""
 
-from pertpyro.causal._ate import average_treatment_effect, label_shift_draws, log_normalise
+from pertpyro.causal._ate import average_treatment_effect, label_shift_draws
 from pertpyro.causal._probability import bayesian_fdr_calls, exceedance_table

@@ -21,12 +21,11 @@ import pyro
 import torch
 
 from pertpyro._settings import local_params
+from pertpyro.causal._artifacts import abduct_artifact
 from pertpyro.causal._counterfactual import abduct
 from pertpyro.causal._expected import N_COUNTS, escapers_are_controls, expected_cell_values
-from pertpyro.causal._expected import log_normalise as log_normalise  # re-exported (its old home)
 from pertpyro.data._registry import Registry, design_matrix
-from pertpyro.models._artifacts import abduct_artifact
-from pertpyro.models._sites import ARTIFACT
+from pertpyro.module._sites import ARTIFACT
 
 
 @torch.no_grad()
@@ -63,7 +62,7 @@ def simulate_label_means(
         extra cost (e.g. batch-matched and uniform), output ``(n_samples, W, L, G)``.
     global_action
         Optional map from each draw's abducted latents to extra interventions on global sites, applied in every
-        arm (e.g. ``adjacency`` with some edges removed: :func:`pertpyro.models._grn.adjacency_action`).
+        arm (e.g. ``adjacency`` with some edges removed: :func:`pertpyro.module._grn.adjacency_action`).
     n_counts
         Count replicates per cell and draw, coupled across arms (:mod:`pertpyro.causal._expected`).
 
@@ -109,7 +108,7 @@ def ate_table(
     """Tidy ``(perturbation, gene, mean, lower, upper)`` from draws ``(S, L, G)`` of shifts.
 
     The interval is the equal-tailed posterior one, or, with ``calibration`` (an
-    :class:`~pertpyro.evaluation.IntervalCalibration`), its recalibrated Normal interval.
+    :class:`~pertpyro.posterior.IntervalCalibration`), its recalibrated Normal interval.
     """
     arr = draws.numpy()
     mean = arr.mean(0)
@@ -170,7 +169,7 @@ def average_treatment_effect(
     global_action
         Extra interventions on global sites given each draw's latents (see :func:`simulate_label_means`).
     calibration
-        Recalibrate the intervals (:class:`~pertpyro.evaluation.IntervalCalibration`); ``None``: raw quantiles.
+        Recalibrate the intervals (:class:`~pertpyro.posterior.IntervalCalibration`); ``None``: raw quantiles.
 
     Returns
     -------

@@ -12,7 +12,7 @@ import torch
 from pyro import poutine
 
 from pertpyro.data._loader import standalone_args
-from pertpyro.models._sites import (
+from pertpyro.module._sites import (
     ADJACENCY,
     ADJACENCY_WEIGHT,
     ARTIFACT,

@@ -28,15 +28,11 @@ import torch
 from pyro import poutine
 
 from pertpyro.data._loader import standalone_args
-from pertpyro.models._sites import COUNTS, EFFICACY, PERTURBATION
+from pertpyro.data._statistics import log_normalise
+from pertpyro.module._sites import COUNTS, EFFICACY, PERTURBATION
 
 N_COUNTS = 4
 """Default count replicates per cell and posterior draw."""
-
-
-def log_normalise(counts: torch.Tensor) -> torch.Tensor:
-    """``log1p(1e4 * x / sum_g x)`` per cell (cells with no counts stay at zero)."""
-    return torch.log1p(1e4 * counts / counts.sum(-1, keepdim=True).clamp_min(1.0))
 
 
 def expected_cell_values(

@@ -80,7 +80,7 @@ def exceedance_table(
         If given, add ``hit`` (called at Bayesian FDR ``fdr`` over every label and gene of the table) and
         ``lfdr_set`` (the expected FDR of the set called down to this effect).
     calibration
-        An :class:`~pertpyro.evaluation.IntervalCalibration`: the probability is then that of its recalibrated
+        An :class:`~pertpyro.posterior.IntervalCalibration`: the probability is then that of its recalibrated
         Normal, ``P(|N(mean, sd)| > threshold)``, instead of the fraction of draws.
 
     Returns

@@ -1,5 +1,35 @@
-"""AnnData contract, registry, datasets, simulator and minibatch loading."""
+"""AnnData contract, registry, datasets, simulator, statistics of counts and minibatch loading."""
 
 from pertpyro.data._datasets import collectri, papalexi2021
+from pertpyro.data._loader import CellData
 from pertpyro.data._registry import Registry, batch_codes, design_matrix, get_counts, get_registry
 from pertpyro.data._setup import setup_anndata, validate_counts
+from pertpyro.data._statistics import (
+    TARGET_SUM,
+    LabelMoments,
+    label_moments,
+    log_normalise,
+    mean_expression,
+    observed_shift,
+    strong_perturbations,
+)
+
+__all__ = [
+    "TARGET_SUM",
+    "CellData",
+    "LabelMoments",
+    "Registry",
+    "batch_codes",
+    "collectri",
+    "design_matrix",
+    "get_counts",
+    "get_registry",
+    "label_moments",
+    "log_normalise",
+    "mean_expression",
+    "observed_shift",
+    "papalexi2021",
+    "setup_anndata",
+    "strong_perturbations",
+    "validate_counts",
+]

@@ -31,14 +31,12 @@ from anndata import AnnData
 from pertpyro._keys import TRUTH_KEY
 from pertpyro.data._simulate_artifacts import add_artifacts, check_artifact_args
 from pertpyro.data._simulate_grn import check_grn_args, simulate_grn
+from pertpyro.data._statistics import log_normalise
 
 logger = logging.getLogger(__name__)
 
 _CHUNK_ENTRIES = 2**18
 """Cells are generated in chunks of about this many (cell, gene) entries: bounds memory, sets the random streams."""
-
-_TARGET_SUM = 1e4
-"""Normalisation of the shift scale: ``log1p(1e4 * x / sum(x))`` (DESIGN.md §4)."""
 
 # Keys of the independent random streams (first element of the spawn key); never renumber, only append.
 _STREAM_BASAL, _STREAM_EFFECTS, _STREAM_ASSIGN, _STREAM_COUNTS, _STREAM_TRUTH, _STREAM_ARTIFACTS = range(6)
@@ -515,7 +513,7 @@ def _true_shifts(basal: _Basal, label_effect: np.ndarray, *, n_cells: int, seed:
         batch = rng.integers(basal.n_batches, size=n_rows)
         mean, prop = _cell_means(basal, rng, batch, None)
         x, lam = _sample_nb(rng, mean, basal.theta)
-        control_sum = _log_normalize(x).sum(axis=0)
+        control_sum = log_normalise(x).sum(axis=0)
         perturbed_sum = np.empty((n_labels, n_genes))
         for p in range(n_labels):
             ratio = exp_effect[p] / np.einsum("ng,g->n", prop, exp_effect[p])[:, None]  # (rows, G)
@@ -524,7 +522,7 @@ def _true_shifts(basal: _Basal, label_effect: np.ndarray, *, n_cells: int, seed:
             xp[down] = rng.binomial(x[down], ratio[down])
             up = ratio > 1.0
             xp[up] += rng.poisson(lam[up] * (ratio[up] - 1.0))
-            perturbed_sum[p] = _log_normalize(xp).sum(axis=0)
+            perturbed_sum[p] = log_normalise(xp).sum(axis=0)
         return control_sum, perturbed_sum
 
     control_sum = np.zeros(n_genes)
@@ -563,12 +561,6 @@ def _sample_nb(rng: np.random.Generator, mean: np.ndarray, theta: np.ndarray) ->
     lam = rng.standard_gamma(np.broadcast_to(theta, mean.shape))
     lam *= mean / theta
     return rng.poisson(lam), lam
-
-
-def _log_normalize(x: np.ndarray) -> np.ndarray:
-    """``log1p(1e4 * x / sum(x))`` per row (0 for an empty row)."""
-    total = x.sum(axis=1, keepdims=True)
-    return np.log1p(x * (_TARGET_SUM / np.maximum(total, 1)))
 
 
 def _map_chunks(fn: Callable[[int, slice], Any], n_cells: int, n_genes: int, n_jobs: int) -> Iterator[Any]:

@@ -12,7 +12,7 @@ mRNA by ``knockout`` on the logit scale; the activity change propagates ``n_step
 
 ``A_RR`` is ``A`` restricted to the regulators' own gene columns; an edge weight is the logit change of the target
 gene per unit of the source's activity (positive: activator). This is the same map the model's ``grn`` block uses
-(:mod:`pertpyro.models._grn`), so the truth is in the model's family.
+(:mod:`pertpyro.module._grn`), so the truth is in the model's family.
 """
 
 from __future__ import annotations

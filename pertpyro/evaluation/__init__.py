@@ -1,4 +1,4 @@
-"""Evaluation: splits, shift metrics, baselines and the benchmark runner (DESIGN.md §5).
+"""Evaluation: splits, shift metrics, baselines and the benchmark runner.
 
 Typical use::
 
@@ -10,16 +10,7 @@ Typical use::
 
 from pertpyro.evaluation._artifacts import artifact_detection, energy_distance, qc_pass_rate
 from pertpyro.evaluation._baselines import BASELINES, additive, no_change, shrunk_training_mean, training_mean
-from pertpyro.evaluation._calibration import (
-    IntervalCalibration,
-    calibration_report,
-    calibration_table,
-    fit_interval_calibration,
-    heldout_reference,
-    interval_bounds,
-    interval_coverage,
-    report_labels,
-)
+from pertpyro.evaluation._calibration import calibration_report, calibration_table, heldout_reference, report_labels
 from pertpyro.evaluation._grn import (
     causalbench_stats,
     correlation_baseline,
@@ -28,19 +19,8 @@ from pertpyro.evaluation._grn import (
     knockout_shift_baseline,
     random_baseline,
 )
-from pertpyro.evaluation._metrics import (
-    METRIC_COLUMNS,
-    LabelMoments,
-    label_moments,
-    log_normalise,
-    mean_expression,
-    observed_shift,
-    shift_metrics,
-    strong_perturbations,
-    summarise,
-    topk_jaccard,
-)
-from pertpyro.evaluation._runner import ate_metrics, format_table, to_perturbed_reference
+from pertpyro.evaluation._metrics import METRIC_COLUMNS, shift_metrics, summarise, topk_jaccard
+from pertpyro.evaluation._runner import ShiftPredictor, ate_metrics, format_table, to_perturbed_reference
 from pertpyro.evaluation._splits import split_cells, split_heldout_combinations, split_heldout_perturbations
 
 __all__ = [
@@ -48,9 +28,8 @@ __all__ = [
     "energy_distance",
     "qc_pass_rate",
     "BASELINES",
-    "IntervalCalibration",
     "METRIC_COLUMNS",
-    "LabelMoments",
+    "ShiftPredictor",
     "additive",
     "ate_metrics",
     "causalbench_stats",
@@ -61,23 +40,15 @@ __all__ = [
     "random_baseline",
     "calibration_report",
     "calibration_table",
-    "fit_interval_calibration",
     "heldout_reference",
-    "interval_bounds",
-    "interval_coverage",
     "report_labels",
     "format_table",
-    "label_moments",
-    "log_normalise",
-    "mean_expression",
     "no_change",
-    "observed_shift",
     "shift_metrics",
     "shrunk_training_mean",
     "split_cells",
     "split_heldout_combinations",
     "split_heldout_perturbations",
-    "strong_perturbations",
     "summarise",
     "to_perturbed_reference",
     "topk_jaccard",

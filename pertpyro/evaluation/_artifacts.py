@@ -20,6 +20,7 @@ from anndata import AnnData
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pertpyro.data._qc import _MIN_PCT_SPREAD, _cell_metrics, _gene_sets, _robust_bounds
+from pertpyro.data._statistics import log_normalise
 
 
 def artifact_detection(truth: Sequence[bool] | np.ndarray, score: Sequence[float] | np.ndarray) -> dict[str, float]:
@@ -98,8 +99,7 @@ def qc_pass_rate(
 
 def _log_normalise(x: np.ndarray | sp.spmatrix) -> torch.Tensor:
     dense = x.toarray() if sp.issparse(x) else np.asarray(x)
-    t = torch.as_tensor(dense, dtype=torch.float64)
-    return torch.log1p(1e4 * t / t.sum(-1, keepdim=True).clamp_min(1.0))
+    return log_normalise(torch.as_tensor(dense, dtype=torch.float64))
 
 
 def energy_distance(

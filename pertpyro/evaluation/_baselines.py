@@ -19,7 +19,7 @@ import pandas as pd
 from anndata import AnnData
 
 from pertpyro.data._registry import Registry, get_registry
-from pertpyro.evaluation._metrics import CHUNK_SIZE, LabelMoments, label_moments
+from pertpyro.data._statistics import CHUNK_SIZE, LabelMoments, label_moments
 
 logger = logging.getLogger(__name__)
 

@@ -11,17 +11,19 @@ two outputs equal those two calls' draws (same latents, same count noise), at ha
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
 from pertpyro.causal._ate import label_shift_draws
 from pertpyro.causal._expected import N_COUNTS
+from pertpyro.causal._population import batch_weights, subsample_rows, subset_batch
+from pertpyro.data._registry import perturbation_labels
+from pertpyro.posterior._protocol import FittedModel, require_trained
 
 
 def heldout_draws(
-    model: Any,
+    model: FittedModel,
     labels: Sequence[str],
     *,
     n_samples: int = 100,
@@ -53,12 +55,17 @@ def heldout_draws(
     ``model.ate_draws(labels, n_samples=n_samples, seed=seed)`` (both up to float rounding when
     ``n_counts`` is their default).
     """
-    model._check_trained()
+    require_trained(model)
     labels = [str(label) for label in labels]
     if not labels:
         raise ValueError("Give at least one perturbation label.")
-    population = model._population(None, max_cells, seed)
-    matched = model._batch_weights(labels, population)  # (labels, cells)
+    registry = model.registry
+    train_labels = perturbation_labels(model.adata, registry)
+    rows = subsample_rows(np.flatnonzero(train_labels == registry.control), max_cells, seed)  # as in model.ate
+    population = subset_batch(model.cell_data, rows)
+    matched = batch_weights(  # (labels, cells)
+        labels, population["batch_index"].numpy(), train_labels, model.cell_data.batch_index, registry.n_batches
+    )
     weights = np.stack([matched, np.ones_like(matched)])  # (2, labels, cells)
     draws = label_shift_draws(
         model.program,

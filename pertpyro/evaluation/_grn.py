@@ -27,6 +27,7 @@ from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pertpyro.data._registry import get_counts, get_registry, perturbation_labels
+from pertpyro.data._statistics import log_normalise
 
 
 def _pair_index(frame: pd.DataFrame) -> pd.MultiIndex:
@@ -83,9 +84,7 @@ def edge_scores(
 def _log_normalised(adata: AnnData) -> np.ndarray:
     registry = get_registry(adata)
     counts = get_counts(adata, registry)
-    counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
-    counts = counts.astype(np.float64)
-    return np.log1p(1e4 * counts / np.maximum(counts.sum(1, keepdims=True), 1.0))
+    return np.asarray(log_normalise(counts.toarray() if sp.issparse(counts) else counts))
 
 
 def _pairs_frame(sources: Sequence[str], genes: Sequence[str], values: np.ndarray) -> pd.DataFrame:

@@ -1,34 +1,40 @@
-"""Benchmark runner: a model and the baselines, scored side by side on held-out cells (DESIGN.md §5)."""
+"""Benchmark runner: a model and the baselines, scored side by side on held-out cells."""
 
 from __future__ import annotations
 
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from pertpyro.data._registry import get_registry
+from pertpyro.data._statistics import CHUNK_SIZE, REFERENCES, label_moments, shift_from_moments, strong_from_moments
 from pertpyro.evaluation._baselines import BASELINES, Baseline
-from pertpyro.evaluation._metrics import (
-    CHUNK_SIZE,
-    REFERENCES,
-    label_moments,
-    shift_from_moments,
-    shift_metrics,
-    strong_from_moments,
-    summarise,
-)
+from pertpyro.evaluation._metrics import shift_metrics, summarise
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASELINES = ("no_change", "training_mean", "shrunk_training_mean", "additive")
 
 
-def _model_predictions(model: Any, labels: list[str], **kwargs: Any) -> pd.DataFrame:
+class ShiftPredictor(Protocol):
+    """Any model :func:`ate_metrics` can score: its training cells and a ``predict_shift`` (labels x genes).
+
+    A ``iwelbo(adata)`` method, where the model has one, adds the held-out likelihood to its rows.
+    """
+
+    adata: AnnData
+
+    def predict_shift(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        """Predicted mean shift of each label against control, ``labels x genes``."""
+        ...
+
+
+def _model_predictions(model: ShiftPredictor, labels: list[str], **kwargs: Any) -> pd.DataFrame:
     """``model.predict_shift(labels)``; if it refuses the batch, label by label with NaN for refused labels."""
     try:
         return pd.DataFrame(model.predict_shift(list(labels), **kwargs))
@@ -76,15 +82,15 @@ def to_perturbed_reference(predicted: pd.DataFrame, weights: pd.Series) -> pd.Da
     return predicted - ref
 
 
-def _iwelbo_value(model: Any, adata_test: AnnData) -> float:
-    value = model.iwelbo(adata_test)
+def _iwelbo_value(model: ShiftPredictor, adata_test: AnnData) -> float:
+    value = getattr(model, "iwelbo")(adata_test)  # noqa: B009 (optional method, checked by the caller)
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     return float(np.mean(np.asarray(value, dtype=np.float64)))
 
 
 def ate_metrics(
-    model: Any | None,
+    model: ShiftPredictor | None,
     adata_test: AnnData,
     *,
     adata_train: AnnData | None = None,
@@ -119,7 +125,7 @@ def ate_metrics(
     top_k
         Number of genes with largest ``|observed shift|`` for the ``*_topk`` metrics.
     strong
-        Labels of the ``"strong"`` subset; default :func:`~pertpyro.evaluation.strong_perturbations` on the test
+        Labels of the ``"strong"`` subset; default :func:`~pertpyro.data.strong_perturbations` on the test
         cells (signal-to-noise ratio of the observed shift versus control ``>= strong_threshold``). The same subset
         is used for both references.
     reference

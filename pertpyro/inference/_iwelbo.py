@@ -8,14 +8,14 @@ import torch
 
 from pertpyro._settings import local_params
 from pertpyro.data._loader import standalone_args
-from pertpyro.models._artifacts import guide_draw
-from pertpyro.models._enumerate import cell_log_joint, enumerated_sites
-from pertpyro.models._program import PerturbationGuide, PerturbationProgram
+from pertpyro.module._artifacts import guide_draw
+from pertpyro.module._enumerate import cell_log_joint, enumerated_sites
+from pertpyro.module._program import PerturbationGuide, PerturbationProgram
 
 
 @torch.no_grad()
 def iwelbo_per_cell(
-    program: PerturbationProgram, guide: PerturbationGuide, batch: dict[str, torch.Tensor], *, n_particles: int = 20
+    program: PerturbationProgram, guide: PerturbationGuide, batch: dict[str, torch.Tensor], *, n_samples: int = 20
 ) -> torch.Tensor:
     """IWELBO of each cell of ``batch`` given the posterior mean of the global sites.
 
@@ -35,9 +35,9 @@ def iwelbo_per_cell(
     sites = enumerated_sites(program, labels_observed=args[-1] is not None)
     weights = []
     with local_params():
-        for _ in range(n_particles):
+        for _ in range(n_samples):
             latents, log_q = guide_draw(program, guide, args)  # globals at their posterior means
             joint = cell_log_joint(program, args, latents, sites)  # (2, ..., 2, B)
             log_p = torch.logsumexp(joint.reshape(-1, joint.shape[-1]), 0) if sites else joint
             weights.append(log_p - log_q)
-    return torch.logsumexp(torch.stack(weights), 0) - math.log(n_particles)
+    return torch.logsumexp(torch.stack(weights), 0) - math.log(n_samples)

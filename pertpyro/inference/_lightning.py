@@ -22,7 +22,7 @@ from pertpyro._settings import local_params
 from pertpyro.data._loader import program_args, shard_loader
 from pertpyro.inference._direct import direct_attributes
 from pertpyro.inference._elbo import CellEnumELBO
-from pertpyro.models._program import MAX_PLATE_NESTING
+from pertpyro.module._program import MAX_PLATE_NESTING
 
 logger = logging.getLogger(__name__)
 

@@ -19,22 +19,19 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import pyro
 import torch
 from anndata import AnnData
 from pyro import poutine
 
-from pertpyro._settings import local_params
-from pertpyro.causal._ate import log_normalise
+from pertpyro._settings import local_params, seeded
 from pertpyro.causal._counterfactual import abduct, intervene
 from pertpyro.data._loader import CellData, standalone_args
-from pertpyro.models._sites import EFFECT, EFFECT_MASK, Z_BASAL
-
-if TYPE_CHECKING:
-    from pertpyro.models._model import PerturbationModel
+from pertpyro.data._statistics import log_normalise
+from pertpyro.module._sites import EFFECT, EFFECT_MASK, Z_BASAL
+from pertpyro.posterior._protocol import FittedModel, require_trained
 
 PPC_VARIABLES = ("gene_mean", "zero_fraction")
 
@@ -67,10 +64,10 @@ def _summaries(counts: torch.Tensor) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def posterior_predictive_summaries(
-    model: PerturbationModel,
+    model: FittedModel,
     cells: AnnData,
     *,
-    num_samples: int = 100,
+    n_samples: int = 100,
     max_cells: int | None = 2000,
     seed: int = 0,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -82,7 +79,7 @@ def posterior_predictive_summaries(
         A trained model.
     cells
         Cells to check (held-out cells: the check then also tests generalisation).
-    num_samples
+    n_samples
         Posterior draws.
     max_cells
         Subsample the cells to at most this many.
@@ -91,16 +88,15 @@ def posterior_predictive_summaries(
 
     Returns
     -------
-    ``(replicated, observed)``: dicts with ``gene_mean`` and ``zero_fraction``, arrays ``(num_samples, G)`` and
+    ``(replicated, observed)``: dicts with ``gene_mean`` and ``zero_fraction``, arrays ``(n_samples, G)`` and
     ``(G,)``.
     """
     data = CellData(cells, model.registry)
     batch = _cell_batch(data, _cell_rows(len(data), max_cells, seed))
     observed = {k: v.numpy() for k, v in _summaries(batch["counts"]).items()}
-    replicated = {k: np.empty((num_samples, model.registry.n_genes), np.float32) for k in PPC_VARIABLES}
-    with torch.random.fork_rng(), local_params():
-        pyro.set_rng_seed(seed)
-        for s in range(num_samples):
+    replicated = {k: np.empty((n_samples, model.registry.n_genes), np.float32) for k in PPC_VARIABLES}
+    with seeded(seed), local_params():
+        for s in range(n_samples):
             counts = intervene(model.program, abduct(model.guide, batch), batch, {})
             for key, value in _summaries(counts).items():
                 replicated[key][s] = value.numpy()
@@ -108,12 +104,10 @@ def posterior_predictive_summaries(
 
 
 @torch.no_grad()
-def _global_draws(
-    model: PerturbationModel, num_samples: int, cells: dict[str, torch.Tensor] | None
-) -> dict[str, np.ndarray]:
-    """Draws of the guide's global sites (and ``z_basal`` of ``cells``), stacked ``(num_samples, ...)``."""
+def _global_draws(model: FittedModel, n_samples: int, cells: dict[str, torch.Tensor] | None) -> dict[str, np.ndarray]:
+    """Draws of the guide's global sites (and ``z_basal`` of ``cells``), stacked ``(n_samples, ...)``."""
     if cells is None:  # the global sites do not depend on the cells: any one cell makes the guide run
-        cells = model._data[np.array([0])]
+        cells = model.cell_data[np.array([0])]
         cells["idx"] = torch.arange(1)
         names: tuple[str, ...] = (EFFECT, EFFECT_MASK)
     else:
@@ -121,7 +115,7 @@ def _global_draws(
     args = standalone_args(cells)
     out: dict[str, list[np.ndarray]] = {}
     with local_params():
-        for _ in range(num_samples):
+        for _ in range(n_samples):
             trace = poutine.trace(model.guide).get_trace(*args)
             for name in names:
                 if name in trace.nodes:
@@ -130,9 +124,9 @@ def _global_draws(
 
 
 def to_inference_data(
-    model: PerturbationModel,
+    model: FittedModel,
     *,
-    num_samples: int = 200,
+    n_samples: int = 200,
     heldout: AnnData | None = None,
     ate: Sequence[str] | None = None,
     latent: bool = False,
@@ -146,13 +140,13 @@ def to_inference_data(
     ----------
     model
         A trained :class:`~pertpyro.PerturbationModel`.
-    num_samples
+    n_samples
         Posterior draws (one chain of independent draws from the guide).
     heldout
         Cells for the posterior predictive check (``posterior_predictive`` and ``observed_data`` groups); ``None``
         skips it.
     ate
-        Perturbation labels whose ATE draws (``model.ate_draws``, ``num_samples`` draws) go into the posterior as
+        Perturbation labels whose ATE draws (``model.ate_draws``, ``n_samples`` draws) go into the posterior as
         ``ate`` [perturbation, gene].
     latent
         Also store ``z_basal`` [cell, latent] of the ``heldout`` cells (needs ``heldout``).
@@ -160,7 +154,7 @@ def to_inference_data(
         Subsample of the held-out cells (and of the ATE population).
     chains
         The independent draws are split into this many "chains" of equal length (so that ArviZ's split R-hat and
-        effective sample sizes are defined; for independent draws R-hat is about 1); must divide ``num_samples``.
+        effective sample sizes are defined; for independent draws R-hat is about 1); must divide ``n_samples``.
     seed
         Seed of every draw.
 
@@ -168,11 +162,12 @@ def to_inference_data(
     -------
     ``arviz.InferenceData``; see the module docstring for the groups.
     """
+    require_trained(model)
     az = import_arviz()
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be positive, got {num_samples}.")
-    if chains < 1 or num_samples % chains:
-        raise ValueError(f"chains ({chains}) must be positive and divide num_samples ({num_samples}).")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be positive, got {n_samples}.")
+    if chains < 1 or n_samples % chains:
+        raise ValueError(f"chains ({chains}) must be positive and divide n_samples ({n_samples}).")
     if latent and heldout is None:
         raise ValueError("latent=True stores the basal states of the held-out cells: give heldout cells too.")
     registry = model.registry
@@ -198,13 +193,12 @@ def to_inference_data(
         rows = _cell_rows(heldout.n_obs, max_cells, seed)
         cell_batch = _cell_batch(CellData(heldout, registry), rows)
         coords["cell"] = [str(name) for name in heldout.obs_names[rows]]
-    with torch.random.fork_rng():
-        pyro.set_rng_seed(seed)
-        posterior = _global_draws(model, num_samples, cell_batch)
+    with seeded(seed):
+        posterior = _global_draws(model, n_samples, cell_batch)
     if ate is not None:
-        labels = model._labels(ate)
+        labels = [ate] if isinstance(ate, str) else [str(label) for label in ate]
         coords["perturbation"] = labels
-        posterior["ate"] = model.ate_draws(labels, n_samples=num_samples, max_cells=max_cells, seed=seed)
+        posterior["ate"] = model.ate_draws(labels, n_samples=n_samples, max_cells=max_cells, seed=seed)
     program = model.program
     constant = {
         "efficacy_rate": model.guide.efficacy_median().detach().numpy(),
@@ -214,12 +208,12 @@ def to_inference_data(
     }
 
     def as_chains(values: np.ndarray) -> np.ndarray:
-        return values.reshape(chains, num_samples // chains, *values.shape[1:])
+        return values.reshape(chains, n_samples // chains, *values.shape[1:])
 
     groups: dict[str, Any] = {"posterior": {k: as_chains(v) for k, v in posterior.items()}, "constant_data": constant}
     if heldout is not None:
         replicated, observed = posterior_predictive_summaries(
-            model, heldout, num_samples=num_samples, max_cells=max_cells, seed=seed
+            model, heldout, n_samples=n_samples, max_cells=max_cells, seed=seed
         )
         groups["posterior_predictive"] = {k: as_chains(v) for k, v in replicated.items()}
         groups["observed_data"] = observed

@@ -7,37 +7,35 @@ same cells (same perturbations, batches and sequencing depths), with one posteri
 each cell's abducted basal state; its true shifts are that draw's shifts over the training control cells,
 computed by the same engine as :meth:`~pertpyro.PerturbationModel.ate` (:mod:`pertpyro.causal._expected`).
 A fresh model with the same settings, trained the same way on the replica, gives posterior draws of those shifts;
-the variance model :class:`~pertpyro.evaluation.IntervalCalibration` (``sd^2 = (scale sd)^2 + (relative mean)^2``)
+the variance model :class:`~pertpyro.posterior.IntervalCalibration` (``sd^2 = (scale sd)^2 + (relative mean)^2``)
 fitted so that they cover the replica's truth at the nominal rates is then applied to the user's model.
 
-This costs one more training per replica (two by default). It corrects the miscalibration the fitting procedure has on screens like the
-user's; it cannot see misfit that the model family itself cannot produce (the replica is, by construction, a
-screen the model describes exactly). Measured on the simulator in ``benchmarks/calibration.py``.
+This costs one more training per replica (two by default). It corrects the miscalibration the fitting procedure
+has on screens like the user's; it cannot see misfit that the model family itself cannot produce (the replica is,
+by construction, a screen the model describes exactly).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyro
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from pyro import poutine
 
-from pertpyro._settings import local_params
+from pertpyro._settings import local_params, seeded
 from pertpyro.causal._ate import label_shift_draws
 from pertpyro.causal._counterfactual import abduct
+from pertpyro.causal._population import subsample_rows
 from pertpyro.data._loader import CellData, standalone_args
-from pertpyro.evaluation._calibration import IntervalCalibration, fit_interval_calibration, interval_coverage
-from pertpyro.models._sites import COUNTS, Z_BASAL
-
-if TYPE_CHECKING:
-    from pertpyro.models._model import PerturbationModel
+from pertpyro.data._registry import perturbation_labels
+from pertpyro.module._sites import COUNTS, Z_BASAL
+from pertpyro.posterior._intervals import IntervalCalibration, fit_interval_calibration, interval_coverage
+from pertpyro.posterior._protocol import FittedModel
 
 REPLICA_CHUNK = 4096
 """Cells simulated at a time (the replica's counts are built as a sparse matrix chunk by chunk)."""
@@ -60,9 +58,7 @@ class ReplicaCalibration:
     coverage: pd.DataFrame
 
 
-def simulate_replica(
-    model: PerturbationModel, adata: AnnData, *, seed: int = 0
-) -> tuple[AnnData, dict[str, torch.Tensor]]:
+def simulate_replica(model: FittedModel, adata: AnnData, *, seed: int = 0) -> tuple[AnnData, dict[str, torch.Tensor]]:
     """Counts of ``adata``'s cells drawn from one posterior draw of ``model`` (a screen with known truth).
 
     Parameters
@@ -80,11 +76,12 @@ def simulate_replica(
     The replica (a copy of ``adata`` with new counts in ``X`` or the registered layer) and the latent values it
     was drawn from (global sites, and ``z_basal`` per cell of ``adata``).
     """
-    data = CellData(adata, model.registry, **model._artifact_data_kwargs(adata))
+    artifacts = model.init_kwargs.get("artifacts")
+    kwargs = {} if artifacts is None else {"artifact_key": model.init_kwargs["artifact_key"], "require_artifact": False}
+    data = CellData(adata, model.registry, **kwargs)
     chunks, basal = [], []
     latents: dict[str, torch.Tensor] = {}
-    with local_params(), torch.random.fork_rng(), torch.no_grad():
-        pyro.set_rng_seed(seed)
+    with local_params(), seeded(seed), torch.no_grad():
         for start in range(0, len(data), REPLICA_CHUNK):
             rows = np.arange(start, min(start + REPLICA_CHUNK, len(data)))
             batch = data[rows]
@@ -108,7 +105,7 @@ def simulate_replica(
 
 
 def replica_shifts(
-    model: PerturbationModel,
+    model: FittedModel,
     latents: dict[str, torch.Tensor],
     labels: Sequence[str],
     *,
@@ -121,7 +118,7 @@ def replica_shifts(
     The same engine as :meth:`~pertpyro.PerturbationModel.ate`, with every "posterior draw" the generating one
     (``n_samples`` repeats average the engine's remaining count noise). Returns ``(labels, G)``.
     """
-    population = model._data[rows]
+    population = model.cell_data[rows]
     population["idx"] = torch.arange(len(rows))
     fixed = {k: (v[torch.as_tensor(rows)] if k == Z_BASAL else v) for k, v in latents.items()}
     generating = poutine.condition(model.guide, data=fixed)
@@ -133,10 +130,10 @@ def replica_shifts(
 
 
 def calibrate_by_replica(
-    model: PerturbationModel,
+    model: FittedModel,
     labels: Sequence[str],
     *,
-    train_kwargs: dict[str, Any],
+    fit_replica: Callable[[AnnData, AnnData | None], FittedModel],
     validation_adata: AnnData | None = None,
     n_replicas: int = 2,
     n_samples: int = 100,
@@ -151,9 +148,9 @@ def calibrate_by_replica(
         A trained model.
     labels
         Perturbation labels whose shifts are scored (seen targets and combinations).
-    train_kwargs
-        Arguments of :meth:`~pertpyro.PerturbationModel.train` for the replica models (those ``model`` was
-        trained with: the miscalibration depends on them).
+    fit_replica
+        Builds and trains a fresh model with ``model``'s settings on a replica (and its replicated validation cells),
+        the way ``model`` was trained: the miscalibration depends on the training settings.
     validation_adata
         The validation cells ``model`` was trained with, if any (replicated as well).
     n_replicas
@@ -171,11 +168,10 @@ def calibrate_by_replica(
     -------
     The calibration and the pooled replicas' coverage table.
     """
-    from pertpyro.models._model import PerturbationModel
-
     if n_replicas < 1:
         raise ValueError(f"n_replicas must be positive, got {n_replicas}.")
-    control = model._population_rows(None, max_cells, seed)  # the population model.ate uses with this seed
+    labels_train = perturbation_labels(model.adata, model.registry)
+    control = subsample_rows(np.flatnonzero(labels_train == model.registry.control), max_cells, seed)  # as in ate
     all_draws, all_truth = [], []
     for replica_index in range(n_replicas):
         replica_seed = seed + 1000 * replica_index
@@ -184,8 +180,7 @@ def calibrate_by_replica(
         if validation_adata is not None:
             replica_val, _ = simulate_replica(model, validation_adata, seed=replica_seed + 1)
         all_truth.append(replica_shifts(model, latents, labels, rows=control, seed=replica_seed))
-        refit = PerturbationModel(replica, **model.init_kwargs)
-        refit.train(**{**train_kwargs, "validation_adata": replica_val})
+        refit = fit_replica(replica, replica_val)
         all_draws.append(refit.ate_draws(labels, n_samples=n_samples, max_cells=max_cells, seed=seed))
     draws, truth = np.concatenate(all_draws, axis=1), np.concatenate(all_truth, axis=0)
     calibration = fit_interval_calibration(draws, truth)

@@ -1,7 +1,7 @@
 """Per-cell log joint densities with the discrete per-cell sites enumerated by brute force.
 
 The queries that need a cell's marginal likelihood or the posterior of one of its discrete states (the IWELBO,
-:func:`pertpyro.models._artifacts.artifact_posterior`) replay the model once per combination of values of the
+:func:`pertpyro.module._artifacts.artifact_posterior`) replay the model once per combination of values of the
 enumerated sites (``efficacy``, ``artifact``, ``artifact_kind``: at most 2 x 2 x 2 replays), each conditioned on the
 same draw of the continuous latents, and sum the log densities of every site in the ``cells`` plate. The result is
 exact in the discrete states; training sums the same states out inside the ELBO (``CellEnumELBO``).
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from pyro import poutine
 
-from pertpyro.models._sites import ARTIFACT, ARTIFACT_KIND, CELLS_PLATE, EFFICACY
+from pertpyro.module._sites import ARTIFACT, ARTIFACT_KIND, CELLS_PLATE, EFFICACY
 
 
 def enumerated_sites(program: torch.nn.Module, *, labels_observed: bool) -> list[str]:

@@ -1,6 +1,6 @@
 """The technical-artifact block (CRADLE-VAE's idea as sample sites): ``artifact``, ``artifact_embedding``.
 
-Generative story, added to :class:`pertpyro.models._program.PerturbationProgram` when ``artifacts`` is set::
+Generative story, added to :class:`pertpyro.module._program.PerturbationProgram` when ``artifacts`` is set::
 
     artifact_embedding   ~ Normal(0, I_G)                        global (one event over genes): A
     for each cell n:
@@ -41,23 +41,18 @@ the factual ``artifact`` stays observed and the downstream sites see ``artifact_
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from typing import Literal, cast
 
 import numpy as np
-import pandas as pd
 import pyro
 import pyro.distributions as dist
 import torch
-from anndata import AnnData
 from pyro import poutine
 from pyro.nn import PyroModule
 from torch import nn
 
-from pertpyro._keys import ARTIFACT_PROB_KEY
-from pertpyro._settings import local_params
-from pertpyro.data._loader import CellData, standalone_args
-from pertpyro.models._enumerate import cell_log_joint, enumerated_sites
-from pertpyro.models._sites import (
+from pertpyro.module._enumerate import cell_log_joint, enumerated_sites
+from pertpyro.module._sites import (
     ARTIFACT,
     ARTIFACT_EMBEDDING,
     ARTIFACT_KIND,
@@ -69,7 +64,9 @@ from pertpyro.models._sites import (
     Z_BASAL,
 )
 
-ARTIFACT_MODES = ("observed", "latent")
+ArtifactMode = Literal["observed", "latent"]
+"""The two modes of the artifact block: labels observed, or labels as noisy evidence of a latent state."""
+ARTIFACT_MODES: tuple[ArtifactMode, ...] = ("observed", "latent")
 LOG2 = math.log(2.0)
 MAX_FLIP = 0.4
 """Upper bound of the learned label flip rates (a label must stay better than a coin flip)."""
@@ -79,11 +76,11 @@ stored units). From 0.02 they must travel about 3 logits; at ``lr = 5e-3`` and a
 0.07 (truth 0.2) on the simulator, and the labels were over-trusted. With 10x steps they reach 0.19-0.30."""
 
 
-def check_artifact_mode(mode: str | None) -> str | None:
+def check_artifact_mode(mode: str | None) -> ArtifactMode | None:
     """``mode`` if it is ``None``, ``"observed"`` or ``"latent"``; a ``ValueError`` otherwise."""
     if mode is not None and mode not in ARTIFACT_MODES:
         raise ValueError(f"artifacts must be None, 'observed' or 'latent', got {mode!r}.")
-    return mode
+    return cast(ArtifactMode | None, mode)
 
 
 class ArtifactBlock(PyroModule):
@@ -335,7 +332,7 @@ def artifact_posterior(
     guide: torch.nn.Module,
     args: tuple,
     *,
-    n_draws: int = 30,
+    n_samples: int = 30,
     latents: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Posterior ``P(artifact = 1 | x, library, label)`` of each cell of one standalone minibatch.
@@ -343,9 +340,9 @@ def artifact_posterior(
     The artifact state ``a`` (and ``artifact_kind``, ``efficacy``) is summed exactly; the basal state ``z`` is
     integrated by importance sampling with the guide as proposal (globals at their posterior means)::
 
-        P(a | x) ∝ sum_k p(a, x, l, label, z_k) / q(z_k | x),   z_k ~ q(z | x),  k = 1..n_draws
+        P(a | x) ∝ sum_k p(a, x, l, label, z_k) / q(z_k | x),   z_k ~ q(z | x),  k = 1..n_samples
 
-    (the two sums are the IWELBO's importance weights split by ``a``; consistent as ``n_draws`` grows). Averaging
+    (the two sums are the IWELBO's importance weights split by ``a``; consistent as ``n_samples`` grows). Averaging
     the conditional posteriors ``P(a | x, z_k)`` instead would weigh each ``z_k`` by the guide, which was fitted
     to clean and artifact cells alike, not by how well it explains the cell under each state: on the simulator
     (seed 1, 20% flipped labels) that gave an artifact AUROC of 0.946, this estimate 0.956.
@@ -356,10 +353,10 @@ def artifact_posterior(
         The trained model and guide (the program has an artifact block).
     args
         Model arguments of the cells (:func:`pertpyro.data._loader.standalone_args`).
-    n_draws
+    n_samples
         Importance samples of ``z``.
     latents
-        One draw of the latent sites to condition on instead: the exact ``P(a | x, z, globals)`` (``n_draws`` is
+        One draw of the latent sites to condition on instead: the exact ``P(a | x, z, globals)`` (``n_samples`` is
         then ignored), as used by the abduction of a counterfactual.
 
     Returns
@@ -369,7 +366,7 @@ def artifact_posterior(
     if latents is not None:
         return torch.softmax(_artifact_log_joint(program, args, latents), 0)[1]
     weights = []
-    for _ in range(n_draws):
+    for _ in range(n_samples):
         draw, log_q = guide_draw(program, guide, args)
         weights.append(_artifact_log_joint(program, args, draw) - log_q)
     return torch.softmax(torch.logsumexp(torch.stack(weights), 0), 0)[1]
@@ -384,70 +381,11 @@ def artifact_action(program: torch.nn.Module, value: object) -> torch.Tensor:
     return torch.tensor(float(value))
 
 
-def abduct_artifact(
-    program: torch.nn.Module,
-    guide: torch.nn.Module,
-    batch: dict[str, torch.Tensor],
-    latents: dict[str, torch.Tensor],
-    action: Mapping[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Abduct each cell's factual artifact state and, under ``do(artifact=...)``, its counterfactual depth.
-
-    The factual state is the label in the observed mode (when the cells carry labels), else a draw from its exact
-    posterior given ``latents``. It joins ``latents`` (so the model replays it where not intervened on); when
-    ``action`` sets ``artifact``, ``batch["library"]`` is replaced by the depth the cell would have had
-    (:meth:`ArtifactBlock.counterfactual_log_library`).
-
-    Returns
-    -------
-    The latents with ``artifact`` added, and the batch to run the intervened model on.
-    """
-    block = program.artifact_block
-    if block.mode == "observed" and "artifact" in batch:
-        factual = batch["artifact"]
-    else:
-        prob = artifact_posterior(program, guide, standalone_args(batch), latents=latents)
-        factual = torch.bernoulli(prob)
-    latents = latents | {ARTIFACT: factual}
-    if ARTIFACT not in action:
-        return latents, batch
-    codes = batch["batch_index"]
-    loc = program.library_loc[codes].detach()
-    scale = nn.functional.softplus(program.library_raw_scale[codes].detach()) + 1e-3
-    log_depth = block.counterfactual_log_library(
-        torch.log(batch["library"]), loc, scale, factual, action[ARTIFACT].expand_as(factual)
-    )
-    return latents, batch | {"library": torch.exp(log_depth).detach()}
-
-
-def artifact_probability(
-    model: object, adata: AnnData, *, n_draws: int = 30, batch_size: int = 2048, write: bool = False, seed: int = 0
-) -> pd.Series:
-    """Body of :meth:`pertpyro.PerturbationModel.artifact_probability` (see there)."""
-    if model.program.artifact_block is None:
-        raise ValueError("This model has no artifact block: build it with artifacts='observed' or 'latent'.")
-    key = model.init_kwargs["artifact_key"]
-    data = CellData(adata, model.registry, artifact_key=key, require_artifact=False)
-    out = np.zeros(len(data), dtype=np.float64)
-    with torch.random.fork_rng(), local_params(), torch.no_grad():
-        pyro.set_rng_seed(seed)
-        for start in range(0, len(data), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(data)))
-            args = standalone_args(data[rows])
-            out[rows] = artifact_posterior(model.program, model.guide, args, n_draws=n_draws).numpy()
-    probs = pd.Series(out, index=adata.obs_names.copy(), name=ARTIFACT_PROB_KEY)
-    if write:
-        adata.obs[ARTIFACT_PROB_KEY] = probs.to_numpy()
-    return probs
-
-
 __all__ = [
     "ArtifactBlock",
     "ArtifactGuide",
-    "abduct_artifact",
     "artifact_action",
     "artifact_posterior",
-    "artifact_probability",
     "check_artifact_mode",
     "robust_library_init",
 ]

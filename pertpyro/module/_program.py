@@ -7,7 +7,7 @@ Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k
     effect[t, g]      ~ Normal(0, sigma_g)                         targets x genes plate
     effect_mask[t, g] ~ RelaxedBernoulli(pi)   (hard 0/1 forward)  targets x genes plate (``sparse_effects``)
     (``grn``: instead, effect[t] = the knockout of t propagated through adjacency * adjacency_weight, regulators x
-     genes plate; see pertpyro.models._grn)
+     genes plate; see pertpyro.module._grn)
     for each cell n (plate "cells", subsampled):
         z_basal[n]      ~ Normal(0, I_K)
         perturbation[n] ~ Bernoulli(freq_t)    observed multi-hot d_n (so ``poutine.do`` can set it)
@@ -18,7 +18,7 @@ Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k
 
 With ``artifacts`` set, the sites ``artifact``, ``artifact_kind``, ``artifact_label`` (cells) and
 ``artifact_embedding`` (global) add a technical-artifact offset to the logits and change the library and dispersion
-of artifact cells (:mod:`pertpyro.models._artifacts`).
+of artifact cells (:mod:`pertpyro.module._artifacts`).
 
 A knockout changes the composition of a cell's expression (``effect``) and its total counts over the measured
 genes (``lambda``, per target): in the Papalexi screen, cells of the strong knockouts have ~13% fewer counts than
@@ -50,16 +50,16 @@ from pyro.nn import PyroModule
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
-from pertpyro.models._artifacts import ArtifactBlock, ArtifactGuide
-from pertpyro.models._components import BasalEncoder, GeneDecoder
-from pertpyro.models._distributions import (
+from pertpyro.module._artifacts import ArtifactBlock, ArtifactGuide
+from pertpyro.module._components import BasalEncoder, GeneDecoder, inverse_softplus
+from pertpyro.module._distributions import (
     MarkedBernoulli,
     NegativeBinomialLogMean,
     SharedScaleStudentT,
     is_enumerated_support,
 )
-from pertpyro.models._grn import GRNGuide, GRNPrior
-from pertpyro.models._sites import (
+from pertpyro.module._grn import GRNGuide, GRNPrior
+from pertpyro.module._sites import (
     CELLS_PLATE,
     COUNTS,
     EFFECT,
@@ -78,12 +78,6 @@ EFFICACY_INIT_LOGIT = 1.0
 
 MAX_PLATE_NESTING = 2
 """Plates nest at most two deep (targets x genes); the enumerated ``efficacy`` dimension sits left of them."""
-
-
-def _inverse_softplus(x: float | torch.Tensor) -> float | torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x + torch.log(-torch.expm1(-x))
-    return x + math.log(-math.expm1(-x))
 
 
 def global_plates(owner: nn.Module, n_targets: int, n_genes: int) -> tuple[AbstractContextManager, pyro.plate]:
@@ -135,11 +129,11 @@ class PerturbationProgram(PyroModule):
     library_init
         Initial per-batch mean and sd of the log library size.
     grn
-        The ``grn`` block (:class:`~pertpyro.models._grn.GRNPrior`): the targets' effects are knockouts propagated
+        The ``grn`` block (:class:`~pertpyro.module._grn.GRNPrior`): the targets' effects are knockouts propagated
         through a sparse regulator -> gene network (sites ``adjacency``, ``adjacency_weight``) instead of free
         ``effect`` / ``effect_mask`` sites.
     artifacts
-        Technical-artifact block (:mod:`pertpyro.models._artifacts`): ``None`` (off), ``"observed"`` or ``"latent"``.
+        Technical-artifact block (:mod:`pertpyro.module._artifacts`): ``None`` (off), ``"observed"`` or ``"latent"``.
     effect_df
         Degrees of freedom of a Student-t effect prior (heavy tails: strong effects are not shrunk while weak
         ones are); 0 gives a Normal prior.
@@ -173,11 +167,11 @@ class PerturbationProgram(PyroModule):
         self.sparse_effects, self.use_efficacy = sparse_effects, efficacy
         self.decoder = GeneDecoder(latent_dim, n_genes, n_batches, n_hidden=n_hidden, gene_bias=gene_bias)
         self.log_theta = nn.Parameter(torch.full((n_genes,), math.log(5.0)))
-        self.effect_prior_raw_scale = nn.Parameter(torch.full((n_genes,), _inverse_softplus(0.3)))
+        self.effect_prior_raw_scale = nn.Parameter(torch.full((n_genes,), inverse_softplus(0.3)))
         n_lib = max(n_batches, 1)
         lib_loc, lib_scale = library_init or (torch.full((n_lib,), 7.0), torch.full((n_lib,), 0.5))
         self.library_loc = nn.Parameter(lib_loc.float().clone())
-        self.library_raw_scale = nn.Parameter(_inverse_softplus(lib_scale.float().clamp_min(0.05)))
+        self.library_raw_scale = nn.Parameter(inverse_softplus(lib_scale.float().clamp_min(0.05)))
         self.library_effect = nn.Parameter(torch.zeros(n_targets))
         self.mask_prior_logit = nn.Parameter(torch.tensor(math.log(mask_prior / (1 - mask_prior))))
         freq = torch.full((n_targets,), 0.5) if target_frequency is None else target_frequency.float()
@@ -363,11 +357,11 @@ class PerturbationGuide(PyroModule):
             n_layers=n_layers,
         )
         self.effect_loc = nn.Parameter(torch.zeros(T, G))
-        self.effect_raw_scale = nn.Parameter(torch.full((T, G), _inverse_softplus(0.05)))
+        self.effect_raw_scale = nn.Parameter(torch.full((T, G), inverse_softplus(0.05)))
         self.mask_logit = nn.Parameter(torch.full((T, G), 2.0))
         self.use_efficacy = program.use_efficacy
         self.efficacy_loc = nn.Parameter(torch.full((T,), EFFICACY_INIT_LOGIT))
-        self.efficacy_raw_scale = nn.Parameter(torch.full((T,), _inverse_softplus(0.1)))
+        self.efficacy_raw_scale = nn.Parameter(torch.full((T,), inverse_softplus(0.1)))
         self.register_buffer("mask_temperature", program.mask_temperature.clone())
         self.grn = None if program.grn is None else GRNGuide(program.grn)
         self.artifact_guide = ArtifactGuide(G) if program.artifact_block is not None else None

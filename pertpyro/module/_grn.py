@@ -33,7 +33,7 @@ fewer regulators (the targets plus a few hundred variable genes) beyond that.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,15 +43,16 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pertpyro.models._sites import ADJACENCY, ADJACENCY_WEIGHT, GENES_PLATE, REGULATORS_PLATE
+from pertpyro.module._components import inverse_softplus
+from pertpyro.module._sites import ADJACENCY, ADJACENCY_WEIGHT, GENES_PLATE, REGULATORS_PLATE
 
 
 def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def _softplus_inverse(x: float) -> float:
-    return x + math.log(-math.expm1(-x))
+EdgeAction = Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
+"""A function of one draw's latents giving the ``adjacency`` value of an edge intervention."""
 
 
 class GRNPrior(PyroModule):
@@ -161,7 +162,7 @@ class GRNGuide(PyroModule):
         R, G = prior.n_regulators, prior.n_genes
         self.logit = nn.Parameter(torch.full((R, G), _logit(inclusion_init)))
         self.weight_loc = nn.Parameter(torch.zeros(R, G))
-        self.weight_raw_scale = nn.Parameter(torch.full((R, G), _softplus_inverse(0.05)))
+        self.weight_raw_scale = nn.Parameter(torch.full((R, G), inverse_softplus(0.05)))
         self.register_buffer("temperature", prior.temperature.clone())
 
     def weight_scale(self) -> torch.Tensor:
@@ -283,7 +284,7 @@ def edge_intervention(
     return where, value
 
 
-def adjacency_action(where: torch.Tensor, value: torch.Tensor):
+def adjacency_action(where: torch.Tensor, value: torch.Tensor) -> EdgeAction:
     """A function of the abducted latents giving ``{"adjacency": draw with the intervened edges set}``."""
 
     def action(latents: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+
+def inverse_softplus(x: float | torch.Tensor) -> float | torch.Tensor:
+    """The ``y`` with ``softplus(y) = x`` (``x > 0``): the raw value of a parameter stored through a softplus."""
+    if isinstance(x, torch.Tensor):
+        return x + torch.log(-torch.expm1(-x))
+    return x + math.log(-math.expm1(-x))
 
 
 def _mlp(n_in: int, n_hidden: int, n_out: int, n_layers: int) -> nn.Sequential:

@@ -1,0 +1,207 @@
+"""Cell-level queries: counterfactual cells, held-out likelihood, latent states, artifact and efficacy posteriors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from anndata import AnnData
+
+from pertpyro._keys import ARTIFACT_PROB_KEY
+from pertpyro._settings import local_params
+from pertpyro.causal._artifacts import abduct_artifact, artifact_probabilities
+from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene
+from pertpyro.causal._population import subset_batch
+from pertpyro.data._loader import CellData, make_loader
+from pertpyro.data._registry import design_matrix
+from pertpyro.data._statistics import log_normalise
+from pertpyro.inference._iwelbo import iwelbo_per_cell
+from pertpyro.model._base import ModelBase
+from pertpyro.module._artifacts import artifact_action
+from pertpyro.posterior._arviz import to_inference_data
+
+
+class CellsMixin(ModelBase):
+    """``counterfactual``, ``iwelbo``, ``get_latent_representation``, ``artifact_probability`` and friends."""
+
+    def counterfactual(
+        self,
+        cells: AnnData,
+        *,
+        do: Mapping[str, str | float],
+        n_samples: int = 20,
+        batch_size: int = 2048,
+        seed: int = 0,
+    ) -> AnnData:
+        """Counterfactual expression of observed cells under an intervention, through ``pyro.poutine.do``.
+
+        Abduction: each cell's basal state is drawn from the guide given its observed counts. Action: ``do`` sets
+        ``perturbation`` (a label, e.g. ``"control"`` or ``"STAT1+IRF1"``), ``efficacy`` (0 or 1) and/or ``artifact``
+        (0: the cleaned cell; needs the artifact block) for every cell. With the artifact block, each cell's factual
+        artifact state is abducted too (its label in the observed mode, a posterior draw in the latent mode), and
+        under ``do(artifact=...)`` its depth is moved to the intervened state (the depth noise is kept).
+        Prediction: the model simulates counts at each cell's own depth (moved by the intervened targets'
+        library effect). Repeated over ``n_samples`` posterior draws. For cells that were themselves perturbed,
+        the removal of their factual library effect uses the same ``efficacy`` draw as the counterfactual world (their
+        factual efficacy is not abducted separately yet); for control cells the query is exact.
+
+        Parameters
+        ----------
+        cells
+            Observed cells with the registered genes (and the registry's obs columns).
+        do
+            Intervention by site name: ``{"perturbation": label}``, ``{"efficacy": 1}``, with ``artifacts``
+            ``{"artifact": 0}``, with ``grn=True`` ``{"adjacency": {(source, target): 0 or 1}}`` (edges removed
+            or forced; the others keep their draws), or several.
+        n_samples
+            Posterior draws averaged.
+        batch_size
+            Cells per chunk.
+        seed
+            Seed of the draws.
+
+        Returns
+        -------
+        AnnData (same cells and genes, ``obs`` copied) with ``X`` the posterior mean of ``log1p(1e4 x / sum x)``,
+        ``layers["counts"]`` the posterior mean of the counts, ``uns["pertpyro_do"]`` the intervention.
+        """
+        self._check_trained()
+        if not do:
+            raise ValueError("Give at least one intervention, e.g. do={'perturbation': 'control'}.")
+        absent = {"artifact"} if self.program.artifact_block is None else set()
+        absent |= {"adjacency"} if self.program.grn is None else set()
+        sites = tuple(s for s in INTERVENABLE_SITES if s not in absent)
+        unknown = sorted(set(do) - set(sites))
+        if unknown:
+            raise ValueError(f"Cannot intervene on {unknown}: this model's intervenable sites are {sites}.")
+        data = CellData(cells, self.registry, **self._artifact_data_kwargs(required=False))
+        edge_action = self._edge_action({"adjacency": do["adjacency"]}) if "adjacency" in do else None
+        action_values: dict[str, torch.Tensor] = {}
+        if "perturbation" in do:
+            action_values["perturbation"] = torch.from_numpy(design_matrix([str(do["perturbation"])], self.registry)[0])
+        if "efficacy" in do:
+            if do["efficacy"] not in (0, 1):
+                raise ValueError(f"efficacy can be set to 0 or 1, got {do['efficacy']!r}.")
+            action_values["efficacy"] = torch.tensor(float(do["efficacy"]))
+        if "artifact" in do:
+            action_values["artifact"] = artifact_action(self.program, do["artifact"])
+        lognorm = np.zeros((len(data), self.registry.n_genes), dtype=np.float32)
+        counts = np.zeros_like(lognorm)
+        with torch.random.fork_rng(), local_params(), torch.no_grad():
+            pyro.set_rng_seed(seed)
+            for start in range(0, len(data), batch_size):
+                rows = np.arange(start, min(start + batch_size, len(data)))
+                batch = subset_batch(data, rows)
+                n = len(rows)
+                action = {k: (v.expand(n, -1) if v.ndim else v.expand(n)) for k, v in action_values.items()}
+                for _ in range(n_samples):
+                    latents, world = abduct(self.guide, batch), batch
+                    if self.program.artifact_block is not None:  # keep each cell's factual artifact state
+                        latents, world = abduct_artifact(self.program, self.guide, batch, latents, action)
+                    extra = {} if edge_action is None else edge_action(latents)
+                    x = intervene(self.program, latents, world, {**action, **extra})
+                    counts[rows] += x.numpy() / n_samples
+                    lognorm[rows] += log_normalise(x).numpy() / n_samples
+        out = AnnData(lognorm, obs=cells.obs.copy(), var=pd.DataFrame(index=list(self.registry.genes)))
+        out.layers["counts"] = counts
+        out.uns["pertpyro_do"] = {k: str(v) for k, v in do.items()}
+        return out
+
+    def iwelbo(self, adata: AnnData, *, n_samples: int = 20, batch_size: int = 1024, seed: int = 0) -> float:
+        """Mean importance-weighted ELBO (nats per cell) of the cells of ``adata``, e.g. held-out test cells.
+
+        A bound on ``log p(counts, library)``: discrete per-cell states are summed exactly, the artifact states
+        included (with the block). Artifact labels are not scored, so models with and without the block compare.
+        ``n_samples`` importance samples of the basal state per cell; ``seed`` seeds them.
+        """
+        self._check_trained()
+        data = CellData(adata, self.registry)
+        values = []
+        with torch.random.fork_rng():
+            pyro.set_rng_seed(seed)
+            for start in range(0, len(data), batch_size):
+                rows = np.arange(start, min(start + batch_size, len(data)))
+                values.append(iwelbo_per_cell(self.program, self.guide, subset_batch(data, rows), n_samples=n_samples))
+        return float(torch.cat(values).mean())
+
+    @torch.no_grad()
+    def get_latent_representation(self, adata: AnnData | None = None, *, batch_size: int = 4096) -> np.ndarray:
+        """Posterior mean of ``z_basal`` per cell, ``(n_cells, latent_dim)``; write it to ``obsm`` yourself."""
+        data = self.cell_data if adata is None else CellData(adata, self.registry)
+        out = []
+        for batch in make_loader(data, batch_size=batch_size, shuffle=False):
+            loc, _ = self.guide.encoder(batch["counts"], batch["batch_index"], batch["perturbation"])
+            out.append(loc)
+        return torch.cat(out).numpy()
+
+    def effect_inclusion(self) -> pd.DataFrame:
+        """Posterior probability that each target affects each gene (``targets x genes``)."""
+        if not self.program.sparse_effects:
+            raise ValueError("This model has no effect mask (sparse_effects=False).")
+        probs = torch.sigmoid(self.guide.mask_logit.detach()).numpy()
+        return pd.DataFrame(probs, index=list(self.registry.targets), columns=list(self.registry.genes))
+
+    def artifact_probability(
+        self,
+        adata: AnnData | None = None,
+        *,
+        n_samples: int = 30,
+        batch_size: int = 2048,
+        write: bool = False,
+        seed: int = 0,
+    ) -> pd.Series:
+        """Posterior probability that each cell is a technical artifact, ``P(artifact = 1 | x, depth, label)``.
+
+        Exact in the artifact state; the basal state is integrated by importance sampling with ``n_samples`` guide
+        draws (:func:`pertpyro.module.artifact_posterior`). The labels in ``obs[artifact_key]`` enter as
+        evidence in the latent mode when present; in the observed mode they are ignored (the probability is then
+        the model's own call from counts and depth).
+
+        Parameters
+        ----------
+        adata
+            Cells to score (default: the training data).
+        n_samples
+            Importance samples of the basal state.
+        batch_size
+            Cells per chunk.
+        write
+            Also write the probabilities to ``adata.obs["pertpyro_artifact_prob"]`` (the only entry written).
+        seed
+            Seed of the draws.
+
+        Returns
+        -------
+        Series indexed by ``obs_names``.
+        """
+        self._check_trained()
+        if self.program.artifact_block is None:
+            raise ValueError("This model has no artifact block: build it with artifacts='observed' or 'latent'.")
+        target = self.adata if adata is None else adata
+        data = self._cell_data(target)
+        values = artifact_probabilities(
+            self.program, self.guide, data, n_samples=n_samples, batch_size=batch_size, seed=seed
+        )
+        probs = pd.Series(values, index=target.obs_names.copy(), name=ARTIFACT_PROB_KEY)
+        if write:
+            target.obs[ARTIFACT_PROB_KEY] = probs.to_numpy()
+        return probs
+
+    def efficacy_probability(self) -> pd.Series:
+        """Estimated fraction of cells per target in which the knockout took effect (posterior median)."""
+        rho = self.guide.efficacy_median().detach().numpy()
+        if self.program.efficacy_targets is not None:  # targets without escapers respond in every cell
+            rho = np.where(self.program.efficacy_targets.numpy(), rho, 1.0)
+        return pd.Series(rho, index=list(self.registry.targets), name="efficacy")
+
+    def to_inference_data(self, n_samples: int = 200, **kwargs: Any) -> Any:
+        """Posterior of the global sites (and optionally a posterior predictive check) as ``arviz.InferenceData``.
+
+        See :func:`pertpyro.posterior.to_inference_data` for the arguments (``heldout``, ``seed``, ...).
+        """
+        self._check_trained()
+        return to_inference_data(self, n_samples=n_samples, **kwargs)

@@ -1,0 +1,124 @@
+"""Starting values of the program's parameters, computed once from the training data (method of moments)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from pertpyro.data._datasets import collectri
+from pertpyro.data._loader import CellData
+from pertpyro.data._registry import Registry
+from pertpyro.data._statistics import strong_perturbations
+from pertpyro.data._stream import CountStatistics
+from pertpyro.module._grn import GRNPrior, build_grn_prior
+
+logger = logging.getLogger(__name__)
+
+EFFICACY_SIGNAL_TO_NOISE = 3.0
+"""``efficacy="strong"``: targets whose own label's shift in the training cells is this far above sampling noise."""
+
+
+def gene_log_share(gene_totals: np.ndarray) -> torch.Tensor:
+    totals = gene_totals + 0.5
+    return torch.from_numpy(np.log(totals / totals.sum())).float()
+
+
+def library_moments(data: CellData, n_batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and sd of the log library size per batch (the starting point of the library model)."""
+    log_lib = np.log(data.library)
+    codes = data.batch_index
+    locs, scales = [], []
+    for b in range(max(n_batches, 1)):
+        values = log_lib[codes == b] if np.any(codes == b) else log_lib
+        locs.append(values.mean())
+        scales.append(values.std() if len(values) > 1 else 0.5)
+    return torch.tensor(locs), torch.tensor(scales)
+
+
+def initial_effects(stats: CountStatistics, response_rate: float) -> torch.Tensor:
+    """Method-of-moments estimates of the effects: the start of the guide's effect means and of ``sigma_g``.
+
+    Per target, the log ratio of each gene's expression share in its cells to that in control cells, inverted
+    through the responder/escaper mixture with response rate ``response_rate``. ``stats`` are the count sums of
+    :meth:`CellData.statistics`. Adam moves a mean by about the learning rate per step, so strong effects (logit
+    shifts of 2-3) started at zero would still be short of their value when early stopping ends training, with a
+    narrow posterior around the wrong value.
+    """
+    gene_sums, control_sums = stats.target_gene_sums, stats.control_gene_sums  # (T, G), (G,)
+    share = (gene_sums + 0.5) / (gene_sums + 0.5).sum(1, keepdims=True)
+    control_share = (control_sums + 0.5) / (control_sums + 0.5).sum()
+    ratio = share / control_share
+    responder_ratio = np.maximum(ratio - (1 - response_rate), 0.05) / response_rate
+    return torch.from_numpy(np.clip(np.log(responder_ratio), -4.0, 4.0)).float()
+
+
+def resolve_efficacy(efficacy: bool | str | Sequence[str], adata: AnnData, registry: Registry) -> bool | list[str]:
+    """``efficacy`` as stored: a bool, or the list of targets with escapers (``"strong"`` resolved on ``adata``)."""
+    if isinstance(efficacy, bool):
+        return efficacy
+    if isinstance(efficacy, str):
+        if efficacy != "strong":
+            raise ValueError(f"efficacy must be True, False, 'strong' or a list of targets, got {efficacy!r}.")
+        strong = set(strong_perturbations(adata, threshold=EFFICACY_SIGNAL_TO_NOISE))
+        return [t for t in registry.targets if t in strong]  # single-target labels with a clear shift
+    return [str(t) for t in efficacy]
+
+
+def efficacy_targets(efficacy: bool | Sequence[str], targets: Sequence[str]) -> torch.Tensor | None:
+    """Boolean ``(T,)`` of the targets with escapers when ``efficacy`` lists them; ``None`` for a bool."""
+    if isinstance(efficacy, bool):
+        return None
+    listed = set(efficacy)
+    unknown = sorted(listed - set(targets))
+    if unknown:
+        raise ValueError(f"efficacy lists targets absent from the data: {unknown}.")
+    return torch.tensor([t in listed for t in targets])
+
+
+def build_grn(
+    registry: Registry, data: CellData, effects: torch.Tensor, kw: Mapping[str, Any]
+) -> tuple[GRNPrior, list[str]]:
+    """The model side of the block from the model's settings ``kw`` (``grn_*`` keys) and moment estimates.
+
+    ``effects`` are the per-target moment estimates ``(T, G)`` of the log expression ratio; each target's own-gene
+    entry (where the target has training cells) starts its ``direct`` knockout effect.
+    """
+    genes = list(registry.genes)
+    gene_index = pd.Index(genes).get_indexer(list(registry.targets))
+    has_cells = data.target_frequency() > 0
+    own = np.full(registry.n_targets, np.nan, dtype=np.float32)
+    ok = (gene_index >= 0) & has_cells
+    own[ok] = effects.numpy()[np.flatnonzero(ok), gene_index[ok]]
+    if not (gene_index >= 0).any() and not kw.get("grn_regulators"):
+        logger.warning(
+            "grn=True but no target is a measured gene and no grn_regulators are given: the network has only "
+            "target -> gene edges (one step), and a target without training cells cannot be predicted."
+        )
+    return build_grn_prior(
+        registry.targets,
+        genes,
+        network=read_network(kw.get("grn_prior")),
+        extra_regulators=kw.get("grn_regulators"),
+        density=kw["grn_density"],
+        prior_inclusion=kw["grn_prior_inclusion"],
+        n_steps=kw["grn_steps"],
+        weight_scale=kw["grn_weight_scale"],
+        own_effect=own,
+    )
+
+
+def read_network(network: pd.DataFrame | str | None) -> pd.DataFrame | None:
+    """A prior network given as a DataFrame, ``"collectri"`` (the shipped CollecTRI) or a CSV path (configs)."""
+    if network is None or isinstance(network, pd.DataFrame):
+        return network
+    if isinstance(network, str):
+        if network.lower() == "collectri":
+            return collectri()
+        return pd.read_csv(network)
+    raise ValueError(f"grn_prior must be a DataFrame, 'collectri' or a CSV path, got {type(network).__name__}.")

@@ -1,0 +1,276 @@
+"""``PerturbationModel``: the user-facing class, from a registered AnnData to effects with uncertainty.
+
+The class holds the state (registry, training cells, program, guide, records of the fit) and its constructor; its
+methods come from mixins, one family each: training (:mod:`._training`), population effects (:mod:`._effects`),
+cell-level queries (:mod:`._cells`) and the network (:mod:`._grn`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from pertpyro._settings import local_params, set_seed
+from pertpyro._version import __version__
+from pertpyro.data._loader import CellData
+from pertpyro.data._registry import Registry, get_registry, perturbation_labels
+from pertpyro.model._cells import CellsMixin
+from pertpyro.model._effects import EffectsMixin
+from pertpyro.model._grn import GRNMixin
+from pertpyro.model._init import (
+    build_grn,
+    efficacy_targets,
+    gene_log_share,
+    initial_effects,
+    library_moments,
+    resolve_efficacy,
+)
+from pertpyro.model._training import TrainingMixin
+from pertpyro.module._artifacts import ArtifactMode, check_artifact_mode, robust_library_init
+from pertpyro.module._components import inverse_softplus
+from pertpyro.module._grn import GRNPrior
+from pertpyro.module._program import EFFICACY_INIT_LOGIT, PerturbationGuide, PerturbationProgram
+from pertpyro.posterior._intervals import IntervalCalibration
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "model.pt"
+
+
+class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
+    """Bayesian model of a CRISPR perturbation screen (SAMS-VAE family, with knockout efficacy).
+
+    Each cell's counts are a negative binomial around ``library * softmax(decoder(z_basal) + shift)``, where the
+    shift is the sum of sparse per-target effects on the gene logits, applied only if the knockout took in that
+    cell (``efficacy``). See :class:`pertpyro.module.PerturbationProgram` for the generative story and :mod:`pertpyro.module.sites` for
+    the site names.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :func:`pertpyro.setup_anndata` (raw counts); the training cells.
+    latent_dim
+        Dimension of the basal latent state.
+    n_hidden
+        Hidden width of the encoder and decoder (decoder: 0 = linear).
+    sparse_effects
+        Spike-and-slab ``effect_mask`` on the effects (off: the per-gene Student-t prior alone).
+    efficacy
+        Per-cell ``efficacy`` latent (cells that escaped the knockout): ``True`` for every target, a list of the
+        targets that may have escapers (the others' cells all respond), or ``"strong"``: the targets whose own
+        label's observed shift in ``adata`` has a signal-to-noise ratio of at least 3
+        (:func:`pertpyro.data.strong_perturbations`; resolved once, here, on the training data, and stored as
+        the list). For knockouts with weak effects the escaper mixture can fit basal heterogeneity shared by all
+        labels instead of escapers; ``"strong"`` keeps it for the knockouts with a clear shift.
+    mask_prior
+        Initial prior inclusion probability of an effect.
+    encode_perturbation
+        Whether the basal-state encoder sees each cell's targets (helps it leave the effects to ``effect``).
+    effect_df
+        Degrees of freedom of the Student-t prior on the effects (0: Normal prior). The default 4 has heavy tails:
+        a target's rare strong effect on a gene is not shrunk toward the per-gene scale of the many null effects,
+        while weak effects still are.
+    artifacts
+        Technical-artifact block (:class:`pertpyro.module.ArtifactBlock`): ``None`` (off); ``"observed"``: the boolean
+        labels ``obs[artifact_key]`` (e.g. from :func:`pertpyro.pp.qc`) are the ``artifact`` site's values;
+        ``"latent"``: they are noisy evidence and each cell's artifact state is inferred (labels optional). With the
+        block on, the data may hold only control cells (the model is then a doublet / low-quality-cell detector).
+    artifact_key
+        ``obs`` column of the artifact labels (read, never written).
+    seed
+        Seed of the parameter initialisation.
+    grn
+        Replace the free per-target effects by knockouts propagated through a sparse regulator -> gene network
+        (sites ``adjacency``, ``adjacency_weight``; :class:`pertpyro.module.GRNPrior`). Regulators are the targets, then ``grn_regulators``.
+    grn_prior
+        Prior network ``DataFrame(source, target[, weight])``, e.g. :func:`pertpyro.datasets.collectri` (or the
+        string ``"collectri"``, or a CSV path, for configs): its edges get prior inclusion ``grn_prior_inclusion``;
+        ``None``: every edge has ``grn_density``. A ``weight`` (sign) column is accepted but not used yet.
+    grn_regulators
+        Measured genes added as regulators (never perturbed in training: their knockouts can still be predicted,
+        from their edges learnt through their parents' knockouts).
+    grn_steps
+        Propagation steps of a knockout (1: direct edges only).
+    grn_density
+        Prior inclusion probability of an edge.
+    grn_prior_inclusion
+        Prior inclusion probability of an edge listed in ``grn_prior``.
+    grn_weight_scale
+        Prior sd of the edge weights (logit change of a gene per unit of regulator activity).
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        latent_dim: int = 10,
+        n_hidden: int = 128,
+        sparse_effects: bool = False,
+        efficacy: bool | Literal["strong"] | Sequence[str] = True,
+        mask_prior: float = 0.5,
+        encode_perturbation: bool = True,
+        effect_df: float = 4.0,
+        artifacts: ArtifactMode | None = None,
+        artifact_key: str = "artifact",
+        seed: int = 0,
+        grn: bool = False,
+        grn_prior: pd.DataFrame | str | None = None,
+        grn_regulators: Sequence[str] | None = None,
+        grn_steps: int = 3,
+        grn_density: float = 0.05,
+        grn_prior_inclusion: float = 0.5,
+        grn_weight_scale: float = 1.0,
+    ) -> None:
+        self.registry = get_registry(adata)
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be positive, got {latent_dim}.")
+        check_artifact_mode(artifacts)
+        if self.registry.n_targets == 0 and artifacts is None:
+            raise ValueError(
+                "The registered data have no perturbation targets (every cell is a control); only the artifact "
+                "model (artifacts='observed' or 'latent') runs on such data."
+            )
+        labels = perturbation_labels(adata, self.registry)
+        if not np.any(labels == self.registry.control):
+            raise ValueError(f"The training data have no control cells labelled {self.registry.control!r}.")
+        self.init_kwargs = {
+            "latent_dim": latent_dim,
+            "n_hidden": n_hidden,
+            "sparse_effects": sparse_effects,
+            "efficacy": resolve_efficacy(efficacy, adata, self.registry),
+            "mask_prior": mask_prior,
+            "encode_perturbation": encode_perturbation,
+            "effect_df": effect_df,
+            "artifacts": artifacts,
+            "artifact_key": artifact_key,
+            "seed": seed,
+        }
+        if grn:  # only stored when on, so that saved models without the block keep their settings
+            self.init_kwargs.update(
+                grn=True,
+                grn_prior=grn_prior,
+                grn_regulators=None if grn_regulators is None else list(grn_regulators),
+                grn_steps=grn_steps,
+                grn_density=grn_density,
+                grn_prior_inclusion=grn_prior_inclusion,
+                grn_weight_scale=grn_weight_scale,
+            )
+        self.adata = adata
+        data = self._cell_data(adata, required=artifacts == "observed")
+        self.cell_data = data
+        set_seed(seed)
+        n_batches = self.registry.n_batches
+        with local_params():  # PyroModules built in local mode keep their parameters to themselves
+            self._build(data, adata, n_batches)
+        self.history_ = None
+        self.is_trained = False
+        self.train_settings_ = {}
+        self._validation_adata = None
+        self.interval_calibration_ = None
+
+    def _build(self, data: CellData, adata: AnnData, n_batches: int) -> None:
+        kw = self.init_kwargs
+        stats = data.statistics()  # one chunked pass when the counts are on disk
+        grn_block: GRNPrior | None = None
+        self.regulators = None
+        if kw.get("grn", False):  # 0.731: the response rate the efficacy logits start at (sigmoid(1))
+            grn_block, self.regulators = build_grn(self.registry, data, initial_effects(stats, 0.731), kw)
+        self.program = PerturbationProgram(
+            self.registry.n_genes,
+            self.registry.n_targets,
+            n_batches,
+            kw["latent_dim"],
+            n_hidden=kw["n_hidden"],
+            target_frequency=torch.from_numpy(data.target_frequency()),
+            gene_bias=gene_log_share(stats.gene_totals),
+            sparse_effects=kw["sparse_effects"],
+            efficacy=kw["efficacy"] is not False,
+            efficacy_targets=efficacy_targets(kw["efficacy"], self.registry.targets),
+            mask_prior=kw["mask_prior"],
+            effect_df=kw["effect_df"],
+            library_init=library_moments(data, n_batches),
+            grn=grn_block,
+            artifacts=kw["artifacts"],
+        )
+        if kw["artifacts"] is not None:
+            robust_library_init(self.program, np.log(data.library), data.batch_index)
+        effects = initial_effects(stats, float(torch.sigmoid(torch.tensor(EFFICACY_INIT_LOGIT))))
+        with torch.no_grad():  # sigma_g starts at the root-mean-square of the moment estimates across targets
+            if effects.shape[0] > 0:  # (no targets: an all-control data set for the artifact model)
+                self.program.effect_prior_raw_scale.copy_(
+                    inverse_softplus(effects.pow(2).mean(0).sqrt().clamp(0.05, 2.0))
+                )
+        self.guide = PerturbationGuide(
+            self.program, n_batches, n_hidden=kw["n_hidden"], encode_perturbation=kw["encode_perturbation"]
+        )
+        if effects.shape[0] > 0 and grn_block is None:  # the effects start at their moment estimates, too
+            with torch.no_grad():
+                self.guide.effect_loc.copy_(effects)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write parameters, settings, registry and history to folder ``path`` (``model.pt`` + ``registry.json``)."""
+        path = Path(path)
+        target = path / CHECKPOINT_FILE
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "program": self.program.state_dict(),
+                "guide": self.guide.state_dict(),
+                "init_kwargs": self.init_kwargs,
+                "registry": self.registry.to_dict(),
+                "history": None if self.history_ is None else self.history_.to_dict(orient="list"),
+                "is_trained": self.is_trained,
+                "interval_calibration": None
+                if self.interval_calibration_ is None
+                else [self.interval_calibration_.scale, self.interval_calibration_.relative],
+                "train_settings": self.train_settings_,
+                "version": __version__,
+            },
+            target,
+        )
+        (path / "registry.json").write_text(json.dumps(self.registry.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, adata: AnnData) -> PerturbationModel:
+        """Rebuild a saved model on ``adata`` (the training data, or data with the same genes and targets)."""
+        target = Path(path) / CHECKPOINT_FILE
+        if not target.exists():
+            raise FileNotFoundError(f"No saved pertpyro model at {target}.")
+        state = torch.load(target, map_location="cpu", weights_only=False)
+        saved = Registry.from_dict(state["registry"])
+        current = get_registry(adata)
+        if saved.genes != current.genes or saved.targets != current.targets or saved.batches != current.batches:
+            raise ValueError("The AnnData's registered genes, targets or batches differ from the saved model's.")
+        model = cls(adata, **state["init_kwargs"])
+        with local_params():
+            model.program.load_state_dict(state["program"])
+            model.guide.load_state_dict(state["guide"])
+        model.registry = saved
+        model.history_ = None if state["history"] is None else pd.DataFrame(state["history"])
+        model.is_trained = bool(state["is_trained"])
+        model.train_settings_ = dict(state.get("train_settings") or {})
+        calibration = state.get("interval_calibration")
+        model.interval_calibration_ = None if calibration is None else IntervalCalibration(*calibration)
+        return model
+
+    def __repr__(self) -> str:
+        r = self.registry
+        status = "trained" if self.is_trained else "untrained"
+        return (
+            f"PerturbationModel({self.adata.n_obs} cells x {r.n_genes} genes, {r.n_targets} targets, "
+            f"latent_dim={self.init_kwargs['latent_dim']}, {status})"
+        )
+
+
+__all__ = ["PerturbationModel"]

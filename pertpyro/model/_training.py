@@ -1,0 +1,147 @@
+"""Training by stochastic variational inference: :meth:`PerturbationModel.train`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from pertpyro._settings import set_seed
+from pertpyro.data._blocks import holdout_rows
+from pertpyro.data._loader import CellData, make_loader
+from pertpyro.inference._device import pin_memory_for
+from pertpyro.inference._lightning import SVIModule, fit
+from pertpyro.inference._memory import keep_freed_memory
+from pertpyro.model._base import ModelBase
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingMixin(ModelBase):
+    """Fits the program and guide with Lightning (:mod:`pertpyro.inference`)."""
+
+    def train(
+        self,
+        *,
+        max_epochs: int | None = None,
+        batch_size: int = 512,
+        lr: float = 5e-3,
+        validation_adata: AnnData | None = None,
+        validation_fraction: float = 0.1,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        strategy: str = "auto",
+        early_stopping: bool = True,
+        patience: int = 20,
+        seed: int = 0,
+        log_dir: str | Path | None = None,
+        progress_bar: bool = True,
+        block_size: int = 1,
+    ) -> pd.DataFrame:
+        """Fit model and guide by stochastic variational inference (Lightning underneath).
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells; ``None`` picks ``min(400, max(50, 2e6 // n_cells))``.
+        batch_size
+            Cells per minibatch.
+        lr
+            Adam learning rate.
+        validation_adata
+            Held-out cells for the validation ELBO and early stopping; ``None`` holds out
+            ``validation_fraction`` of the training cells at random.
+        validation_fraction
+            Fraction held out when ``validation_adata`` is ``None``.
+        accelerator, devices, strategy
+            Passed to ``lightning.Trainer`` (``accelerator="gpu"`` trains on a GPU).
+        early_stopping
+            Stop when the validation ELBO stalls for ``patience`` epochs.
+        patience
+            Epochs without improvement before stopping.
+        seed
+            Seed of minibatch order and of every Monte-Carlo draw (results are reproducible on CPU).
+        log_dir
+            Folder for the CSV log of the losses.
+        progress_bar
+            Show a progress bar.
+        block_size
+            For a backed (on-disk) AnnData: minibatches made of shuffled blocks of ``block_size`` consecutive cells
+            (and the validation hold-out of whole blocks), read from disk in one piece each; 1 (default) draws cells
+            fully at random. Not with several processes.
+
+        Returns
+        -------
+        The loss history (also in ``history_``): negative ELBO per cell, train and validation.
+
+        Notes
+        -----
+        On Linux the first call tunes glibc's allocator so that the step's large temporaries are reused instead of
+        mapped afresh (:func:`pertpyro.inference.keep_freed_memory`; opt out with ``PERTPYRO_KEEP_FREED_MEMORY=0``).
+        """
+        set_seed(seed)
+        keep_freed_memory()
+        self.train_settings_ = {
+            "max_epochs": max_epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "validation_fraction": validation_fraction,
+            "early_stopping": early_stopping,
+            "patience": patience,
+            "seed": seed,
+            "progress_bar": progress_bar,
+        }
+        self._validation_adata = validation_adata
+        n = len(self.cell_data)
+        if validation_adata is None:
+            train_rows, val_rows = holdout_rows(n, validation_fraction, seed, block_size)
+            train_data, val_data = _RowSubset(self.cell_data, train_rows), _RowSubset(self.cell_data, val_rows)
+        else:
+            train_data = self.cell_data
+            val_data = CellData(validation_adata, self.registry, **self._artifact_data_kwargs())
+        if max_epochs is None:
+            max_epochs = int(min(400, max(50, 2_000_000 // len(train_data))))
+        module = SVIModule(self.program, self.guide, n_train=len(train_data), n_val=len(val_data), lr=lr, seed=seed)
+        pin = pin_memory_for(accelerator)  # page-locked batches, copied asynchronously, only for a CUDA GPU
+        train_loader = make_loader(
+            train_data, batch_size=batch_size, shuffle=True, seed=seed, pin_memory=pin, block_size=block_size
+        )
+        val_loader = make_loader(val_data, batch_size=max(batch_size, 2048), shuffle=False, pin_memory=pin)
+        logger.info(
+            "Training on %d cells, validating on %d, for at most %d epochs.", len(train_data), len(val_data), max_epochs
+        )
+        history = fit(
+            module,
+            train_loader,
+            val_loader,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            early_stopping=early_stopping,
+            patience=patience,
+            log_dir=log_dir,
+            progress_bar=progress_bar,
+        )
+        self.history_ = history if self.history_ is None else pd.concat([self.history_, history], ignore_index=True)
+        self.is_trained = True
+        return history
+
+
+class _RowSubset(torch.utils.data.Dataset):
+    """A view of some rows of a :class:`CellData` (the random validation hold-out)."""
+
+    def __init__(self, data: CellData, rows: np.ndarray) -> None:
+        self.data, self.rows = data, np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        batch = self.data[self.rows[np.asarray(idx)]]
+        batch["idx"] = torch.as_tensor(np.sort(np.asarray(idx)))
+        return batch
