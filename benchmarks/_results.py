@@ -16,7 +16,8 @@ Use from a benchmark script (run as ``python benchmarks/NAME.py``, so this modul
 
     write_result("throughput", title="Throughput", summary="...", tables=[table("caption", ["a", "b"], rows)])
 
-``command`` defaults to the script's own command line and ``machine`` to a description of this machine.
+``command`` defaults to the script's own command line and ``machine`` to a description of this machine. Set the
+environment variable ``PERTPYRO_RESULTS_DIR`` to write elsewhere (e.g. for a quick trial run of a script).
 ``python benchmarks/_results.py`` checks every result file.
 """
 
@@ -138,11 +139,16 @@ def write_result(
     command: str | None = None,
     machine: str | None = None,
     figure: str | None = None,
-    results_dir: Path | str = RESULTS_DIR,
+    results_dir: Path | str | None = None,
 ) -> Path:
-    """Validate a result and write it to ``results_dir / f"{name}.json"`` (sorted keys, indented); return the path."""
+    """Validate a result and write it to ``results_dir / f"{name}.json"`` (sorted keys, indented); return the path.
+
+    ``results_dir`` defaults to ``$PERTPYRO_RESULTS_DIR`` or else ``benchmarks/results``.
+    """
     if not name or Path(name).name != name or name.endswith(".json"):
         raise ValueError(f"name must be a bare file stem, got {name!r}")
+    if results_dir is None:
+        results_dir = os.environ.get("PERTPYRO_RESULTS_DIR", RESULTS_DIR)
     results_dir = Path(results_dir)
     result = {
         "title": title,
