@@ -85,6 +85,30 @@ def frame_table(caption: str, frame: Any, digits: int | None = None) -> dict:
     return table(caption, [str(c) for c in frame.columns], frame.itertuples(index=False, name=None), digits)
 
 
+def merged_rows(name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], key: Sequence[str]) -> list:
+    """``rows`` added to the first table of the existing result ``name``, replacing its rows with the same ``key``.
+
+    For a benchmark whose runs each measure one setting (e.g. a thread count): the table keeps the other settings'
+    rows from earlier runs. Rows of a table with other columns are dropped.
+    """
+    path = _results_dir(None) / f"{name}.json"
+    new = [list(r) for r in rows]
+    index = [list(columns).index(k) for k in key]
+    keys = {tuple(r[i] for i in index) for r in new}
+    old = []
+    if path.is_file():
+        tables = json.loads(path.read_text()).get("tables") or [{}]
+        if tables[0].get("columns") == list(columns):
+            old = [r for r in tables[0]["rows"] if tuple(r[i] for i in index) not in keys]
+    return old + new
+
+
+def _results_dir(results_dir: Path | str | None) -> Path:
+    if results_dir is None:
+        results_dir = os.environ.get("PERTPYRO_RESULTS_DIR", RESULTS_DIR)
+    return Path(results_dir)
+
+
 def _check_cell(value: Any, where: str) -> None:
     if value is None or isinstance(value, (str, bool, int)):
         return
@@ -147,9 +171,7 @@ def write_result(
     """
     if not name or Path(name).name != name or name.endswith(".json"):
         raise ValueError(f"name must be a bare file stem, got {name!r}")
-    if results_dir is None:
-        results_dir = os.environ.get("PERTPYRO_RESULTS_DIR", RESULTS_DIR)
-    results_dir = Path(results_dir)
+    results_dir = _results_dir(results_dir)
     result = {
         "title": title,
         "command": command_line() if command is None else command,
