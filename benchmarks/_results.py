@@ -85,13 +85,19 @@ def frame_table(caption: str, frame: Any, digits: int | None = None) -> dict:
     return table(caption, [str(c) for c in frame.columns], frame.itertuples(index=False, name=None), digits)
 
 
-def merged_rows(name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], key: Sequence[str]) -> list:
+def merged_rows(
+    name: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    key: Sequence[str],
+    results_dir: Path | str | None = None,
+) -> list:
     """``rows`` added to the first table of the existing result ``name``, replacing its rows with the same ``key``.
 
     For a benchmark whose runs each measure one setting (e.g. a thread count): the table keeps the other settings'
     rows from earlier runs. Rows of a table with other columns are dropped.
     """
-    path = _results_dir(None) / f"{name}.json"
+    path = _results_dir(results_dir) / f"{name}.json"
     new = [list(r) for r in rows]
     index = [list(columns).index(k) for k in key]
     keys = {tuple(r[i] for i in index) for r in new}
