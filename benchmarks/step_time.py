@@ -4,7 +4,9 @@ Unlike ``throughput.py`` (cells/s per epoch, wall clock, data loading included) 
 backward, Adam) on 30 fixed minibatches of the shipped Papalexi data, one torch thread by default, four rounds in alternating
 order, and reports the minimum time per step of each: the least noisy comparison on a shared machine.
 
-Run: ``python benchmarks/step_time.py [--batch-size 512] [--threads 1]``. Both sides run without argument checks (as training does).
+Run: ``python benchmarks/step_time.py [--batch-size 512] [--threads 1]``. Both sides run without argument checks (as
+training does). Writes ``benchmarks/results/step_time.json``: one row per batch size, thread count and allocator
+setting (a run replaces the row of its own setting and keeps the others).
 """
 
 import argparse
@@ -12,11 +14,20 @@ import time
 
 import pyro
 import torch
+from _results import command_line, merged_rows, table, write_result
 from throughput import add_machine_arguments, plain_torch_loss, setup_machine
 
 import pertpyro
 from pertpyro.data._loader import make_loader
 from pertpyro.inference._lightning import SVIModule
+
+SUMMARY = (
+    "Time per training step (loss, backward, Adam) of pertpyro's Pyro training step against a hand-written "
+    "plain-PyTorch negative ELBO of the same model, on the same fixed minibatches of the shipped Papalexi screen, in "
+    "alternating rounds; the minimum over rounds is the least noisy comparison on a shared machine. The ratio is "
+    "hand-written time / pertpyro time (1 means equal speed)."
+)
+COLUMNS = ["batch", "threads", "allocator", "rounds", "pertpyro ms", "hand-written ms", "ratio", "command"]
 
 
 def main() -> None:
@@ -70,6 +81,22 @@ def main() -> None:
     print(f"allocator {'tuned as in training' if tuned else 'glibc defaults'}, {args.threads} thread(s)")
     print(f"batch {args.batch_size}: ms per step, pertpyro {pyro_ms:.2f}, hand-written {torch_ms:.2f}")
     print(f"ratio (hand-written / pertpyro time) {torch_ms / pyro_ms:.3f}")
+    allocator = "tuned as in training" if tuned else "glibc defaults"
+    row = [args.batch_size, args.threads, allocator, args.rounds, pyro_ms, torch_ms, torch_ms / pyro_ms, command_line()]
+    write_result(
+        "step_time",
+        title="Time per training step",
+        command="python benchmarks/step_time.py --batch-size B --rounds 6 [--default-malloc]",
+        summary=SUMMARY,
+        tables=[
+            table(
+                f"Milliseconds per training step, minimum over the rounds ({len(batches)} fixed minibatches each)",
+                COLUMNS,
+                merged_rows("step_time", COLUMNS, [row], key=COLUMNS[:3]),
+                digits=2,
+            )
+        ],
+    )
 
 
 if __name__ == "__main__":

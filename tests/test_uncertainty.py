@@ -168,7 +168,7 @@ def test_ate_probability_and_hits_on_the_simulator(fitted):
     hit = table["hit"].to_numpy()
     assert real.sum() >= 10
     assert hit.sum() >= 0.5 * real.sum()  # power: most real effects are called
-    # target 0.1, measured 0.27-0.30 on this fixture from the raw posterior (not controlled; benchmarks/results/uncertainty.md)
+    # target 0.1, measured 0.27-0.30 on this fixture from the raw posterior (not controlled)
     assert np.mean(~real[hit]) <= 0.4
     # ordering: real effects get higher probabilities than null ones (AUROC)
     p = table["probability"].to_numpy()
