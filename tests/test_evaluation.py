@@ -11,8 +11,8 @@ import scipy.sparse as sp
 
 import pertpyro
 from pertpyro._keys import REGISTRY_KEY
-from pertpyro.data._registry import Registry
 from pertpyro.data import log_normalise, mean_expression, observed_shift, strong_perturbations
+from pertpyro.data._registry import Registry
 from pertpyro.evaluation import (
     BASELINES,
     METRIC_COLUMNS,

@@ -12,9 +12,8 @@ from pertpyro.causal import bayesian_fdr_calls, exceedance_table
 from pertpyro.data._loader import CellData, standalone_args
 from pertpyro.datasets import truth_shift_frame
 from pertpyro.evaluation import calibration_report
-from pertpyro.posterior import IntervalCalibration, fit_interval_calibration, interval_coverage
 from pertpyro.module import sites
-from pertpyro.posterior import import_arviz
+from pertpyro.posterior import IntervalCalibration, fit_interval_calibration, import_arviz, interval_coverage
 
 
 @pytest.fixture(scope="module")
