@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -93,7 +93,7 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
 
     if ax is None:
         fig, ax = plt.subplots(figsize=figsize, layout="constrained")
-    return ax.figure, ax
+    return cast("Figure", ax.figure), ax
 
 
 def _finish(fig: Figure, save: str | Path | None) -> Figure:
@@ -291,7 +291,7 @@ def ate_forest(
     y = np.arange(n)
     credible = _credible(sub["lower"], sub["upper"])
     colors = np.where(credible, CREDIBLE_COLOR, NOT_CREDIBLE_COLOR)
-    ax.hlines(y, sub["lower"], sub["upper"], colors=colors, lw=1.6)
+    ax.hlines(y, sub["lower"], sub["upper"], colors=list(colors), lw=1.6)
     ax.scatter(sub["mean"], y, c=colors, s=22, zorder=3)
     ax.axvline(0.0, color="black", lw=0.8)
     ax.set_yticks(y, list(sub.index))

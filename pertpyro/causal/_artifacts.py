@@ -11,13 +11,14 @@ from torch import nn
 from pertpyro._settings import local_params, seeded
 from pertpyro.data._loader import CellData, standalone_args
 from pertpyro.module._artifacts import artifact_posterior
-from pertpyro.module._program import PerturbationGuide, PerturbationProgram
+from pertpyro.module._program import PerturbationProgram
 from pertpyro.module._sites import ARTIFACT
+from pertpyro.module._types import GuideLike
 
 
 def abduct_artifact(
     program: PerturbationProgram,
-    guide: PerturbationGuide,
+    guide: GuideLike,
     batch: dict[str, torch.Tensor],
     latents: dict[str, torch.Tensor],
     action: Mapping[str, torch.Tensor],
@@ -34,6 +35,8 @@ def abduct_artifact(
     The latents with ``artifact`` added, and the batch to run the intervened model on.
     """
     block = program.artifact_block
+    if block is None:
+        raise ValueError("This model has no artifact block: build it with artifacts='observed' or 'latent'.")
     if block.mode == "observed" and "artifact" in batch:
         factual = batch["artifact"]
     else:
@@ -54,7 +57,7 @@ def abduct_artifact(
 @torch.no_grad()
 def artifact_probabilities(
     program: PerturbationProgram,
-    guide: PerturbationGuide,
+    guide: GuideLike,
     data: CellData,
     *,
     n_samples: int = 30,

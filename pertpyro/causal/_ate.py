@@ -13,7 +13,6 @@ uncertainty.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,14 +23,17 @@ from pertpyro._settings import local_params
 from pertpyro.causal._artifacts import abduct_artifact
 from pertpyro.causal._counterfactual import abduct
 from pertpyro.causal._expected import N_COUNTS, escapers_are_controls, expected_cell_values
+from pertpyro.causal._probability import Recalibration
 from pertpyro.data._registry import Registry, design_matrix
+from pertpyro.module._program import PerturbationProgram
 from pertpyro.module._sites import ARTIFACT
+from pertpyro.module._types import GuideLike
 
 
 @torch.no_grad()
 def simulate_label_means(
-    program: torch.nn.Module,
-    guide: torch.nn.Module,
+    program: PerturbationProgram,
+    guide: GuideLike,
     population: dict[str, torch.Tensor],
     designs: torch.Tensor,
     *,
@@ -103,7 +105,12 @@ def simulate_label_means(
 
 
 def ate_table(
-    draws: torch.Tensor, labels: Sequence[str], genes: Sequence[str], *, ci: float, calibration: Any = None
+    draws: torch.Tensor,
+    labels: Sequence[str],
+    genes: Sequence[str],
+    *,
+    ci: float,
+    calibration: Recalibration | None = None,
 ) -> pd.DataFrame:
     """Tidy ``(perturbation, gene, mean, lower, upper)`` from draws ``(S, L, G)`` of shifts.
 
@@ -129,8 +136,8 @@ def ate_table(
 
 
 def average_treatment_effect(
-    program: torch.nn.Module,
-    guide: torch.nn.Module,
+    program: PerturbationProgram,
+    guide: GuideLike,
     population: dict[str, torch.Tensor],
     labels: Sequence[str],
     registry: Registry,
@@ -141,7 +148,7 @@ def average_treatment_effect(
     weights: np.ndarray | None = None,
     seed: int = 0,
     global_action: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
-    calibration: Any = None,
+    calibration: Recalibration | None = None,
 ) -> pd.DataFrame:
     """Shift of mean ``log1p(1e4 x / sum x)`` under each perturbation label against control.
 
@@ -194,8 +201,8 @@ def average_treatment_effect(
 
 
 def label_shift_draws(
-    program: torch.nn.Module,
-    guide: torch.nn.Module,
+    program: PerturbationProgram,
+    guide: GuideLike,
     population: dict[str, torch.Tensor],
     labels: Sequence[str],
     registry: Registry,

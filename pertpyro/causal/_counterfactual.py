@@ -12,6 +12,7 @@ import torch
 from pyro import poutine
 
 from pertpyro.data._loader import standalone_args
+from pertpyro.module._program import PerturbationProgram
 from pertpyro.module._sites import (
     ADJACENCY,
     ADJACENCY_WEIGHT,
@@ -24,20 +25,21 @@ from pertpyro.module._sites import (
     PERTURBATION,
     Z_BASAL,
 )
+from pertpyro.module._types import GuideLike
 
 INTERVENABLE_SITES = (PERTURBATION, EFFICACY, ARTIFACT, ADJACENCY)
 """Sites of the current model that ``do`` accepts (more arrive with the artifact and GRN blocks)."""
 
 
-def abduct(guide: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def abduct(guide: GuideLike, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One posterior draw of the latent sites given the cells' factual data: ``z_basal`` and the global sites."""
     trace = poutine.trace(guide).get_trace(*standalone_args(batch))
     names = (Z_BASAL, EFFICACY_RATE, EFFECT, EFFECT_MASK, ADJACENCY, ADJACENCY_WEIGHT, ARTIFACT_EMBEDDING)
-    return {name: trace.nodes[name]["value"] for name in names if name in trace.nodes}
+    return {name: torch.as_tensor(trace.nodes[name]["value"]) for name in names if name in trace.nodes}
 
 
 def intervene(
-    program: torch.nn.Module,
+    program: PerturbationProgram,
     latents: dict[str, torch.Tensor],
     batch: dict[str, torch.Tensor],
     action: Mapping[str, torch.Tensor],

@@ -23,12 +23,14 @@ block of the model (library effect, network, ...) acts as in :func:`pertpyro.cau
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from pyro import poutine
 
 from pertpyro.data._loader import standalone_args
 from pertpyro.data._statistics import log_normalise
+from pertpyro.module._program import PerturbationProgram
 from pertpyro.module._sites import COUNTS, EFFICACY, PERTURBATION
 
 N_COUNTS = 4
@@ -36,7 +38,7 @@ N_COUNTS = 4
 
 
 def expected_cell_values(
-    program: torch.nn.Module,
+    program: PerturbationProgram,
     latents: dict[str, torch.Tensor],
     population: dict[str, torch.Tensor],
     designs: torch.Tensor,
@@ -78,14 +80,19 @@ def expected_cell_values(
     n = population["idx"].shape[0]
     ones, zeros = torch.ones(n), torch.zeros(n)
 
-    def arm(design: torch.Tensor, efficacy: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    def arm(
+        design: torch.Tensor, efficacy: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         action = {PERTURBATION: design.expand(n, -1), **extra}
         if efficacy is not None:
             action[EFFICACY] = efficacy
         return arm_distribution(program, latents, population, action)
 
     control_mean, theta, _ = arm(torch.zeros_like(designs[0]), None)
-    means, weights = [], []  # arms to simulate and, per label, (arm index, per-cell weight) pairs
+    means: list[torch.Tensor] = []
+    weights: list[
+        list[tuple[int, torch.Tensor | None]]
+    ] = []  # arms to simulate and, per label, (arm index, per-cell weight) pairs
     for design in designs:
         mean, _, p = arm(design, ones)  # p: response probability of each cell under this design
         if p is None or responders:  # no efficacy block (every cell responds), or the responders' effect
@@ -93,7 +100,7 @@ def expected_cell_values(
             means.append(mean)
             continue
         escaper = control_mean if escaper_arms is False else arm(design, zeros)[0]
-        pair = [(len(means), p)]
+        pair: list[tuple[int, torch.Tensor | None]] = [(len(means), p)]
         means.append(mean)
         if torch.equal(escaper, control_mean):  # escapers look like controls (the current model): no extra arm
             pair.append((-1, 1.0 - p))
@@ -111,7 +118,7 @@ def expected_cell_values(
 
 
 def escapers_are_controls(
-    program: torch.nn.Module,
+    program: PerturbationProgram,
     latents: dict[str, torch.Tensor],
     population: dict[str, torch.Tensor],
     designs: torch.Tensor,
@@ -140,7 +147,7 @@ def escapers_are_controls(
 
 
 def arm_distribution(
-    program: torch.nn.Module,
+    program: PerturbationProgram,
     latents: dict[str, torch.Tensor],
     population: dict[str, torch.Tensor],
     action: Mapping[str, torch.Tensor],
@@ -168,7 +175,7 @@ def arm_distribution(
     # The factual counts are passed as observed so that the model scores rather than samples them: only the
     # distribution of the counts site is read.
     trace = poutine.trace(poutine.do(conditioned, data=dict(action))).get_trace(population["counts"], *args[1:])
-    fn = trace.nodes[COUNTS]["fn"]
+    fn: Any = trace.nodes[COUNTS]["fn"]
     base = getattr(fn, "base_dist", fn)
     mean = fn.mean
     if hasattr(base, "log_theta"):
@@ -176,7 +183,8 @@ def arm_distribution(
     else:  # any negative binomial: theta from its first two moments
         theta = mean.square() / (fn.variance - mean).clamp_min(1e-12)
     node = trace.nodes.get(EFFICACY)
-    response = None if node is None else node["fn"].mean
+    efficacy_fn: Any = None if node is None else node["fn"]
+    response = None if efficacy_fn is None else efficacy_fn.mean
     return mean, theta, response
 
 

@@ -10,6 +10,7 @@ by calling the effects with the highest probabilities first.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,18 @@ def check_query(threshold: float, fdr: float | None) -> None:
         raise ValueError(f"threshold must be a finite non-negative number, got {threshold}.")
     if fdr is not None and not 0 < fdr < 1:
         raise ValueError(f"fdr must lie strictly between 0 and 1, got {fdr}.")
+
+
+class Recalibration(Protocol):
+    """A variance model that widens posterior intervals (:class:`pertpyro.posterior.IntervalCalibration`)."""
+
+    def sd(self, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and recalibrated standard deviation of draws ``(samples, ...)``."""
+        ...
+
+    def bounds(self, draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """Recalibrated interval of mass ``level``."""
+        ...
 
 
 def bayesian_fdr_calls(probability: np.ndarray, fdr: float) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +77,7 @@ def exceedance_table(
     *,
     threshold: float,
     fdr: float | None = None,
-    calibration: object | None = None,
+    calibration: Recalibration | None = None,
 ) -> pd.DataFrame:
     """Tidy table of the posterior probability that ``|shift| > threshold``, with optional FDR hit calls.
 

@@ -193,7 +193,7 @@ class DistributedBatchSampler(Sampler[list[int]]):
 
 
 def make_loader(
-    data: CellData,
+    data: CellData | torch.utils.data.Dataset,
     *,
     batch_size: int,
     shuffle: bool,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,12 @@ CHUNK_SIZE = 8192
 REFERENCES = ("control", "perturbed")
 
 
+@overload
+def log_normalise(X: torch.Tensor, *, target_sum: float = ...) -> torch.Tensor: ...
+@overload
+def log_normalise(X: np.ndarray, *, target_sum: float = ...) -> np.ndarray: ...
+@overload
+def log_normalise(X: sp.spmatrix | sp.sparray, *, target_sum: float = ...) -> sp.csr_matrix: ...
 def log_normalise(X: ArrayLike, *, target_sum: float = TARGET_SUM) -> ArrayLike:
     """``log1p(target_sum * x / sum_g x)`` per cell (row): the scale every shift in pertpyro lives on.
 

@@ -98,7 +98,7 @@ def qc_pass_rate(
 
 
 def _log_normalise(x: np.ndarray | sp.spmatrix) -> torch.Tensor:
-    dense = x.toarray() if sp.issparse(x) else np.asarray(x)
+    dense = sp.csr_matrix(x).toarray() if sp.issparse(x) else np.asarray(x)
     return log_normalise(torch.as_tensor(dense, dtype=torch.float64))
 
 

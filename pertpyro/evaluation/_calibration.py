@@ -132,13 +132,13 @@ def calibration_report(
         draws = model.ate_draws(labels, n_samples=n_samples, seed=seed)
     elif np.shape(draws)[1:] != (len(labels), len(genes)):
         raise ValueError(f"draws must be (samples, {len(labels)}, {len(genes)}), got {np.shape(draws)}.")
-    calibrations = {"raw": None}
+    calibrations: dict[str, IntervalCalibration | None] = {"raw": None}
     if model.interval_calibration_ is not None:
         calibrations["calibrated"] = model.interval_calibration_
     if heldout is not None:
         observed, se = heldout_reference(heldout, labels)
     for name, calibration in calibrations.items():
-        if has_truth:
+        if has_truth and truth is not None:
             truth_values = truth.loc[labels, genes].to_numpy()
             table = interval_coverage(draws, truth_values, levels=levels, calibration=calibration)
             tables.append(table.assign(reference="truth", intervals=name))

@@ -84,7 +84,7 @@ def edge_scores(
 def _log_normalised(adata: AnnData) -> np.ndarray:
     registry = get_registry(adata)
     counts = get_counts(adata, registry)
-    return np.asarray(log_normalise(counts.toarray() if sp.issparse(counts) else counts))
+    return log_normalise(sp.csr_matrix(counts).toarray() if sp.issparse(counts) else np.asarray(counts))
 
 
 def _pairs_frame(sources: Sequence[str], genes: Sequence[str], values: np.ndarray) -> pd.DataFrame:

@@ -87,5 +87,5 @@ class ModelBase:
             raise ValueError(f"ate(do=...) accepts only 'adjacency' (edge interventions), got {unknown}.")
         if self.program.grn is None:
             raise ValueError("This model has no GRN block: build it with PerturbationModel(..., grn=True).")
-        where, value = edge_intervention(do["adjacency"], self.regulators, list(self.registry.genes))
+        where, value = edge_intervention(do["adjacency"], self.regulators or [], list(self.registry.genes))
         return adjacency_action(where, value)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,7 @@ from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.model._base import ModelBase
 from pertpyro.module._artifacts import artifact_action
 from pertpyro.posterior._arviz import to_inference_data
+from pertpyro.posterior._protocol import FittedModel
 
 
 class CellsMixin(ModelBase):
@@ -204,4 +205,4 @@ class CellsMixin(ModelBase):
         See :func:`pertpyro.posterior.to_inference_data` for the arguments (``heldout``, ``seed``, ...).
         """
         self._check_trained()
-        return to_inference_data(self, n_samples=n_samples, **kwargs)
+        return to_inference_data(cast("FittedModel", self), n_samples=n_samples, **kwargs)

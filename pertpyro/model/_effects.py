@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,7 @@ from pertpyro.causal._probability import check_query, exceedance_table
 from pertpyro.data._registry import perturbation_labels
 from pertpyro.model._base import ModelBase
 from pertpyro.posterior._intervals import IntervalCalibration
+from pertpyro.posterior._protocol import FittedModel
 from pertpyro.posterior._replica import calibrate_by_replica
 
 logger = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class EffectsMixin(ModelBase):
         threshold: float = 0.1,
         n_samples: int = 100,
         fdr: float | None = None,
-        calibration: IntervalCalibration | bool | None = None,
+        calibration: IntervalCalibration | Literal[False] | None = None,
         **kwargs: Any,
     ) -> pd.DataFrame:
         """Posterior probability that ``|ATE| > threshold`` per perturbation and gene, with optional hit calls.
@@ -164,12 +165,9 @@ class EffectsMixin(ModelBase):
         check_query(threshold, fdr)  # before the draws
         labels = self._labels(perturbations)
         draws = self.ate_draws(labels, n_samples=n_samples, **kwargs)
-        if calibration is None:
-            calibration = self.interval_calibration_
-        elif calibration is False:
-            calibration = None
+        recalibration = self.interval_calibration_ if calibration is None or calibration is True else calibration
         return exceedance_table(
-            draws, labels, self.registry.genes, threshold=threshold, fdr=fdr, calibration=calibration
+            draws, labels, self.registry.genes, threshold=threshold, fdr=fdr, calibration=recalibration or None
         )
 
     def predict_shift(self, labels: Sequence[str], *, n_samples: int = 30, seed: int = 0) -> pd.DataFrame:
@@ -229,13 +227,15 @@ class EffectsMixin(ModelBase):
         labels = self._labels(perturbations)
         settings = {**self.train_settings_, **train_kwargs}
 
-        def fit_replica(replica: AnnData, replica_validation: AnnData | None) -> EffectsMixin:
-            refit = type(self)(replica, **self.init_kwargs)
+        model_class = cast("Callable[..., FittedModel]", type(self))
+
+        def fit_replica(replica: AnnData, replica_validation: AnnData | None) -> FittedModel:
+            refit = model_class(replica, **self.init_kwargs)
             refit.train(**{**settings, "validation_adata": replica_validation})
             return refit
 
         result = calibrate_by_replica(
-            self,
+            cast("FittedModel", self),
             labels,
             fit_replica=fit_replica,
             validation_adata=self._validation_adata,

@@ -32,7 +32,7 @@ class GRNMixin(ModelBase):
         is the posterior mean of the logit change of ``target`` per unit of ``source`` activity given the edge
         (a knockout removes one unit: negative weight = the knockout raises the target).
         """
-        if self.program.grn is None:
+        if self.program.grn is None or self.guide.grn is None or self.regulators is None:
             raise ValueError("This model has no GRN block: build it with PerturbationModel(..., grn=True).")
         self._check_trained()
         genes = list(self.registry.genes)

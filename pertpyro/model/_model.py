@@ -205,9 +205,8 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         effects = initial_effects(stats, float(torch.sigmoid(torch.tensor(EFFICACY_INIT_LOGIT))))
         with torch.no_grad():  # sigma_g starts at the root-mean-square of the moment estimates across targets
             if effects.shape[0] > 0:  # (no targets: an all-control data set for the artifact model)
-                self.program.effect_prior_raw_scale.copy_(
-                    inverse_softplus(effects.pow(2).mean(0).sqrt().clamp(0.05, 2.0))
-                )
+                rms = effects.pow(2).mean(0).sqrt().clamp(0.05, 2.0)
+                self.program.effect_prior_raw_scale.copy_(inverse_softplus(rms))
         self.guide = PerturbationGuide(
             self.program, n_batches, n_hidden=kw["n_hidden"], encode_perturbation=kw["encode_perturbation"]
         )

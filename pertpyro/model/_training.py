@@ -97,6 +97,8 @@ class TrainingMixin(ModelBase):
         }
         self._validation_adata = validation_adata
         n = len(self.cell_data)
+        train_data: CellData | _RowSubset
+        val_data: CellData | _RowSubset
         if validation_adata is None:
             train_rows, val_rows = holdout_rows(n, validation_fraction, seed, block_size)
             train_data, val_data = _RowSubset(self.cell_data, train_rows), _RowSubset(self.cell_data, val_rows)

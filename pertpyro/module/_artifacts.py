@@ -63,6 +63,7 @@ from pertpyro.module._sites import (
     EFFICACY_RATE,
     Z_BASAL,
 )
+from pertpyro.module._types import GuideLike
 
 ArtifactMode = Literal["observed", "latent"]
 """The two modes of the artifact block: labels observed, or labels as noisy evidence of a latent state."""
@@ -285,7 +286,7 @@ def robust_library_init(program: torch.nn.Module, log_library: np.ndarray, batch
             program.library_raw_scale[b] = math.log(math.expm1(max(mad, 0.05)))
 
 
-def posterior_mean_globals(program: torch.nn.Module, guide: torch.nn.Module) -> dict[str, torch.Tensor]:
+def posterior_mean_globals(program: torch.nn.Module, guide: GuideLike) -> dict[str, torch.Tensor]:
     """The global sites the per-cell queries condition on: their posterior means (a mask: inclusion > 1/2).
 
     Shared by the IWELBO and :func:`artifact_posterior`, so that both weigh the cells' states under one model.
@@ -303,9 +304,7 @@ def posterior_mean_globals(program: torch.nn.Module, guide: torch.nn.Module) -> 
     return fixed
 
 
-def guide_draw(
-    program: torch.nn.Module, guide: torch.nn.Module, args: tuple
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def guide_draw(program: torch.nn.Module, guide: GuideLike, args: tuple) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One draw of the latents from the guide (globals at their means) and ``log q(z_basal | x)`` per cell."""
     guide_trace = poutine.trace(guide).get_trace(*args)
     latents = {
@@ -329,7 +328,7 @@ def _artifact_log_joint(program: torch.nn.Module, args: tuple, latents: dict[str
 @torch.no_grad()
 def artifact_posterior(
     program: torch.nn.Module,
-    guide: torch.nn.Module,
+    guide: GuideLike,
     args: tuple,
     *,
     n_samples: int = 30,

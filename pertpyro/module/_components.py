@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import torch
 from torch import nn
 
 
+@overload
+def inverse_softplus(x: float) -> float: ...
+@overload
+def inverse_softplus(x: torch.Tensor) -> torch.Tensor: ...
 def inverse_softplus(x: float | torch.Tensor) -> float | torch.Tensor:
     """The ``y`` with ``softplus(y) = x`` (``x > 0``): the raw value of a parameter stored through a softplus."""
     if isinstance(x, torch.Tensor):

@@ -119,7 +119,7 @@ def _global_draws(model: FittedModel, n_samples: int, cells: dict[str, torch.Ten
             trace = poutine.trace(model.guide).get_trace(*args)
             for name in names:
                 if name in trace.nodes:
-                    out.setdefault(name, []).append(trace.nodes[name]["value"].numpy())
+                    out.setdefault(name, []).append(np.asarray(trace.nodes[name]["value"]))
     return {name: np.stack(values) for name, values in out.items()}
 
 

@@ -18,10 +18,11 @@ DEFAULT_LEVELS = (0.5, 0.8, 0.9, 0.95)
 
 
 def check_levels(levels: Sequence[float]) -> np.ndarray:
-    levels = np.asarray(levels, dtype=np.float64)
-    if levels.ndim != 1 or levels.size == 0 or np.any((levels <= 0) | (levels >= 1)):
-        raise ValueError(f"levels must be probabilities strictly between 0 and 1, got {levels.tolist()}.")
-    return levels
+    """``levels`` as a 1-d float array; a ``ValueError`` unless each is strictly between 0 and 1."""
+    values = np.asarray(levels, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0 or np.any((values <= 0) | (values >= 1)):
+        raise ValueError(f"levels must be probabilities strictly between 0 and 1, got {values.tolist()}.")
+    return values
 
 
 def interval_bounds(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +64,7 @@ def interval_coverage(
     -------
     DataFrame with one row per level: ``level``, ``coverage``, ``mean_width``, ``n``.
     """
-    levels = check_levels(levels)
+    level_values = check_levels(levels)
     draws, truth = np.asarray(draws, dtype=np.float64), np.asarray(truth, dtype=np.float64)
     if draws.ndim != 3 or draws.shape[1:] != truth.shape:
         raise ValueError(f"draws (samples, L, G) and truth (L, G) disagree: {draws.shape} vs {truth.shape}.")
@@ -73,7 +74,7 @@ def interval_coverage(
     if not keep.any():
         raise ValueError("No finite true values to score.")
     rows = []
-    for level in levels:
+    for level in level_values:
         if reference_se is not None:
             mean, sd = (calibration or IntervalCalibration()).sd(draws)
             half = norm.ppf(1 - (1 - level) / 2) * sd
@@ -157,7 +158,7 @@ def fit_interval_calibration(
     -------
     The fitted calibration.
     """
-    levels = check_levels(levels)
+    level_values = check_levels(levels)
     draws, reference = np.asarray(draws, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     if draws.ndim != 3 or draws.shape[1:] != reference.shape:
         raise ValueError(f"draws (samples, L, G) and reference (L, G) disagree: {draws.shape} vs {reference.shape}.")
@@ -167,12 +168,12 @@ def fit_interval_calibration(
     se = np.broadcast_to(np.asarray(reference_se, dtype=np.float64), reference.shape)[keep]
     mean, sd = draws.mean(0)[keep], draws.std(0)[keep]
     error = np.abs(reference[keep] - mean)
-    z = norm.ppf(1 - (1 - levels) / 2)  # (V,)
+    z = norm.ppf(1 - (1 - level_values) / 2)  # (V,)
     s, c = np.meshgrid(scales, relatives, indexing="ij")  # (S, C)
     total_sd = np.sqrt((s[..., None] * sd) ** 2 + (c[..., None] * mean) ** 2 + se**2)  # (S, C, N)
     standardised = error / np.maximum(total_sd, 1e-12)
     coverage = (standardised[..., None] <= z).mean(-2)  # (S, C, V)
-    loss = ((coverage - levels) ** 2).sum(-1) + 1e-6 * (s + c)  # ties: the narrower intervals
+    loss = ((coverage - level_values) ** 2).sum(-1) + 1e-6 * (s + c)  # ties: the narrower intervals
     i, j = np.unravel_index(np.argmin(loss), loss.shape)
     return IntervalCalibration(scale=float(scales[i]), relative=float(relatives[j]))
 

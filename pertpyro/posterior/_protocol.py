@@ -46,6 +46,10 @@ class FittedModel(Protocol):
         """Mean importance-weighted ELBO of cells."""
         ...
 
+    def train(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        """Fit the model (used to refit replicas with the same settings)."""
+        ...
+
 
 def require_trained(model: FittedModel) -> None:
     """A ``RuntimeError`` unless ``model`` has been trained."""

@@ -93,7 +93,7 @@ def simulate_replica(model: FittedModel, adata: AnnData, *, seed: int = 0) -> tu
             trace = poutine.trace(poutine.condition(model.program, data=given)).get_trace(
                 None, *standalone_args(batch)[1:]
             )
-            chunks.append(sp.csr_matrix(trace.nodes[COUNTS]["value"].numpy().astype(np.float32)))
+            chunks.append(sp.csr_matrix(np.asarray(trace.nodes[COUNTS]["value"], dtype=np.float32)))
             basal.append(draw[Z_BASAL])
     replica = adata.copy()
     counts = sp.vstack(chunks, format="csr")
