@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "split": {"kind": "random", "seed": 0, "heldout": None},
     "model": None,  # PerturbationModel's keyword arguments (filled from its signature)
     "train": None,  # PerturbationModel.train's keyword arguments (filled from its signature)
-    # n_counts: count replicates per cell and draw of the ATE engine (1: measured in benchmarks/results/papalexi.md)
+    # n_counts: count replicates per cell and draw of the ATE engine
     "evaluate": {"n_samples": 30, "top_k": 20, "iwelbo_particles": 10, "n_counts": 1},
     "calibrate": {
         "run": False,

@@ -3,7 +3,7 @@
 An average treatment effect is a population quantity: the difference of the *expected* ``log1p(1e4 x / sum x)``
 between two arms, over the count noise and over which cells respond. Simulating one count vector per cell and
 arm, with the efficacy drawn per cell, adds Monte-Carlo noise of the finite population to every posterior draw of
-the shift (most of the spread of a draw, on the simulator), which widens the intervals of null effects and hides
+the shift (often most of the spread of a draw), which widens the intervals of null effects and hides
 the posterior uncertainty. This module removes it, in the way the simulator defines its true shifts
 (:func:`pertpyro.data._simulate._true_shifts`):
 

@@ -1,6 +1,6 @@
 """A seeded ground-truth simulator of a single-cell CRISPR screen.
 
-The simulator draws a screen from a generative process close to the one pertpyro fits (DESIGN.md §2) and returns
+The simulator draws a screen from a generative process close to the one pertpyro fits and returns
 the truth next to the counts, so that recovery of effects, efficacies and average treatment effects can be scored.
 It is written as small private steps (:func:`_draw_basal`, :func:`_draw_effects`, :func:`_make_perturbations`,
 :func:`_assign_perturbations`, :func:`_sample_counts`, :func:`_true_shifts`) so that later options (a regulatory

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,9 @@ from anndata import AnnData
 
 from pertpyro.data._registry import get_counts, get_registry, perturbation_labels
 
+Reference = Literal["control", "perturbed"]
+"""What a shift is measured against: control cells, or all perturbed cells pooled (Systema's reference)."""
+
 ArrayLike = np.ndarray | sp.spmatrix | sp.sparray | torch.Tensor
 
 TARGET_SUM = 1e4
@@ -28,7 +31,11 @@ TARGET_SUM = 1e4
 CHUNK_SIZE = 8192
 """Cells log-normalised at once when averaging over a matrix."""
 
-REFERENCES = ("control", "perturbed")
+STRONG_SIGNAL_TO_NOISE = 3.0
+"""What "strong" means everywhere in pertpyro: a label whose observed shift has a signal-to-noise ratio of at least
+this (:func:`strong_perturbations`), computed on training cells."""
+
+REFERENCES: tuple[Reference, ...] = ("control", "perturbed")
 
 
 @overload
@@ -181,7 +188,7 @@ def mean_expression(
 
 
 def shift_from_moments(
-    moments: LabelMoments, control: str, *, reference: str = "control", labels: Sequence[str] | None = None
+    moments: LabelMoments, control: str, *, reference: Reference = "control", labels: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """Shifts of labels from precomputed :class:`LabelMoments` (see :func:`observed_shift`)."""
     if reference not in REFERENCES:
@@ -207,7 +214,7 @@ def shift_from_moments(
 def observed_shift(
     adata: AnnData,
     *,
-    reference: str = "control",
+    reference: Reference = "control",
     labels: Sequence[str] | None = None,
     chunk_size: int = CHUNK_SIZE,
 ) -> pd.DataFrame:
@@ -234,7 +241,9 @@ def observed_shift(
     return shift_from_moments(moments, registry.control, reference=reference, labels=labels)
 
 
-def strong_perturbations(adata: AnnData, *, threshold: float = 2.0, chunk_size: int = CHUNK_SIZE) -> list[str]:
+def strong_perturbations(
+    adata: AnnData, *, threshold: float = STRONG_SIGNAL_TO_NOISE, chunk_size: int = CHUNK_SIZE
+) -> list[str]:
     """Perturbations whose observed shift clearly exceeds its sampling noise.
 
     The signal-to-noise ratio of label ``p`` is ``sum_g d_pg^2 / sum_g (s2_pg / n_p + s2_cg / n_c)``: the squared
@@ -245,7 +254,7 @@ def strong_perturbations(adata: AnnData, *, threshold: float = 2.0, chunk_size: 
     Parameters
     ----------
     adata
-        AnnData set up with :func:`pertpyro.setup_anndata` (the test cells).
+        AnnData set up with :func:`pertpyro.setup_anndata` (the training cells).
     threshold
         Minimum signal-to-noise ratio.
     chunk_size
@@ -260,7 +269,7 @@ def strong_perturbations(adata: AnnData, *, threshold: float = 2.0, chunk_size: 
     return strong_from_moments(moments, registry.control, threshold=threshold)
 
 
-def strong_from_moments(moments: LabelMoments, control: str, *, threshold: float = 2.0) -> list[str]:
+def strong_from_moments(moments: LabelMoments, control: str, *, threshold: float = STRONG_SIGNAL_TO_NOISE) -> list[str]:
     """:func:`strong_perturbations` from precomputed :class:`LabelMoments`."""
     if control not in moments.mean.index:
         raise ValueError(f"No control cells (label {control!r}): cannot rank perturbations by effect.")

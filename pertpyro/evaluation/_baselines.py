@@ -1,4 +1,4 @@
-"""Baselines every model is reported beside (DESIGN.md §5), computed from training cells only.
+"""Baselines every model is reported beside, computed from training cells only.
 
 Each baseline is a function ``(adata_train, labels) -> DataFrame`` (labels x genes) of predicted mean shift of
 ``log1p(1e4 * x / sum x)`` versus control cells, the quantity :meth:`predict_shift` of a model returns. They are
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -95,7 +96,9 @@ def training_mean(adata_train: AnnData, labels: Sequence[str]) -> pd.DataFrame:
     return _finish(rows, labels, moments.mean.columns, "training_mean")
 
 
-def shrunk_training_mean(adata_train: AnnData, labels: Sequence[str], *, prior_mean: str = "control") -> pd.DataFrame:
+def shrunk_training_mean(
+    adata_train: AnnData, labels: Sequence[str], *, prior_mean: Literal["control", "mean"] = "control"
+) -> pd.DataFrame:
     """Empirical-Bayes shrinkage of the training shifts, gene by gene.
 
     For training label ``t`` and gene ``g``, the training shift ``d_tg`` is modelled as
@@ -108,10 +111,9 @@ def shrunk_training_mean(adata_train: AnnData, labels: Sequence[str], *, prior_m
     ``mu_g + tau2_g / (tau2_g + s2_tg) * (d_tg - mu_g)``,
 
     so noisy shifts (few cells, noisy gene) and genes on which perturbations hardly differ are shrunk most. With
-    ``prior_mean="control"`` (default), ``mu_g = 0``: the prior is centred on no change, which reproduces
-    ``../shared/ANCHORS.md`` (Papalexi: Pearson 0.342, top-20 0.498, MSE 0.0320); ``prior_mean="mean"`` centres it
-    on the per-gene mean shift over perturbations, ``mu_g = mean_t d_tg`` (0.316 / 0.467 / 0.0329 there: pulling
-    weak knockouts toward the strong ones' shared shift hurts). A combination is predicted from its own training
+    ``prior_mean="control"`` (default), ``mu_g = 0``: the prior is centred on no change; ``prior_mean="mean"``
+    centres it on the per-gene mean shift over perturbations, ``mu_g = mean_t d_tg`` (which pulls weak knockouts
+    toward the strong ones' shared shift). A combination is predicted from its own training
     cells, like the other labels. With fewer than three training labels the prior is not estimable and the training
     means are returned unchanged (logged).
 

@@ -12,7 +12,15 @@ import pandas as pd
 from anndata import AnnData
 
 from pertpyro.data._registry import get_registry
-from pertpyro.data._statistics import CHUNK_SIZE, REFERENCES, label_moments, shift_from_moments, strong_from_moments
+from pertpyro.data._statistics import (
+    CHUNK_SIZE,
+    REFERENCES,
+    STRONG_SIGNAL_TO_NOISE,
+    Reference,
+    label_moments,
+    shift_from_moments,
+    strong_from_moments,
+)
 from pertpyro.evaluation._baselines import BASELINES, Baseline
 from pertpyro.evaluation._metrics import shift_metrics, summarise
 
@@ -96,12 +104,12 @@ def ate_metrics(
     adata_train: AnnData | None = None,
     top_k: int = 20,
     strong: Sequence[str] | None = None,
-    reference: str | Sequence[str] = "control",
+    reference: Reference | Sequence[Reference] = "control",
     baselines: Sequence[str] | Mapping[str, Baseline] = DEFAULT_BASELINES,
     per_perturbation: bool = False,
     iwelbo: bool = True,
     model_name: str | None = None,
-    strong_threshold: float = 2.0,
+    strong_threshold: float = STRONG_SIGNAL_TO_NOISE,
     predict_kwargs: Mapping[str, Any] | None = None,
     predictions: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
@@ -125,8 +133,9 @@ def ate_metrics(
     top_k
         Number of genes with largest ``|observed shift|`` for the ``*_topk`` metrics.
     strong
-        Labels of the ``"strong"`` subset; default :func:`~pertpyro.data.strong_perturbations` on the test
-        cells (signal-to-noise ratio of the observed shift versus control ``>= strong_threshold``). The same subset
+        Labels of the ``"strong"`` subset; default :func:`~pertpyro.data.strong_perturbations` on the training
+        cells (signal-to-noise ratio of the observed shift versus control ``>= strong_threshold``), so that the
+        subset is not selected on the cells it is scored on. The same subset
         is used for both references.
     reference
         ``"control"``, ``"perturbed"``, or a sequence of both.
@@ -179,7 +188,10 @@ def ate_metrics(
     if not labels:
         raise ValueError("adata_test has no perturbed cells to evaluate.")
     observed = {ref: shift_from_moments(moments, registry.control, reference=ref) for ref in references}
-    strong = strong_from_moments(moments, registry.control, threshold=strong_threshold) if strong is None else strong
+    if strong is None:  # chosen on the training cells, never on the cells being scored
+        strong = strong_from_moments(
+            label_moments(adata_train, chunk_size=CHUNK_SIZE), registry.control, threshold=strong_threshold
+        )
     strong = [str(s) for s in strong]
     logger.info("Strong subset (%d labels): %s", len(strong), strong)
 

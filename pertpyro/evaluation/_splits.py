@@ -1,10 +1,10 @@
-"""Train / validation / test splits of a screen (DESIGN.md §5).
+"""Train / validation / test splits of a screen.
 
 Every split returns a ``pandas.Series`` of ``"train"``, ``"val"`` or ``"test"`` indexed by ``obs_names``; select cells
 with ``adata[split == "train"]``. Splits are reproducible: the same AnnData, arguments and ``seed`` give the same split
 on every machine.
 
-The stratified protocol (the one ``../shared/ANCHORS.md`` numbers were measured with):
+The stratified protocol:
 
 1. One generator ``numpy.random.default_rng(seed)`` is created.
 2. Perturbation labels (control included) are visited in sorted order (Python string order, so upper-case targets

@@ -3,8 +3,7 @@
 A training step allocates and frees the same large tensors every step (a minibatch's ``(2, B, G)`` logits under
 the enumerated ``efficacy`` are 5 MB at ``B = 2048``). With glibc's default settings such blocks are mapped from the
 kernel on allocation and unmapped on release (or trimmed off the top of the heap), so every step touches fresh
-pages: measured on the shipped Papalexi data (``benchmarks/throughput.py``), page faults took about 40% of a CPU
-step at batch size 2048. :func:`keep_freed_memory` raises glibc's mmap threshold to its maximum (32 MiB) and its
+pages, and page faults take a large share of a CPU step (``benchmarks/throughput.py`` compares both settings). :func:`keep_freed_memory` raises glibc's mmap threshold to its maximum (32 MiB) and its
 trim threshold to 256 MiB, so those blocks are reused from the heap instead. The values of the computation do not
 change; the process keeps up to 256 MiB of freed memory for reuse instead of handing it back at once.
 

@@ -20,9 +20,6 @@ from pertpyro.module._grn import GRNPrior, build_grn_prior
 
 logger = logging.getLogger(__name__)
 
-EFFICACY_SIGNAL_TO_NOISE = 3.0
-"""``efficacy="strong"``: targets whose own label's shift in the training cells is this far above sampling noise."""
-
 
 def gene_log_share(gene_totals: np.ndarray) -> torch.Tensor:
     totals = gene_totals + 0.5
@@ -65,7 +62,7 @@ def resolve_efficacy(efficacy: bool | str | Sequence[str], adata: AnnData, regis
     if isinstance(efficacy, str):
         if efficacy != "strong":
             raise ValueError(f"efficacy must be True, False, 'strong' or a list of targets, got {efficacy!r}.")
-        strong = set(strong_perturbations(adata, threshold=EFFICACY_SIGNAL_TO_NOISE))
+        strong = set(strong_perturbations(adata))
         return [t for t in registry.targets if t in strong]  # single-target labels with a clear shift
     return [str(t) for t in efficacy]
 

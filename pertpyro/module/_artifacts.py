@@ -73,8 +73,8 @@ MAX_FLIP = 0.4
 """Upper bound of the learned label flip rates (a label must stay better than a coin flip)."""
 FLIP_STEP = 10.0
 """Step-size multiplier of the flip rates' logits (they are stored divided by it: Adam's step is about ``lr`` in the
-stored units). From 0.02 they must travel about 3 logits; at ``lr = 5e-3`` and a few hundred steps they reached only
-0.07 (truth 0.2) on the simulator, and the labels were over-trusted. With 10x steps they reach 0.19-0.30."""
+stored units). From 0.02 they must travel about 3 logits; at plain step sizes they stay near their start for the
+few hundred steps of a fit, and the labels are over-trusted."""
 
 
 def check_artifact_mode(mode: str | None) -> ArtifactMode | None:
@@ -98,14 +98,13 @@ class ArtifactBlock(PyroModule):
     flip
         Initial flip rates of the labels (latent mode; learned, with larger steps: :data:`FLIP_STEP`). Small: the
         labels are trusted at first, so the artifact kinds are learned from the labelled cells, and the rates rise as
-        the counts contradict labels. Starting at 0.1 let a kind drift onto clean cells (an earlier version of the
-        block, simulator with 20% of labels flipped, 40 epochs: AUROC 0.90 against 0.95 from 0.02).
+        the counts contradict labels. A large start lets a kind drift onto clean cells.
     embedding_scale
         Prior scale of the entries of ``artifact_embedding``.
     """
 
     def __init__(
-        self, n_genes: int, mode: str, *, prior: float = 0.1, flip: float = 0.02, embedding_scale: float = 1.0
+        self, n_genes: int, mode: ArtifactMode, *, prior: float = 0.1, flip: float = 0.02, embedding_scale: float = 1.0
     ) -> None:
         super().__init__()
         self.embedding_scale = float(embedding_scale)
@@ -205,7 +204,7 @@ class ArtifactBlock(PyroModule):
         of two independent depths spreads about ``1/sqrt(2)`` as much (relative to its mean). Kind 1, a low-quality
         cell, lost at least half its molecules: a learned shift below ``-log 2`` and a learned widening of at most 2.
         These bounds keep the kinds identified: free, a kind drifts onto clean cells (a wide component that fits
-        whatever the clean model fits worst), as measured on the simulator.
+        whatever the clean model fits worst).
         """
         shift = torch.stack([self.zero + LOG2, -LOG2 - nn.functional.softplus(self.library_shift)])
         inflation = torch.stack([self.zero - 0.5 * LOG2, LOG2 * torch.sigmoid(self.library_log_inflation)])
@@ -343,8 +342,7 @@ def artifact_posterior(
 
     (the two sums are the IWELBO's importance weights split by ``a``; consistent as ``n_samples`` grows). Averaging
     the conditional posteriors ``P(a | x, z_k)`` instead would weigh each ``z_k`` by the guide, which was fitted
-    to clean and artifact cells alike, not by how well it explains the cell under each state: on the simulator
-    (seed 1, 20% flipped labels) that gave an artifact AUROC of 0.946, this estimate 0.956.
+    to clean and artifact cells alike, not by how well it explains the cell under each state.
 
     Parameters
     ----------

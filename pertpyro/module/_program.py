@@ -4,7 +4,7 @@ Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k
 
     sigma_g, pi, theta_g                       point-estimated hyperparameters (empirical Bayes)
     rho_t             ~ Beta(1, 1)                                 per-target response rate (``efficacy``)
-    effect[t, g]      ~ Normal(0, sigma_g)                         targets x genes plate
+    effect[t, g]      ~ StudentT(df, 0, sigma_g)                   targets x genes plate (df=0: Normal(0, sigma_g))
     effect_mask[t, g] ~ RelaxedBernoulli(pi)   (hard 0/1 forward)  targets x genes plate (``sparse_effects``)
     (``grn``: instead, effect[t] = the knockout of t propagated through adjacency * adjacency_weight, regulators x
      genes plate; see pertpyro.module._grn)
@@ -21,16 +21,16 @@ With ``artifacts`` set, the sites ``artifact``, ``artifact_kind``, ``artifact_la
 of artifact cells (:mod:`pertpyro.module._artifacts`).
 
 A knockout changes the composition of a cell's expression (``effect``) and its total counts over the measured
-genes (``lambda``, per target): in the Papalexi screen, cells of the strong knockouts have ~13% fewer counts than
-controls, and the log-normalised scale a screen is analysed on is not indifferent to depth. Under
+genes (``lambda``, per target): strong knockouts can lower a cell's total counts, and the log-normalised scale a
+screen is analysed on is not indifferent to depth. Under
 ``poutine.do(perturbation=...)`` the counts are drawn at the cell's own depth moved by the intervened targets'
 ``lambda`` (the depth noise is kept: abduction).
 
 The perturbation acts as an offset on the decoder's gene logits (gene-space effects): a knockout's effect on
 gene g is read off directly, the basal latent cannot absorb it through the decoder's nonlinearity, and the
-per-gene prior ``N(0, sigma_g)`` shares strength across targets (empirical-Bayes shrinkage toward no change,
-with the scale learned per gene), which is what beats the per-perturbation training mean on held-out cells. ``efficacy`` is the Mixscape idea as a latent: many
-cells that received a guide escaped the knockout and look like controls.
+per-gene Student-t prior of scale ``sigma_g`` shares strength across targets (empirical-Bayes shrinkage toward no change,
+with the scale learned per gene). ``efficacy`` is the Mixscape idea as a latent: many cells that received a guide
+escaped the knockout and look like controls.
 
 The effect mask uses a relaxed (concrete) Bernoulli in the model *and* the guide, so that the KL term of the
 ELBO compares two densities on the same space (Maddison et al. 2017); its forward value is hard 0/1

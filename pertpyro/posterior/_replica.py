@@ -155,8 +155,7 @@ def calibrate_by_replica(
         The validation cells ``model`` was trained with, if any (replicated as well).
     n_replicas
         Replica screens (one training each); the calibration is fitted on all of them pooled. One replica's
-        fit varies with its posterior draw (on the simulator, 90% coverage after calibration ranged 0.84-0.90
-        over four replicas of one screen); pooling steadies it.
+        fit varies with its posterior draw; pooling steadies it.
     n_samples
         Posterior draws of each replica model's shifts.
     max_cells

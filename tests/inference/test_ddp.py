@@ -23,7 +23,7 @@ from pertpyro.data._registry import get_registry
 TIMEOUT_S = 300
 
 SCRIPT = r'''
-"""Runs one multi-process job of tests/test_ddp.py; writes its results under $PERTPYRO_DDP_OUT."""
+"""Runs one multi-process job of tests/inference/test_ddp.py; writes its results under $PERTPYRO_DDP_OUT."""
 import os
 import sys
 from pathlib import Path

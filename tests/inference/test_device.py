@@ -77,9 +77,9 @@ def test_pinned_memory_only_for_cuda(tiny_adata, monkeypatch):
     assert [pin_memory_for(a) for a in ("gpu", "auto")] == [False, False]
     # The model's loaders follow the accelerator (recorded, CPU training).
     seen = []
-    real = pertpyro.model._model.make_loader
+    real = pertpyro.model._training.make_loader
     monkeypatch.setattr(
-        pertpyro.model._model, "make_loader", lambda *a, **k: seen.append(k["pin_memory"]) or real(*a, **k)
+        pertpyro.model._training, "make_loader", lambda *a, **k: seen.append(k["pin_memory"]) or real(*a, **k)
     )
     model = pertpyro.PerturbationModel(tiny_adata, latent_dim=2, n_hidden=8)
     model.train(max_epochs=1, accelerator="cpu", progress_bar=False)

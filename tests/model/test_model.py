@@ -32,7 +32,7 @@ def test_plate_scaling(tiny_adata):
     for name in (sites.Z_BASAL, sites.COUNTS, sites.PERTURBATION):
         assert model_trace.nodes[name]["scale"] == pytest.approx(n / b)
     for name in sites.GLOBAL_SITES:
-        if name in model_trace.nodes:  # the GRN sites exist only with grn=True (tests/test_grn.py)
+        if name in model_trace.nodes:  # the GRN sites exist only with grn=True (tests/module/test_grn.py)
             assert model_trace.nodes[name]["scale"] == 1.0
     assert set(sites.LOCAL_SITES) <= set(model_trace.nodes)
 

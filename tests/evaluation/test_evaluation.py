@@ -357,7 +357,7 @@ def test_runner_baselines_only_and_strong_default(split_screen):
     assert set(table["reference"]) == {"control"}
     assert "iwelbo" not in table
     # C has a single 0.1 effect on one gene: not strong; every label with A or B is.
-    assert strong_perturbations(test) == ["A", "A+B", "A+C", "B"]
+    assert strong_perturbations(train) == ["A", "A+B", "A+C", "B"]
     row = table[(table["subset"] == "strong")].set_index("method")
     assert (row["n_perturbations"] == 4).all()
     assert row.loc["training_mean", "mse_all"] < row.loc["no_change", "mse_all"]
@@ -409,4 +409,4 @@ def test_reproduces_anchors_on_papalexi():
     assert rows.loc["shrunk_training_mean", ["pearson_all", "pearson_topk", "mse_all"]].tolist() == pytest.approx(
         [0.342, 0.498, 0.0320], abs=5e-4
     )
-    assert strong_perturbations(test) == ["IFNGR1", "IFNGR2", "IRF1", "JAK2", "SMAD4", "STAT1"]
+    assert strong_perturbations(train) == ["IFNGR1", "IFNGR2", "IRF1", "JAK2", "SMAD4", "STAT1"]

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from pertpyro.data._qc import qc
 
-PAPALEXI = Path(__file__).resolve().parents[1] / "pertpyro" / "data" / "files" / "papalexi2021_thp1_lowmoi.h5ad"
+PAPALEXI = Path(__file__).resolve().parents[2] / "pertpyro" / "data" / "files" / "papalexi2021_thp1_lowmoi.h5ad"
 
 
 def _synthetic(seed=0, *, n_clean=400, n_low=12, n_mito=12, n_doublets=24, depth=2000.0, sparse=True):
