@@ -16,10 +16,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import pyro
 import torch
 
-from pertpyro._settings import local_params
+from pertpyro._settings import local_params, seeded
 from pertpyro.causal._artifacts import abduct_artifact
 from pertpyro.causal._counterfactual import abduct
 from pertpyro.causal._expected import N_COUNTS, escapers_are_controls, expected_cell_values
@@ -230,8 +229,7 @@ def label_shift_draws(
     designs = torch.from_numpy(
         np.concatenate([np.zeros((1, registry.n_targets), np.float32), design_matrix(labels, registry)])
     )
-    with torch.random.fork_rng():
-        pyro.set_rng_seed(seed)
+    with seeded(seed):
         arm_weights = None
         if weights is not None:
             weights = torch.as_tensor(weights, dtype=torch.float32)

@@ -7,12 +7,11 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-import pyro
 import torch
 from anndata import AnnData
 
 from pertpyro._keys import ARTIFACT_PROB_KEY
-from pertpyro._settings import local_params
+from pertpyro._settings import local_params, seeded
 from pertpyro.causal._artifacts import abduct_artifact, artifact_probabilities
 from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene
 from pertpyro.causal._population import subset_batch
@@ -92,8 +91,7 @@ class CellsMixin(ModelBase):
             action_values["artifact"] = artifact_action(self.program, do["artifact"])
         lognorm = np.zeros((len(data), self.registry.n_genes), dtype=np.float32)
         counts = np.zeros_like(lognorm)
-        with torch.random.fork_rng(), local_params(), torch.no_grad():
-            pyro.set_rng_seed(seed)
+        with seeded(seed), local_params(), torch.no_grad():
             for start in range(0, len(data), batch_size):
                 rows = np.arange(start, min(start + batch_size, len(data)))
                 batch = subset_batch(data, rows)
@@ -122,8 +120,7 @@ class CellsMixin(ModelBase):
         self._check_trained()
         data = CellData(adata, self.registry)
         values = []
-        with torch.random.fork_rng():
-            pyro.set_rng_seed(seed)
+        with seeded(seed):
             for start in range(0, len(data), batch_size):
                 rows = np.arange(start, min(start + batch_size, len(data)))
                 values.append(iwelbo_per_cell(self.program, self.guide, subset_batch(data, rows), n_samples=n_samples))
