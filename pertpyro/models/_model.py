@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ import pyro
 import torch
 from anndata import AnnData
 
-from pertpyro import __version__
+from pertpyro._io import load_model, save_model
 from pertpyro._settings import local_params, set_seed
 from pertpyro.causal._ate import average_treatment_effect, label_shift_draws, log_normalise
 from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene
@@ -46,7 +45,7 @@ from pertpyro.models._program import (
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "model.pt"
+CHECKPOINT_FILE = "model.pt"  # pertpyro._io.TENSORS_FILE
 
 
 def _gene_log_share(gene_totals: np.ndarray) -> torch.Tensor:
@@ -871,53 +870,20 @@ class PerturbationModel:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write parameters, settings, registry and history to folder ``path`` (``model.pt`` + ``registry.json``)."""
-        path = Path(path)
-        target = path / CHECKPOINT_FILE
-        if target.exists() and not overwrite:
-            raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
-        path.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {
-                "program": self.program.state_dict(),
-                "guide": self.guide.state_dict(),
-                "init_kwargs": self.init_kwargs,
-                "registry": self.registry.to_dict(),
-                "history": None if self.history_ is None else self.history_.to_dict(orient="list"),
-                "is_trained": self.is_trained,
-                "interval_calibration": None
-                if self.interval_calibration_ is None
-                else [self.interval_calibration_.scale, self.interval_calibration_.relative],
-                "train_settings": self.train_settings_,
-                "version": __version__,
-            },
-            target,
-        )
-        (path / "registry.json").write_text(json.dumps(self.registry.to_dict(), indent=1))
-        return path
+        """Write parameters (``model.pt``, tensors only) and settings, registry, history (``settings.json``) to ``path``.
+
+        Each file is written atomically (a crash leaves the old file or none).
+        """
+        return save_model(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, adata: AnnData) -> PerturbationModel:
-        """Rebuild a saved model on ``adata`` (the training data, or data with the same genes and targets)."""
-        target = Path(path) / CHECKPOINT_FILE
-        if not target.exists():
-            raise FileNotFoundError(f"No saved pertpyro model at {target}.")
-        state = torch.load(target, map_location="cpu", weights_only=False)
-        saved = Registry.from_dict(state["registry"])
-        current = get_registry(adata)
-        if saved.genes != current.genes or saved.targets != current.targets or saved.batches != current.batches:
-            raise ValueError("The AnnData's registered genes, targets or batches differ from the saved model's.")
-        model = cls(adata, **state["init_kwargs"])
-        with local_params():
-            model.program.load_state_dict(state["program"])
-            model.guide.load_state_dict(state["guide"])
-        model.registry = saved
-        model.history_ = None if state["history"] is None else pd.DataFrame(state["history"])
-        model.is_trained = bool(state["is_trained"])
-        model.train_settings_ = dict(state.get("train_settings") or {})
-        calibration = state.get("interval_calibration")
-        model.interval_calibration_ = None if calibration is None else IntervalCalibration(*calibration)
-        return model
+        """Rebuild a saved model on ``adata`` (the training data, or data with the same genes and targets).
+
+        No code from the files runs (``torch.load(weights_only=True)``); a damaged or truncated file raises
+        :class:`pertpyro._io.ModelFileError` (a ``ValueError``) naming it.
+        """
+        return load_model(cls, path, adata)
 
     def __repr__(self) -> str:
         r = self.registry
