@@ -22,6 +22,7 @@ from pertpyro._settings import local_params
 from pertpyro.data._loader import program_args, shard_loader
 from pertpyro.inference._direct import direct_attributes
 from pertpyro.inference._elbo import CellEnumELBO
+from pertpyro.inference._guards import NaNGuard, TrainingDivergedError
 from pertpyro.models._program import MAX_PLATE_NESTING
 
 logger = logging.getLogger(__name__)
@@ -82,15 +83,22 @@ class SVIModule(pl.LightningModule):
         only sample sites and the optimiser holds the parameters, so the statements would only cost time.
         """
         args = program_args(batch, n_cells)
-        with direct_attributes(self.program, self.guide):
-            try:
-                return getattr(self.elbo, method)(self.program, self.guide, *args)
-            except NotImplementedError as reason:
-                if isinstance(self.elbo, TraceEnum_ELBO):
-                    raise
-                logger.info("Training with TraceEnum_ELBO: %s", reason)
-                self.elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
-                return getattr(self.elbo, method)(self.program, self.guide, *args)
+        try:
+            with direct_attributes(self.program, self.guide):
+                try:
+                    return getattr(self.elbo, method)(self.program, self.guide, *args)
+                except NotImplementedError as reason:
+                    if isinstance(self.elbo, TraceEnum_ELBO):
+                        raise
+                    logger.info("Training with TraceEnum_ELBO: %s", reason)
+                    self.elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
+                    return getattr(self.elbo, method)(self.program, self.guide, *args)
+        except (ValueError, RuntimeError) as err:  # e.g. Pyro's checks refusing non-finite parameters
+            guard = getattr(self, "_nan_guard", None)
+            diverged = guard.failed_step(self, self.trainer.global_step) if guard is not None else None
+            if diverged is not None:
+                raise diverged from err
+            raise
 
     def _loss(self, batch: dict[str, torch.Tensor], n_cells: int) -> torch.Tensor:
         with local_params(), pyro.validation_enabled(self.validate):
@@ -152,7 +160,10 @@ class History(Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", "val_loss")}
         self.rows.append({"epoch": trainer.current_epoch, **metrics})
         if not all(math.isfinite(v) for v in metrics.values()):
-            raise FloatingPointError(f"The ELBO became {metrics} at epoch {trainer.current_epoch}; lower lr.")
+            bad = ", ".join(f"{k} {v}" for k, v in metrics.items())
+            raise TrainingDivergedError(trainer.global_step, float("nan"), getattr(module, "lr", None), None) from (
+                FloatingPointError(f"{bad} at epoch {trainer.current_epoch}")
+            )
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.world_size > 1:
@@ -242,7 +253,7 @@ def fit(
     DataFrame with columns ``epoch``, ``train_loss``, ``val_loss`` (negative ELBO per cell).
     """
     history = History()
-    callbacks: list[Callback] = [history]
+    callbacks: list[Callback] = [NaNGuard(), history]  # the guard first: it restores finite parameters
     if early_stopping:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=patience, mode="min", min_delta=1e-4))
     lightning_logger = logging.getLogger("lightning.pytorch")
@@ -285,6 +296,6 @@ def fit(
     finally:
         lightning_logger.setLevel(level)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        module.to("cpu")  # also after an error: the model's parameters live on the CPU between calls
     history.recover(trainer)
-    module.to("cpu")
     return history.frame()
