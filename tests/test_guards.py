@@ -40,4 +40,5 @@ def test_guard_checked_every_n_steps_restores_snapshot(small_screen, monkeypatch
 def test_healthy_fit_unaffected(small_screen):
     model = pertpyro.PerturbationModel(small_screen, latent_dim=2, n_hidden=8)
     history = model.train(lr=5e-3, max_epochs=2, batch_size=64, progress_bar=False)
-    assert len(history) == 2 and _finite(model)
+    assert len(history) == 2
+    assert _finite(model)

@@ -39,10 +39,13 @@ class TrainingDivergedError(RuntimeError):
             else "the model keeps its initial parameters"
         )
         advice = f"lower the learning rate (lr={lr:g}; try lr={lr / 10:g})" if lr else "lower the learning rate (lr)"
-        what = f"the loss became {loss}" if loss != loss or abs(loss) == float("inf") else "the parameters became non-finite"
+        what = (
+            f"the loss became {loss}"
+            if loss != loss or abs(loss) == float("inf")
+            else "the parameters became non-finite"
+        )
         super().__init__(
-            f"Training diverged at step {step}: {what}; {kept}. "
-            f"To fix it, {advice}, or use a larger batch_size."
+            f"Training diverged at step {step}: {what}; {kept}. To fix it, {advice}, or use a larger batch_size."
         )
 
 
