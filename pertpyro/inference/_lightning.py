@@ -6,6 +6,7 @@ import logging
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -23,6 +24,13 @@ from pertpyro.data._loader import program_args, shard_loader
 from pertpyro.inference._direct import direct_attributes
 from pertpyro.inference._elbo import CellEnumELBO
 from pertpyro.inference._guards import NaNGuard, TrainingDivergedError
+from pertpyro.inference._resume import (
+    AtomicCheckpointIO,
+    GracefulInterrupt,
+    ResumeState,
+    TrainingInterrupted,
+    checkpoint_callback,
+)
 from pertpyro.models._program import MAX_PLATE_NESTING
 
 logger = logging.getLogger(__name__)
@@ -170,6 +178,15 @@ class History(Callback):
             table = [[row.get(c, math.nan) for c in _HISTORY_COLUMNS] for row in self.rows]
             trainer.callback_metrics[_HISTORY_KEY] = torch.tensor(table, dtype=torch.float64).reshape(-1, 3)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [[row.get(c, math.nan) for c in _HISTORY_COLUMNS] for row in self.rows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # resumed from a checkpoint: its epochs come first
+        self.rows = [
+            {"epoch": int(row[0]), **{c: v for c, v in zip(_HISTORY_COLUMNS[1:], row[1:], strict=True) if v == v}}
+            for row in state["rows"]
+        ]
+
     def recover(self, trainer: pl.Trainer) -> None:
         """Take the rows from the trainer's metrics if the epochs ran in other processes (and drop them there)."""
         table = trainer.callback_metrics.pop(_HISTORY_KEY, None)
@@ -214,6 +231,8 @@ def fit(
     patience: int = 20,
     log_dir: str | Path | None = None,
     progress_bar: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    ckpt_path: str | Path | None = None,
 ) -> pd.DataFrame:
     """Train ``module`` with Lightning and return the per-epoch loss history.
 
@@ -247,15 +266,33 @@ def fit(
         Where the CSV log of the losses goes (``None``: no log files).
     progress_bar
         Show Lightning's progress bar.
+    checkpoint_dir
+        Write ``last.ckpt`` (every epoch) and ``best.ckpt`` (lowest validation loss) here (``None``: none).
+    ckpt_path
+        Resume from this checkpoint: parameters, Adam's state, epoch, early-stopping state, loss history, random
+        states and the order of the training cells, so that the fit ends where an uninterrupted one would.
 
     Returns
     -------
     DataFrame with columns ``epoch``, ``train_loss``, ``val_loss`` (negative ELBO per cell).
+
+    Raises
+    ------
+    TrainingDivergedError
+        The loss or the parameters became non-finite (the module keeps the last finite parameters).
+    TrainingInterrupted
+        Ctrl-C (a ``KeyboardInterrupt``): training stopped after the current step; ``.history`` holds the
+        finished epochs.
     """
+    if ckpt_path is not None and checkpoint_dir is None:  # a resumed fit goes on writing beside its checkpoint
+        checkpoint_dir = Path(ckpt_path).parent
     history = History()
-    callbacks: list[Callback] = [NaNGuard(), history]  # the guard first: it restores finite parameters
+    interrupt, resume = GracefulInterrupt(), ResumeState(None)
+    callbacks: list[Callback] = [NaNGuard(), history, interrupt, resume]  # the guard first: it restores parameters
     if early_stopping:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=patience, mode="min", min_delta=1e-4))
+    if checkpoint_dir is not None:
+        callbacks.append(checkpoint_callback(checkpoint_dir))
     lightning_logger = logging.getLogger("lightning.pytorch")
     level = lightning_logger.level
     lightning_logger.setLevel(logging.WARNING)  # no banner about absent TPUs in the user's log
@@ -267,7 +304,8 @@ def fit(
         "callbacks": callbacks,
         "logger": csv_logger,
         "use_distributed_sampler": False,  # the loaders shard the cells themselves (below)
-        "enable_checkpointing": False,
+        "enable_checkpointing": checkpoint_dir is not None,
+        "plugins": [AtomicCheckpointIO()] if checkpoint_dir is not None else None,
         "enable_progress_bar": progress_bar,
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
@@ -280,6 +318,7 @@ def fit(
         trainer = pl.Trainer(strategy=_ddp_allowing_unused("ddp_fork" if forked else "ddp"), **trainer_kwargs)
     if trainer.num_devices * trainer.num_nodes > 1:
         train_loader, val_loader = shard_loader(train_loader), shard_loader(val_loader)
+    resume.generator = ResumeState(train_loader).generator  # the loader that runs (after any sharding)
     # Multi-threaded CPU kernels (e.g. the backward of indexing by batch) may sum in a different order from run to
     # run; deterministic algorithms make a seeded fit reproducible bit for bit. The user's setting is restored.
     deterministic = (
@@ -292,10 +331,23 @@ def fit(
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            with local_params():  # parameters restored from a checkpoint stay in the modules
+                trainer.fit(
+                    module,
+                    train_dataloaders=train_loader,
+                    val_dataloaders=val_loader,
+                    ckpt_path=None if ckpt_path is None else str(ckpt_path),
+                    weights_only=True if ckpt_path is not None else None,  # no code from the file runs
+                )
+    except SystemExit:  # Lightning ends a KeyboardInterrupt with sys.exit(1): give the caller the interrupt back
+        if not trainer.interrupted:
+            raise
     finally:
+        interrupt.restore()
         lightning_logger.setLevel(level)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         module.to("cpu")  # also after an error: the model's parameters live on the CPU between calls
     history.recover(trainer)
+    if trainer.interrupted:
+        raise TrainingInterrupted(history.frame())
     return history.frame()

@@ -28,6 +28,7 @@ from pertpyro.inference._device import pin_memory_for
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.inference._lightning import SVIModule, fit
 from pertpyro.inference._memory import keep_freed_memory
+from pertpyro.inference._resume import TrainingInterrupted
 from pertpyro.models._artifacts import (
     abduct_artifact,
     artifact_action,
@@ -307,6 +308,8 @@ class PerturbationModel:
         log_dir: str | Path | None = None,
         progress_bar: bool = True,
         block_size: int = 1,
+        checkpoint_dir: str | Path | None = None,
+        ckpt_path: str | Path | None = None,
     ) -> pd.DataFrame:
         """Fit model and guide by stochastic variational inference (Lightning underneath).
 
@@ -339,6 +342,11 @@ class PerturbationModel:
             For a backed (on-disk) AnnData: minibatches made of shuffled blocks of ``block_size`` consecutive cells
             (and the validation hold-out of whole blocks), read from disk in one piece each; 1 (default) draws cells
             fully at random. Not with several processes.
+        checkpoint_dir
+            Write Lightning checkpoints here: ``last.ckpt`` every epoch, ``best.ckpt`` at the best validation loss.
+        ckpt_path
+            Continue a killed fit from this checkpoint (call on a model built with the same settings and data, with
+            the same ``train`` arguments): it ends with the parameters an uninterrupted fit would have.
 
         Returns
         -------
@@ -380,22 +388,32 @@ class PerturbationModel:
         logger.info(
             "Training on %d cells, validating on %d, for at most %d epochs.", len(train_data), len(val_data), max_epochs
         )
-        history = fit(
-            module,
-            train_loader,
-            val_loader,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            early_stopping=early_stopping,
-            patience=patience,
-            log_dir=log_dir,
-            progress_bar=progress_bar,
-        )
-        self.history_ = history if self.history_ is None else pd.concat([self.history_, history], ignore_index=True)
-        self.is_trained = True
+        try:
+            history = fit(
+                module,
+                train_loader,
+                val_loader,
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                strategy=strategy,
+                early_stopping=early_stopping,
+                patience=patience,
+                log_dir=log_dir,
+                progress_bar=progress_bar,
+                checkpoint_dir=checkpoint_dir,
+                ckpt_path=ckpt_path,
+            )
+        except TrainingInterrupted as stop:  # Ctrl-C: keep what was trained, then let the interrupt through
+            self._record_history(stop.history)
+            raise
+        self._record_history(history)
         return history
+
+    def _record_history(self, history: pd.DataFrame | None) -> None:
+        if history is not None:
+            self.history_ = history if self.history_ is None else pd.concat([self.history_, history], ignore_index=True)
+            self.is_trained = True
 
     # ------------------------------------------------------------------ queries
     def _population_rows(self, cells: AnnData | None, max_cells: int | None, seed: int) -> np.ndarray:
