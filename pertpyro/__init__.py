@@ -6,3 +6,4 @@ from pertpyro import datasets, evaluate, plotting, pp
 from pertpyro._settings import local_params, set_seed
 from pertpyro.data import Registry, get_registry, setup_anndata
 from pertpyro.models import PerturbationModel
+from pertpyro.runs import Run, load_run
