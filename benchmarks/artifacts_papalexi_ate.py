@@ -9,10 +9,7 @@ Run: ``python benchmarks/artifacts_papalexi_ate.py runs/papalexi runs/papalexi_a
 
 import argparse
 
-import pandas as pd
-
-from pertpyro import PerturbationModel, evaluation
-from pertpyro.cli import CONFIG_FILE, SPLIT_FILE, _subsets, load_config, load_data
+from pertpyro import evaluation, load_run
 
 
 def main() -> None:
@@ -21,9 +18,8 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=30)
     args = parser.parse_args()
     for run_dir in args.run_dirs:
-        config = load_config(f"{run_dir}/{CONFIG_FILE}")
-        parts = _subsets(load_data(config), pd.read_csv(f"{run_dir}/{SPLIT_FILE}", index_col=0)["split"])
-        model = PerturbationModel.load(run_dir, parts["train"])
+        run = load_run(run_dir)
+        model, config, parts = run.model, run.config, run.subsets()
         table = evaluation.ate_metrics(
             model,
             parts["test"],

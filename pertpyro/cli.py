@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130  # the conventional status of a command stopped by Ctrl-C (fit said what it saved)
     except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError) as err:
         if args.verbose:
-            logger.exception("pertpyro %s failed", args.command)
+            traceback.print_exc(file=sys.stderr)
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"pertpyro: error: {message}", file=sys.stderr)
         return 2

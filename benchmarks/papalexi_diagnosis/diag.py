@@ -5,15 +5,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pertpyro import PerturbationModel, cli
+from pertpyro import load_run
 from pertpyro.models._model import EFFICACY_INIT_LOGIT, _initial_effects
 
 run = sys.argv[1]
-config = cli.load_config(Path(run) / "config.yaml")
-adata = cli.load_data(config)
-split = pd.read_csv(Path(run) / "split.csv", index_col=0)["split"]
-parts = cli._subsets(adata, split)
-model = PerturbationModel.load(run, parts["train"])
+_run = load_run(Path(run))
+config, adata, split, parts, model = _run.config, _run.adata, _run.split, _run.subsets(), _run.model
 init = _initial_effects(model._data.statistics(), float(torch.sigmoid(torch.tensor(EFFICACY_INIT_LOGIT)))).numpy()
 loc = model.guide.effect_loc.detach().numpy()
 sig = model.program.effect_prior_scale().detach().numpy()

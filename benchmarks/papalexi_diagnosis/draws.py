@@ -5,9 +5,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from pertpyro import PerturbationModel, cli
+from pertpyro import load_run
 from pertpyro.causal import _ate
 from pertpyro.causal._ate import label_shift_draws
 
@@ -19,11 +18,8 @@ run, out, S, R, seed, match = (
     int(sys.argv[5]),
     int(sys.argv[6]),
 )
-config = cli.load_config(Path(run) / "config.yaml")
-adata = cli.load_data(config)
-split = pd.read_csv(Path(run) / "split.csv", index_col=0)["split"]
-parts = cli._subsets(adata, split)
-model = PerturbationModel.load(run, parts["train"])
+_run = load_run(Path(run))
+config, adata, split, parts, model = _run.config, _run.adata, _run.split, _run.subsets(), _run.model
 labels = sorted(set(parts["test"].obs["perturbation"].astype(str)) - {"control"})
 pop = model._population(None, 2000, seed)
 weights = model._batch_weights(labels, pop) if match else None

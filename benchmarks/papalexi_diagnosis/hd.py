@@ -5,17 +5,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from pertpyro import PerturbationModel, cli
+from pertpyro import load_run
 from pertpyro.evaluation._draws import heldout_draws
 
 run, out, S, R, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-config = cli.load_config(Path(run) / "config.yaml")
-adata = cli.load_data(config)
-split = pd.read_csv(Path(run) / "split.csv", index_col=0)["split"]
-parts = cli._subsets(adata, split)
-model = PerturbationModel.load(run, parts["train"])
+_run = load_run(Path(run))
+config, adata, split, parts, model = _run.config, _run.adata, _run.split, _run.subsets(), _run.model
 labels = sorted(set(parts["test"].obs["perturbation"].astype(str)) - {"control"})
 t0 = time.process_time()
 w0 = time.perf_counter()

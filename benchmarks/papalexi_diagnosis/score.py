@@ -6,15 +6,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pertpyro import cli
+from pertpyro import load_run
 from pertpyro.evaluation._calibration import heldout_reference, interval_coverage
 from pertpyro.evaluation._metrics import CHUNK_SIZE, label_moments, shift_from_moments, shift_metrics
 
 run = Path("/tmp/pap/run0")
-config = cli.load_config(run / "config.yaml")
-adata = cli.load_data(config)
-split = pd.read_csv(run / "split.csv", index_col=0)["split"]
-test = cli._subsets(adata, split)["test"]
+_run = load_run(run, model=False)
+config, adata, split = _run.config, _run.adata, _run.split
+test = _run.subsets()["test"]
 mom = label_moments(test, chunk_size=CHUNK_SIZE)
 obs = shift_from_moments(mom, "control", reference="control")
 for f in sys.argv[1:]:

@@ -4,14 +4,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pertpyro import cli, evaluation
+from pertpyro import evaluation, load_run
 from pertpyro.evaluation._metrics import CHUNK_SIZE, label_moments, shift_from_moments
 
 run = Path("/tmp/pap/run0")
-config = cli.load_config(run / "config.yaml")
-adata = cli.load_data(config)
-split = pd.read_csv(run / "split.csv", index_col=0)["split"]
-parts = cli._subsets(adata, split)
+_run = load_run(run, model=False)
+config, adata, split = _run.config, _run.adata, _run.split
+parts = _run.subsets()
 obs = shift_from_moments(label_moments(parts["test"], chunk_size=CHUNK_SIZE), "control", reference="control")
 z = np.load(sys.argv[1])
 labels = list(z["labels"])

@@ -2,16 +2,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from pertpyro import PerturbationModel, cli
+from pertpyro import load_run
 
 run = Path(sys.argv[1])
-config = cli.load_config(run / "config.yaml")
-adata = cli.load_data(config)
-split = pd.read_csv(run / "split.csv", index_col=0)["split"]
-parts = cli._subsets(adata, split)
-model = PerturbationModel.load(run, parts["train"])
+_run = load_run(run)
+config, adata, split, parts, model = _run.config, _run.adata, _run.split, _run.subsets(), _run.model
 tr = parts["train"]
 z = model.get_latent_representation(tr)
 lab = tr.obs["perturbation"].astype(str).to_numpy()

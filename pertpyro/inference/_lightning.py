@@ -218,6 +218,20 @@ def _ddp_allowing_unused(strategy: str | Strategy) -> str | Strategy:
     return strategy
 
 
+def _log_version(log_dir: str | Path, ckpt_path: str | Path | None) -> str:
+    """The CSV log's subfolder: none for a new fit; ``resumed``, ``resumed-2``, ... for each resumption.
+
+    A resumed fit writes its losses beside the first fit's log instead of over it.
+    """
+    if ckpt_path is None:
+        return ""
+    n, name = 1, "resumed"
+    while (Path(log_dir) / name).exists():
+        n += 1
+        name = f"resumed-{n}"
+    return name
+
+
 def fit(
     module: SVIModule,
     train_loader: DataLoader,
@@ -296,7 +310,7 @@ def fit(
     lightning_logger = logging.getLogger("lightning.pytorch")
     level = lightning_logger.level
     lightning_logger.setLevel(logging.WARNING)  # no banner about absent TPUs in the user's log
-    csv_logger = CSVLogger(str(log_dir), name="", version="") if log_dir is not None else False
+    csv_logger = CSVLogger(str(log_dir), name="", version=_log_version(log_dir, ckpt_path)) if log_dir else False
     trainer_kwargs = {
         "max_epochs": max_epochs,
         "accelerator": accelerator,
@@ -331,6 +345,7 @@ def fit(
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
             with local_params():  # parameters restored from a checkpoint stay in the modules
                 trainer.fit(
                     module,
