@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyro
 import torch
 
-from pertpyro._settings import local_params
+from pertpyro._settings import local_params, seeded
 from pertpyro.causal._counterfactual import abduct
 from pertpyro.causal._expected import N_COUNTS, escapers_are_controls, expected_cell_values
 from pertpyro.causal._expected import log_normalise as log_normalise  # re-exported (its old home)
@@ -224,8 +223,7 @@ def label_shift_draws(
     designs = torch.from_numpy(
         np.concatenate([np.zeros((1, registry.n_targets), np.float32), design_matrix(labels, registry)])
     )
-    with torch.random.fork_rng():
-        pyro.set_rng_seed(seed)
+    with seeded(seed):
         arm_weights = None
         if weights is not None:
             weights = torch.as_tensor(weights, dtype=torch.float32)

@@ -54,7 +54,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pertpyro._keys import ARTIFACT_PROB_KEY
-from pertpyro._settings import local_params
+from pertpyro._settings import local_params, seeded
 from pertpyro.data._loader import CellData, standalone_args
 from pertpyro.models._enumerate import cell_log_joint, enumerated_sites
 from pertpyro.models._sites import (
@@ -429,8 +429,7 @@ def artifact_probability(
     key = model.init_kwargs["artifact_key"]
     data = CellData(adata, model.registry, artifact_key=key, require_artifact=False)
     out = np.zeros(len(data), dtype=np.float64)
-    with torch.random.fork_rng(), local_params(), torch.no_grad():
-        pyro.set_rng_seed(seed)
+    with seeded(seed), local_params(), torch.no_grad():
         for start in range(0, len(data), batch_size):
             rows = np.arange(start, min(start + batch_size, len(data)))
             args = standalone_args(data[rows])

@@ -100,12 +100,11 @@ def regulator_effects(model: Any, *, n_samples: int = 100, seed: int = 0) -> np.
     _check_grn(model)
     from pyro import poutine
 
-    from pertpyro._settings import local_params
+    from pertpyro._settings import local_params, seeded
     from pertpyro.models._sites import ADJACENCY_WEIGHT
 
     out = []
-    with torch.random.fork_rng(), local_params(), torch.no_grad():
-        torch.manual_seed(seed)
+    with seeded(seed), local_params(), torch.no_grad():
         for _ in range(n_samples):
             trace = poutine.trace(model.guide.grn).get_trace()
             weighted = trace.nodes[ADJACENCY]["value"] * trace.nodes[ADJACENCY_WEIGHT]["value"]

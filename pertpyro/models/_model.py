@@ -9,12 +9,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyro
 import torch
 from anndata import AnnData
 
 from pertpyro._io import load_model, save_model
-from pertpyro._settings import local_params, set_seed
+from pertpyro._settings import local_params, seeded, seeded_by_argument
 from pertpyro.causal._ate import average_treatment_effect, label_shift_draws, log_normalise
 from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene
 from pertpyro.causal._probability import check_query, exceedance_table
@@ -27,7 +26,7 @@ from pertpyro.evaluation._metrics import strong_perturbations
 from pertpyro.inference._device import pin_memory_for
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.inference._lightning import SVIModule, fit
-from pertpyro.inference._memory import keep_freed_memory
+from pertpyro.inference._memory import kept_freed_memory
 from pertpyro.inference._resume import TrainingInterrupted
 from pertpyro.models._artifacts import (
     abduct_artifact,
@@ -242,9 +241,9 @@ class PerturbationModel:
             )
         data = CellData(adata, self.registry, **self._artifact_data_kwargs(adata, required=artifacts == "observed"))
         self._data = data
-        set_seed(seed)
         n_batches = self.registry.n_batches
-        with local_params():  # PyroModules built in local mode keep their parameters to themselves
+        # PyroModules built in local mode keep their parameters to themselves; seeded: globals restored after
+        with seeded(seed), local_params():
             self._build(data, adata, n_batches)
         self.history_: pd.DataFrame | None = None
         self.is_trained = False
@@ -291,6 +290,8 @@ class PerturbationModel:
                 self.guide.effect_loc.copy_(effects)
 
     # ------------------------------------------------------------------ training
+    @seeded_by_argument  # the global random states come back after training
+    @kept_freed_memory()  # the allocator tuning only while training
     def train(
         self,
         *,
@@ -354,11 +355,11 @@ class PerturbationModel:
 
         Notes
         -----
-        On Linux the first call tunes glibc's allocator so that the step's large temporaries are reused instead of
-        mapped afresh (:func:`pertpyro.inference.keep_freed_memory`; opt out with ``PERTPYRO_KEEP_FREED_MEMORY=0``).
+        On Linux, while training, glibc's allocator is tuned so that the step's large temporaries are reused instead
+        of mapped afresh (:func:`pertpyro.inference.kept_freed_memory`; opt out with
+        ``PERTPYRO_KEEP_FREED_MEMORY=0``). Python's, NumPy's and torch's global random states are the same after
+        training as before (the fit draws from ``seed``).
         """
-        set_seed(seed)
-        keep_freed_memory()
         self.train_settings_ = {
             "max_epochs": max_epochs,
             "batch_size": batch_size,
@@ -757,8 +758,7 @@ class PerturbationModel:
             action_values["artifact"] = artifact_action(self.program, do["artifact"])
         lognorm = np.zeros((len(data), self.registry.n_genes), dtype=np.float32)
         counts = np.zeros_like(lognorm)
-        with torch.random.fork_rng(), local_params(), torch.no_grad():
-            pyro.set_rng_seed(seed)
+        with seeded(seed), local_params(), torch.no_grad():
             for start in range(0, len(data), batch_size):
                 rows = np.arange(start, min(start + batch_size, len(data)))
                 batch = _subset_batch(data, rows)
@@ -810,8 +810,7 @@ class PerturbationModel:
         self._check_trained()
         data = CellData(adata, self.registry)
         values = []
-        with torch.random.fork_rng():
-            pyro.set_rng_seed(seed)
+        with seeded(seed):
             for start in range(0, len(data), batch_size):
                 rows = np.arange(start, min(start + batch_size, len(data)))
                 values.append(

@@ -22,12 +22,11 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyro
 import torch
 from anndata import AnnData
 from pyro import poutine
 
-from pertpyro._settings import local_params
+from pertpyro._settings import local_params, seeded
 from pertpyro.causal._ate import log_normalise
 from pertpyro.causal._counterfactual import abduct, intervene
 from pertpyro.data._loader import CellData, standalone_args
@@ -98,8 +97,7 @@ def posterior_predictive_summaries(
     batch = _cell_batch(data, _cell_rows(len(data), max_cells, seed))
     observed = {k: v.numpy() for k, v in _summaries(batch["counts"]).items()}
     replicated = {k: np.empty((num_samples, model.registry.n_genes), np.float32) for k in PPC_VARIABLES}
-    with torch.random.fork_rng(), local_params():
-        pyro.set_rng_seed(seed)
+    with seeded(seed), local_params():
         for s in range(num_samples):
             counts = intervene(model.program, abduct(model.guide, batch), batch, {})
             for key, value in _summaries(counts).items():
@@ -198,8 +196,7 @@ def to_inference_data(
         rows = _cell_rows(heldout.n_obs, max_cells, seed)
         cell_batch = _cell_batch(CellData(heldout, registry), rows)
         coords["cell"] = [str(name) for name in heldout.obs_names[rows]]
-    with torch.random.fork_rng():
-        pyro.set_rng_seed(seed)
+    with seeded(seed):
         posterior = _global_draws(model, num_samples, cell_batch)
     if ate is not None:
         labels = model._labels(ate)

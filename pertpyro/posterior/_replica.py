@@ -23,13 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyro
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from pyro import poutine
 
-from pertpyro._settings import local_params
+from pertpyro._settings import local_params, seeded
 from pertpyro.causal._ate import label_shift_draws
 from pertpyro.causal._counterfactual import abduct
 from pertpyro.data._loader import CellData, standalone_args
@@ -83,8 +82,7 @@ def simulate_replica(
     data = CellData(adata, model.registry, **model._artifact_data_kwargs(adata))
     chunks, basal = [], []
     latents: dict[str, torch.Tensor] = {}
-    with local_params(), torch.random.fork_rng(), torch.no_grad():
-        pyro.set_rng_seed(seed)
+    with local_params(), seeded(seed), torch.no_grad():
         for start in range(0, len(data), REPLICA_CHUNK):
             rows = np.arange(start, min(start + REPLICA_CHUNK, len(data)))
             batch = data[rows]
