@@ -14,6 +14,7 @@ from anndata import AnnData
 
 from pertpyro._io import load_model, save_model
 from pertpyro._settings import local_params, seeded, seeded_by_argument
+from pertpyro._validate import check_query_args
 from pertpyro.causal._ate import average_treatment_effect, label_shift_draws, log_normalise
 from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene
 from pertpyro.causal._probability import check_query, exceedance_table
@@ -489,6 +490,7 @@ class PerturbationModel:
         -------
         Tidy DataFrame with columns ``perturbation``, ``gene``, ``mean``, ``lower``, ``upper``.
         """
+        check_query_args(n_samples=n_samples, ci=ci, max_cells=max_cells, seed=seed)
         self._check_trained()
         if perturbations is None:
             perturbations = list(self.registry.targets)
@@ -551,6 +553,7 @@ class PerturbationModel:
         ``calibrated`` (the latter is the fit, not a test); ``scale`` and ``relative`` are in
         ``interval_calibration_``.
         """
+        check_query_args(n_replicas=n_replicas, n_samples=n_samples, max_cells=max_cells, seed=seed)
         from pertpyro.posterior._replica import calibrate_by_replica
 
         self._check_trained()
@@ -617,6 +620,7 @@ class PerturbationModel:
         seed: int = 0,
     ) -> np.ndarray:
         """Posterior draws of the shifts behind :meth:`ate`, ``(n_samples, labels, genes)`` (same arguments)."""
+        check_query_args(n_samples=n_samples, max_cells=max_cells, seed=seed)
         self._check_trained()
         labels = self._labels(perturbations)
         population = self._population(cells, max_cells, seed)
@@ -736,6 +740,7 @@ class PerturbationModel:
         AnnData (same cells and genes, ``obs`` copied) with ``X`` the posterior mean of ``log1p(1e4 x / sum x)``,
         ``layers["counts"]`` the posterior mean of the counts, ``uns["pertpyro_do"]`` the intervention.
         """
+        check_query_args(n_samples=n_samples, batch_size=batch_size, seed=seed)
         self._check_trained()
         if not do:
             raise ValueError("Give at least one intervention, e.g. do={'perturbation': 'control'}.")
@@ -807,6 +812,7 @@ class PerturbationModel:
         A bound on ``log p(counts, library)``: discrete per-cell states are summed exactly, the artifact states
         included (with the block). Artifact labels are not scored, so models with and without the block compare.
         """
+        check_query_args(n_particles=n_particles, batch_size=batch_size, seed=seed)
         self._check_trained()
         data = CellData(adata, self.registry)
         values = []
@@ -868,6 +874,7 @@ class PerturbationModel:
         -------
         Series indexed by ``obs_names``.
         """
+        check_query_args(n_draws=n_draws, batch_size=batch_size, seed=seed)
         self._check_trained()
         target = self.adata if adata is None else adata
         return artifact_probability(self, target, n_draws=n_draws, batch_size=batch_size, write=write, seed=seed)
