@@ -31,7 +31,7 @@ def _seed(name: str, value: Any) -> None:
 
 def _open_unit(name: str, value: Any) -> None:
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value < 1:
-        raise ValueError(f"{name} must be a number strictly between 0 and 1, got {value!r}.")
+        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value!r}.")
 
 
 _RULES = {

@@ -34,7 +34,7 @@ def trained():
         (lambda m, a: m.ate(["A"], n_samples=0), "n_samples must be a positive integer"),
         (lambda m, a: m.ate(["A"], n_samples=True), "n_samples must be a positive integer"),
         (lambda m, a: m.ate(["A"], max_cells=0), "max_cells must be a positive integer or None"),
-        (lambda m, a: m.ate(["A"], ci=1.5), "ci must be a number strictly between 0 and 1"),
+        (lambda m, a: m.ate(["A"], ci=1.5), "ci must lie strictly between 0 and 1"),
         (lambda m, a: m.ate(["A"], seed=-1), "seed must be a non-negative integer"),
         (lambda m, a: m.ate_draws(["A"], n_samples="3"), "n_samples must be a positive integer"),
         (lambda m, a: m.ate_probability(["A"], max_cells=-5), "max_cells must be"),
