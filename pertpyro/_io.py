@@ -116,12 +116,12 @@ def read_model_files(folder: str | Path) -> tuple[dict[str, dict[str, torch.Tens
     tensor_path, settings_path = folder / TENSORS_FILE, folder / SETTINGS_FILE
     if not tensor_path.exists():
         raise FileNotFoundError(f"No saved pertpyro model at {tensor_path}.")
-    if not settings_path.exists():
-        raise ModelFileError(settings_path, "missing; a model saved by an older pertpyro must be saved again")
     try:
         tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
     except Exception as err:  # EOFError, RuntimeError, UnpicklingError, ...: all mean damaged
         raise ModelFileError(tensor_path, type(err).__name__) from err
+    if not settings_path.exists():
+        return _legacy(tensors, tensor_path)
     if not isinstance(tensors, dict) or not all(
         isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
         for state in tensors.values()
@@ -134,6 +134,20 @@ def read_model_files(folder: str | Path) -> tuple[dict[str, dict[str, torch.Tens
     if not isinstance(settings, dict) or settings.get("format") != FORMAT_VERSION:
         raise ModelFileError(settings_path, "not a pertpyro settings file of this format")
     return tensors, _unjsonable(settings)
+
+
+_LEGACY_KEYS = ("init_kwargs", "registry", "history", "is_trained", "interval_calibration", "train_settings", "version")
+
+
+def _legacy(state: Any, path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """Tensors and settings of a ``model.pt`` written by pertpyro before ``settings.json`` existed.
+
+    That file was one dict of settings and state dicts; its settings held only plain values, so the same
+    restricted unpickler (``weights_only=True``) reads it without running code.
+    """
+    if not isinstance(state, dict) or not {"program", "guide", "init_kwargs", "registry"} <= set(state):
+        raise ModelFileError(path.parent / SETTINGS_FILE, "missing")
+    return {"program": state["program"], "guide": state["guide"]}, {k: state.get(k) for k in _LEGACY_KEYS}
 
 
 def save_model(model: Any, path: str | Path, *, overwrite: bool = False) -> Path:

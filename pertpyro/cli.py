@@ -15,6 +15,7 @@ from anndata import AnnData
 
 from pertpyro import runs
 from pertpyro._config import read_config, validate_config
+from pertpyro._io import atomic_write_text
 from pertpyro.runs import CONFIG_FILE, SPLIT_FILE, load_run, subsets  # noqa: F401 (file names: public here too)
 
 logger = logging.getLogger("pertpyro.cli")
@@ -194,17 +195,17 @@ def evaluate(run_dir: str | Path) -> pd.DataFrame:
     table.insert(len(table.columns), "iwelbo", float("nan"))
     iwelbo = model.iwelbo(parts["test"], n_particles=ev["iwelbo_particles"])
     table.loc[table["method"] == table["method"].iloc[0], "iwelbo"] = iwelbo
-    table.to_csv(run_dir / "metrics.csv", index=False)
+    atomic_write_text(run_dir / "metrics.csv", table.to_csv(index=False))
     text = evaluation.format_table(table)
     rows = [labels.index(label) for label in report_labels]
     coverage = evaluation.calibration_report(model, adata, parts["test"], draws=standard[:, rows].numpy())
-    coverage.to_csv(run_dir / "calibration.csv", index=False)
+    atomic_write_text(run_dir / "calibration.csv", coverage.to_csv(index=False))
     text += (
         "\n\nCoverage of the ATE credible intervals, raw and (after model.calibrate) calibrated "
         "(truth: simulator; heldout: observed test shifts +- their SE)\n"
     )
     text += coverage.to_string(index=False, float_format="{:.3f}".format)
-    (run_dir / "metrics.md").write_text(text + "\n")
+    atomic_write_text(run_dir / "metrics.md", text + "\n")
     print(text)
     return table
 
@@ -224,7 +225,7 @@ def query(run_dir: str | Path, do: list[str], *, out: str | None = None, n_sampl
     model = load_run(run_dir).model
     table = model.ate(labels, n_samples=n_samples)
     if out:
-        table.to_csv(out, index=False)
+        atomic_write_text(out, table.to_csv(index=False))
     else:
         print(table.to_string(index=False))
     return table

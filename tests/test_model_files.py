@@ -89,3 +89,22 @@ def test_grn_prior_frame_survives_json(tiny_adata, tmp_path):
     back = _unjsonable(json.loads(json.dumps(_jsonable({"grn_prior": frame, "x": np.float32(1.5)}))))
     pd.testing.assert_frame_equal(back["grn_prior"], frame)
     assert back["x"] == 1.5
+
+
+def test_models_saved_before_settings_json_still_load(saved, tiny_adata):
+    model, path = saved
+    (path / "settings.json").unlink()
+    legacy = {
+        "program": model.program.state_dict(),
+        "guide": model.guide.state_dict(),
+        "init_kwargs": model.init_kwargs,
+        "registry": model.registry.to_dict(),
+        "history": model.history_.to_dict(orient="list"),
+        "is_trained": True,
+        "interval_calibration": None,
+        "train_settings": model.train_settings_,
+        "version": "0.1.0",
+    }
+    torch.save(legacy, path / "model.pt")
+    loaded = pertpyro.PerturbationModel.load(path, tiny_adata)
+    pd.testing.assert_frame_equal(model.ate(["A"], n_samples=3), loaded.ate(["A"], n_samples=3))
