@@ -5,3 +5,4 @@ from pertpyro.inference._guards import NaNGuard, TrainingDivergedError
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.inference._lightning import SVIModule, fit
 from pertpyro.inference._memory import keep_freed_memory, kept_freed_memory
+from pertpyro.inference._resume import TrainingInterrupted
