@@ -16,8 +16,7 @@ from pathlib import Path
 import pandas as pd
 from _results import table, write_result
 
-from pertpyro import PerturbationModel, pp
-from pertpyro.cli import CONFIG_FILE, SPLIT_FILE, _subsets, load_config, load_data
+from pertpyro import load_run, pp
 from pertpyro.evaluation import qc_pass_rate
 
 SUMMARY = (
@@ -35,14 +34,11 @@ def main() -> None:
     args = parser.parse_args()
     qc_rows, metric_rows = [], []
     for run_dir in args.run_dirs:
-        config = load_config(f"{run_dir}/{CONFIG_FILE}")
-        adata = load_data(config)
+        run = load_run(run_dir)
+        model, adata, config = run
         if "artifact" not in adata.obs:
             pp.qc(adata, batch_key=config["data"]["batch_key"], doublets="auto")
-        split = pd.read_csv(f"{run_dir}/{SPLIT_FILE}", index_col=0)["split"]
-        parts = _subsets(adata, split)
-        test = parts["test"]
-        model = PerturbationModel.load(run_dir, parts["train"])
+        test = run.subsets()["test"]
         reference = test[~test.obs["artifact"].to_numpy(bool)]
         controls = test[(test.obs["perturbation"] == "control").to_numpy()]
         do = {"artifact": 0} if model.init_kwargs.get("artifacts") else {"perturbation": "control"}

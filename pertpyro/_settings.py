@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import numpy as np
 import pyro
 import torch
 
 logger = logging.getLogger("pertpyro")
+T = TypeVar("T")
 
 
 def set_seed(seed: int) -> None:
@@ -32,19 +36,36 @@ def set_seed(seed: int) -> None:
 
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Seed Python, NumPy, torch and Pyro for the block, then restore the caller's generator states.
+    """Seed Python's ``random``, NumPy's global RNG, torch (CPU and CUDA) and so Pyro for the block only.
 
-    Queries with a ``seed`` argument run inside it, so they are reproducible and leave the user's global random
-    streams exactly where they were.
+    On exit all of them are back in the states they had before, so a query with ``seed=`` gives the same draws
+    every time without changing the random numbers the caller's own code draws next.
     """
-    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
-    with torch.random.fork_rng():
-        pyro.set_rng_seed(seed)
-        try:
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}.")
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()  # noqa: NPY002 (the global state is what must come back)
+    try:
+        with torch.random.fork_rng():  # torch's CPU state and every initialised CUDA device's
+            pyro.set_rng_seed(seed)  # seeds random, numpy and torch
             yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)  # noqa: NPY002
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)  # noqa: NPY002
+
+
+def seeded_by_argument(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator: run ``fn`` inside :func:`seeded` with its own ``seed`` argument (global states restored after)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with seeded(bound.arguments["seed"]):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 @contextmanager

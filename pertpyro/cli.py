@@ -3,118 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import copy
-import inspect
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from anndata import AnnData
+
+from pertpyro import runs
+from pertpyro._config import read_config, validate_config
+from pertpyro._io import atomic_write_text
+from pertpyro.runs import CONFIG_FILE, SPLIT_FILE, load_data, load_run, subsets  # noqa: F401 (public here too)
 
 logger = logging.getLogger("pertpyro.cli")
 
-DEFAULTS: dict[str, Any] = {
-    "name": "run",
-    "output": None,
-    "data": {
-        "dataset": "papalexi2021",
-        "path": None,
-        "simulate": {},
-        "perturbation_key": "perturbation",
-        "control": "control",
-        "batch_key": None,
-        "layer": None,
-    },
-    "qc": {"run": False, "n_mads": [5.0, 5.0, 3.0, 3.0], "doublets": "auto"},  # pertpyro.pp.qc before fitting
-    "split": {"kind": "random", "seed": 0, "heldout": None},
-    "model": None,  # PerturbationModel's keyword arguments (filled from its signature)
-    "train": None,  # PerturbationModel.train's keyword arguments (filled from its signature)
-    # n_counts: count replicates per cell and draw of the ATE engine
-    "evaluate": {"n_samples": 30, "top_k": 20, "iwelbo_particles": 10, "n_counts": 1},
-    "calibrate": {
-        "run": False,
-        "n_replicas": 2,
-        "n_samples": 100,
-    },  # model.calibrate() after training (one more training)
-}
-CONFIG_FILE = "config.yaml"
-SPLIT_FILE = "split.csv"
-
-
-def _keyword_defaults(fn: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    params = inspect.signature(fn).parameters.values()
-    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in skip}
-
-
-def _defaults() -> dict[str, Any]:
-    from pertpyro.model import PerturbationModel
-
-    out = copy.deepcopy(DEFAULTS)
-    out["model"] = _keyword_defaults(PerturbationModel.__init__)
-    out["train"] = _keyword_defaults(PerturbationModel.train, skip=("validation_adata", "log_dir"))
-    return out
-
-
-def _merge(base: dict, override: dict, path: str = "") -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if key not in base:
-            raise ValueError(f"Unknown config key '{path}{key}'; known keys: {sorted(base)}.")
-        if isinstance(base[key], dict) and base[key] and isinstance(value, dict):
-            out[key] = _merge(base[key], value, f"{path}{key}.")
-        else:
-            out[key] = value
-    return out
-
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config and fill every missing option with its default.
+    """Read a YAML config, check it against the schema (:mod:`pertpyro._config`) and fill every default.
 
     Raises
     ------
     ValueError
-        For keys the config schema does not know (typos must not pass silently).
+        (:class:`pertpyro._config.ConfigError`) for YAML errors, unknown keys, wrong types and out-of-range values.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"No config file at {path}.")
-    raw = yaml.safe_load(path.read_text()) or {}
-    config = _merge(_defaults(), raw)
-    if config["output"] is None:
-        config["output"] = str(Path("runs") / config["name"])
-    return config
-
-
-def load_data(config: dict[str, Any]) -> AnnData:
-    """The AnnData a config names, registered with :func:`pertpyro.setup_anndata`."""
-    import anndata
-
-    import pertpyro
-
-    data = config["data"]
-    if data["path"]:
-        adata = anndata.read_h5ad(data["path"])
-    elif data["dataset"] == "papalexi2021":
-        adata = pertpyro.datasets.papalexi2021()
-    elif data["dataset"] == "simulate":
-        adata = pertpyro.datasets.simulate(**data["simulate"])
-    else:
-        raise ValueError(f"Unknown dataset {data['dataset']!r}: use papalexi2021, simulate, or data.path.")
-    qc = config["qc"]
-    if qc["run"]:  # artifact labels for the model's artifact block (obs["artifact"]; cells are never dropped)
-        pertpyro.pp.qc(adata, batch_key=data["batch_key"], n_mads=qc["n_mads"], doublets=qc["doublets"])
-    pertpyro.setup_anndata(
-        adata,
-        perturbation_key=data["perturbation_key"],
-        control=data["control"],
-        batch_key=data["batch_key"],
-        layer=data["layer"],
-    )
-    return adata
+    return read_config(path)
 
 
 def make_split(adata: AnnData, config: dict[str, Any]) -> pd.Series:
@@ -132,27 +47,82 @@ def make_split(adata: AnnData, config: dict[str, Any]) -> pd.Series:
 
 
 def _subsets(adata: AnnData, split: pd.Series) -> dict[str, AnnData]:
-    labels = split.reindex(adata.obs_names).to_numpy()
-    return {name: adata[labels == name].copy() for name in ("train", "val", "test")}
+    return subsets(adata, split)
 
 
-def fit(config_path: str | Path, *, output: str | None = None, max_epochs: int | None = None) -> Path:
-    """Train the model a config describes and save it, with the config and the split, to the run folder."""
+def _check_same_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """A resumed fit must use the settings of the run it continues (the run's own epochs limit may change)."""
+    if not (run_dir / CONFIG_FILE).exists():
+        return
+    stored = load_config(run_dir / CONFIG_FILE)
+    for section in ("data", "qc", "split", "model", "train"):
+        ignore = {"max_epochs", "progress_bar"} if section == "train" else set()
+        now = {k: v for k, v in config[section].items() if k not in ignore}
+        then = {k: v for k, v in stored[section].items() if k not in ignore}
+        if now != then:
+            changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+            raise runs.RunError(
+                f"--resume: the config's {section} settings {changed} differ from the run's in {run_dir}; "
+                "resume with the run's config or start over with --overwrite."
+            )
+
+
+def fit(
+    config_path: str | Path,
+    *,
+    output: str | None = None,
+    max_epochs: int | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> Path:
+    """Train the model a config describes and save it, with the config and the split, to the run folder.
+
+    The folder gets ``config.yaml``, ``split.csv`` and ``data.json`` before training and a checkpoint every epoch
+    (``checkpoints/last.ckpt``, ``checkpoints/best.ckpt``), so a killed fit continues with ``resume=True``.
+    A folder that holds a run is refused unless ``overwrite`` (which removes the old run's files) or ``resume``.
+    """
     from pertpyro import PerturbationModel
 
     config = load_config(config_path)
     if output is not None:
         config["output"] = output
     if max_epochs is not None:
-        config["train"]["max_epochs"] = max_epochs
+        config["train"]["max_epochs"] = validate_config({"train": {"max_epochs": max_epochs}})["train"]["max_epochs"]
     run_dir = Path(config["output"])
+    ckpt_path = runs.prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
     adata = load_data(config)
-    split = make_split(adata, config)
-    parts = _subsets(adata, split)
+    if ckpt_path is not None:  # the same settings, data and split as the killed fit
+        _check_same_config(run_dir, config)
+        runs.check_data(run_dir, adata)
+        split = runs.read_split(run_dir)
+    else:
+        split = make_split(adata, config)
+        runs.record_data(run_dir, adata)
+        runs.write_split(run_dir, split)
+    runs.write_config(run_dir, config)
+    parts = subsets(adata, split)
     logger.info("%s: %d train / %d val / %d test cells", config["name"], *(parts[k].n_obs for k in parts))
     model = PerturbationModel(parts["train"], **config["model"])
     start = time.perf_counter()
-    model.train(validation_adata=parts["val"], log_dir=run_dir / "logs", **config["train"])
+    try:
+        model.train(
+            validation_adata=parts["val"],
+            log_dir=run_dir / runs.LOG_DIR,
+            checkpoint_dir=run_dir / runs.CHECKPOINT_DIR,
+            ckpt_path=ckpt_path,
+            **config["train"],
+        )
+    except KeyboardInterrupt:
+        if model.is_trained:
+            model.save(run_dir, overwrite=True)
+            print(
+                f"Interrupted after {len(model.history_)} epochs; saved the model trained so far to {run_dir} "
+                f"(continue with: pertpyro fit {config_path} --resume)",
+                file=sys.stderr,
+            )
+        else:
+            print(f"Interrupted before the first epoch ended; nothing saved in {run_dir}.", file=sys.stderr)
+        raise
     elapsed = time.perf_counter() - start
     if config["calibrate"]["run"]:  # intervals calibrated on a replica screen simulated from the fit
         coverage = model.calibrate(
@@ -162,8 +132,6 @@ def fit(config_path: str | Path, *, output: str | None = None, max_epochs: int |
         print(f"Calibrated the intervals on a replica screen: scale {cal.scale:.2f}, relative {cal.relative:.2f}")
         print(coverage.to_string(index=False, float_format="{:.3f}".format))
     model.save(run_dir, overwrite=True)
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-    split.rename("split").to_csv(run_dir / SPLIT_FILE)
     epochs = len(model.history_)
     print(f"Trained {epochs} epochs in {elapsed:.0f} s; saved to {run_dir}")
     return run_dir
@@ -171,16 +139,12 @@ def fit(config_path: str | Path, *, output: str | None = None, max_epochs: int |
 
 def evaluate(run_dir: str | Path) -> pd.DataFrame:
     """Held-out metrics of a saved run beside the baselines; writes ``metrics.csv`` and ``metrics.md``."""
-    from pertpyro import PerturbationModel, evaluation
+    from pertpyro import evaluation
     from pertpyro.data._registry import perturbation_labels
     from pertpyro.evaluation._draws import heldout_draws
 
-    run_dir = Path(run_dir)
-    config = load_config(run_dir / CONFIG_FILE)
-    adata = load_data(config)
-    split = pd.read_csv(run_dir / SPLIT_FILE, index_col=0)["split"]
-    parts = _subsets(adata, split)
-    model = PerturbationModel.load(run_dir, parts["train"])
+    run = load_run(run_dir)
+    run_dir, config, adata, model, parts = run.run_dir, run.config, run.adata, run.model, run.subsets()
     ev = config["evaluate"]
     # One simulation serves both the predictions (batch-matched posterior means) and the scored intervals
     # (batch-standardised draws): the same draws model.predict_shift and calibration_report would take.
@@ -203,39 +167,37 @@ def evaluate(run_dir: str | Path) -> pd.DataFrame:
     table.insert(len(table.columns), "iwelbo", float("nan"))
     iwelbo = model.iwelbo(parts["test"], n_samples=ev["iwelbo_particles"])
     table.loc[table["method"] == table["method"].iloc[0], "iwelbo"] = iwelbo
-    table.to_csv(run_dir / "metrics.csv", index=False)
+    atomic_write_text(run_dir / "metrics.csv", table.to_csv(index=False))
     text = evaluation.format_table(table)
     rows = [labels.index(label) for label in report_labels]
     coverage = evaluation.calibration_report(model, adata, parts["test"], draws=standard[:, rows].numpy())
-    coverage.to_csv(run_dir / "calibration.csv", index=False)
+    atomic_write_text(run_dir / "calibration.csv", coverage.to_csv(index=False))
     text += (
         "\n\nCoverage of the ATE credible intervals, raw and (after model.calibrate) calibrated "
         "(truth: simulator; heldout: observed test shifts +- their SE)\n"
     )
     text += coverage.to_string(index=False, float_format="{:.3f}".format)
-    (run_dir / "metrics.md").write_text(text + "\n")
+    atomic_write_text(run_dir / "metrics.md", text + "\n")
     print(text)
     return table
 
 
 def query(run_dir: str | Path, do: list[str], *, out: str | None = None, n_samples: int = 100) -> pd.DataFrame:
     """ATE of ``do perturbation=LABEL`` interventions against control for a saved run."""
-    from pertpyro import PerturbationModel
-
-    run_dir = Path(run_dir)
-    config = load_config(run_dir / CONFIG_FILE)
-    adata = load_data(config)
-    split = pd.read_csv(run_dir / SPLIT_FILE, index_col=0)["split"]
-    model = PerturbationModel.load(run_dir, _subsets(adata, split)["train"])
+    if out is not None and not Path(out).absolute().parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: the folder {Path(out).absolute().parent} does not exist.")
+    if n_samples < 1:
+        raise ValueError(f"--n-samples must be a positive integer, got {n_samples}.")
     labels = []
     for item in do:
         site, _, value = item.partition("=")
         if site != "perturbation" or not value:
             raise ValueError(f"--do expects perturbation=LABEL, got {item!r}.")
         labels.append(value)
+    model = load_run(run_dir).model
     table = model.ate(labels, n_samples=n_samples)
     if out:
-        table.to_csv(out, index=False)
+        atomic_write_text(out, table.to_csv(index=False))
     else:
         print(table.to_string(index=False))
     return table
@@ -250,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p_fit.add_argument("config")
     p_fit.add_argument("--output", default=None, help="run folder (default: the config's output)")
     p_fit.add_argument("--max-epochs", type=int, default=None)
+    p_fit.add_argument("--overwrite", action="store_true", help="replace the run in the output folder")
+    p_fit.add_argument("--resume", action="store_true", help="continue a stopped fit from its last checkpoint")
     p_eval = sub.add_parser("evaluate", help="held-out metrics of a run beside the baselines")
     p_eval.add_argument("run_dir")
     p_query = sub.add_parser("query", help="effects of interventions for a run")
@@ -264,13 +228,26 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # training and the queries allocate the same large tensors over and over
     try:
         if args.command == "fit":
-            fit(args.config, output=args.output, max_epochs=args.max_epochs)
+            fit(
+                args.config,
+                output=args.output,
+                max_epochs=args.max_epochs,
+                overwrite=args.overwrite,
+                resume=args.resume,
+            )
         elif args.command == "evaluate":
             evaluate(args.run_dir)
         else:
             query(args.run_dir, args.do, out=args.out, n_samples=args.n_samples)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"pertpyro: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        return 130  # the conventional status of a command stopped by Ctrl-C (fit said what it saved)
+    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError) as err:
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"pertpyro: error: {message}", file=sys.stderr)
         return 2
     return 0
 

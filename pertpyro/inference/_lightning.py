@@ -6,6 +6,7 @@ import logging
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -22,6 +23,14 @@ from pertpyro._settings import local_params
 from pertpyro.data._loader import program_args, shard_loader
 from pertpyro.inference._direct import direct_attributes
 from pertpyro.inference._elbo import CellEnumELBO
+from pertpyro.inference._guards import NaNGuard, TrainingDivergedError
+from pertpyro.inference._resume import (
+    AtomicCheckpointIO,
+    GracefulInterrupt,
+    ResumeState,
+    TrainingInterrupted,
+    checkpoint_callback,
+)
 from pertpyro.module._program import MAX_PLATE_NESTING
 
 logger = logging.getLogger(__name__)
@@ -82,15 +91,22 @@ class SVIModule(pl.LightningModule):
         only sample sites and the optimiser holds the parameters, so the statements would only cost time.
         """
         args = program_args(batch, n_cells)
-        with direct_attributes(self.program, self.guide):
-            try:
-                return getattr(self.elbo, method)(self.program, self.guide, *args)
-            except NotImplementedError as reason:
-                if isinstance(self.elbo, TraceEnum_ELBO):
-                    raise
-                logger.info("Training with TraceEnum_ELBO: %s", reason)
-                self.elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
-                return getattr(self.elbo, method)(self.program, self.guide, *args)
+        try:
+            with direct_attributes(self.program, self.guide):
+                try:
+                    return getattr(self.elbo, method)(self.program, self.guide, *args)
+                except NotImplementedError as reason:
+                    if isinstance(self.elbo, TraceEnum_ELBO):
+                        raise
+                    logger.info("Training with TraceEnum_ELBO: %s", reason)
+                    self.elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
+                    return getattr(self.elbo, method)(self.program, self.guide, *args)
+        except (ValueError, RuntimeError) as err:  # e.g. Pyro's checks refusing non-finite parameters
+            guard = getattr(self, "_nan_guard", None)
+            diverged = guard.failed_step(self, self.trainer.global_step) if guard is not None else None
+            if diverged is not None:
+                raise diverged from err
+            raise
 
     def _loss(self, batch: dict[str, torch.Tensor], n_cells: int) -> torch.Tensor:
         with local_params(), pyro.validation_enabled(self.validate):
@@ -152,12 +168,24 @@ class History(Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", "val_loss")}
         self.rows.append({"epoch": trainer.current_epoch, **metrics})
         if not all(math.isfinite(v) for v in metrics.values()):
-            raise FloatingPointError(f"The ELBO became {metrics} at epoch {trainer.current_epoch}; lower lr.")
+            bad = ", ".join(f"{k} {v}" for k, v in metrics.items())
+            raise TrainingDivergedError(trainer.global_step, float("nan"), getattr(module, "lr", None), None) from (
+                FloatingPointError(f"{bad} at epoch {trainer.current_epoch}")
+            )
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.world_size > 1:
             table = [[row.get(c, math.nan) for c in _HISTORY_COLUMNS] for row in self.rows]
             trainer.callback_metrics[_HISTORY_KEY] = torch.tensor(table, dtype=torch.float64).reshape(-1, 3)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [[row.get(c, math.nan) for c in _HISTORY_COLUMNS] for row in self.rows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # resumed from a checkpoint: its epochs come first
+        self.rows = [
+            {"epoch": int(row[0]), **{c: v for c, v in zip(_HISTORY_COLUMNS[1:], row[1:], strict=True) if v == v}}
+            for row in state["rows"]
+        ]
 
     def recover(self, trainer: pl.Trainer) -> None:
         """Take the rows from the trainer's metrics if the epochs ran in other processes (and drop them there)."""
@@ -190,6 +218,20 @@ def _ddp_allowing_unused(strategy: str | Strategy) -> str | Strategy:
     return strategy
 
 
+def _log_version(log_dir: str | Path, ckpt_path: str | Path | None) -> str:
+    """The CSV log's subfolder: none for a new fit; ``resumed``, ``resumed-2``, ... for each resumption.
+
+    A resumed fit writes its losses beside the first fit's log instead of over it.
+    """
+    if ckpt_path is None:
+        return ""
+    n, name = 1, "resumed"
+    while (Path(log_dir) / name).exists():
+        n += 1
+        name = f"resumed-{n}"
+    return name
+
+
 def fit(
     module: SVIModule,
     train_loader: DataLoader,
@@ -203,6 +245,8 @@ def fit(
     patience: int = 20,
     log_dir: str | Path | None = None,
     progress_bar: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    ckpt_path: str | Path | None = None,
 ) -> pd.DataFrame:
     """Train ``module`` with Lightning and return the per-epoch loss history.
 
@@ -236,19 +280,37 @@ def fit(
         Where the CSV log of the losses goes (``None``: no log files).
     progress_bar
         Show Lightning's progress bar.
+    checkpoint_dir
+        Write ``last.ckpt`` (every epoch) and ``best.ckpt`` (lowest validation loss) here (``None``: none).
+    ckpt_path
+        Resume from this checkpoint: parameters, Adam's state, epoch, early-stopping state, loss history, random
+        states and the order of the training cells, so that the fit ends where an uninterrupted one would.
 
     Returns
     -------
     DataFrame with columns ``epoch``, ``train_loss``, ``val_loss`` (negative ELBO per cell).
+
+    Raises
+    ------
+    TrainingDivergedError
+        The loss or the parameters became non-finite (the module keeps the last finite parameters).
+    TrainingInterrupted
+        Ctrl-C (a ``KeyboardInterrupt``): training stopped after the current step; ``.history`` holds the
+        finished epochs.
     """
+    if ckpt_path is not None and checkpoint_dir is None:  # a resumed fit goes on writing beside its checkpoint
+        checkpoint_dir = Path(ckpt_path).parent
     history = History()
-    callbacks: list[Callback] = [history]
+    interrupt, resume = GracefulInterrupt(), ResumeState(None)
+    callbacks: list[Callback] = [NaNGuard(), history, interrupt, resume]  # the guard first: it restores parameters
     if early_stopping:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=patience, mode="min", min_delta=1e-4))
+    if checkpoint_dir is not None:
+        callbacks.append(checkpoint_callback(checkpoint_dir))
     lightning_logger = logging.getLogger("lightning.pytorch")
     level = lightning_logger.level
     lightning_logger.setLevel(logging.WARNING)  # no banner about absent TPUs in the user's log
-    csv_logger = CSVLogger(str(log_dir), name="", version="") if log_dir is not None else False
+    csv_logger = CSVLogger(str(log_dir), name="", version=_log_version(log_dir, ckpt_path)) if log_dir else False
     trainer_kwargs = {
         "max_epochs": max_epochs,
         "accelerator": accelerator,
@@ -256,7 +318,8 @@ def fit(
         "callbacks": callbacks,
         "logger": csv_logger,
         "use_distributed_sampler": False,  # the loaders shard the cells themselves (below)
-        "enable_checkpointing": False,
+        "enable_checkpointing": checkpoint_dir is not None,
+        "plugins": [AtomicCheckpointIO()] if checkpoint_dir is not None else None,
         "enable_progress_bar": progress_bar,
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
@@ -269,6 +332,7 @@ def fit(
         trainer = pl.Trainer(strategy=_ddp_allowing_unused("ddp_fork" if forked else "ddp"), **trainer_kwargs)
     if trainer.num_devices * trainer.num_nodes > 1:
         train_loader, val_loader = shard_loader(train_loader), shard_loader(val_loader)
+    resume.generator = ResumeState(train_loader).generator  # the loader that runs (after any sharding)
     # Multi-threaded CPU kernels (e.g. the backward of indexing by batch) may sum in a different order from run to
     # run; deterministic algorithms make a seeded fit reproducible bit for bit. The user's setting is restored.
     deterministic = (
@@ -281,10 +345,24 @@ def fit(
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+            with local_params():  # parameters restored from a checkpoint stay in the modules
+                trainer.fit(
+                    module,
+                    train_dataloaders=train_loader,
+                    val_dataloaders=val_loader,
+                    ckpt_path=None if ckpt_path is None else str(ckpt_path),
+                    weights_only=True if ckpt_path is not None else None,  # no code from the file runs
+                )
+    except SystemExit:  # Lightning ends a KeyboardInterrupt with sys.exit(1): give the caller the interrupt back
+        if not trainer.interrupted:
+            raise
     finally:
+        interrupt.restore()
         lightning_logger.setLevel(level)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        module.to("cpu")  # also after an error: the model's parameters live on the CPU between calls
     history.recover(trainer)
-    module.to("cpu")
+    if trainer.interrupted:
+        raise TrainingInterrupted(history.frame())
     return history.frame()

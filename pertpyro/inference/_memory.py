@@ -7,7 +7,9 @@ pages, and page faults take a large share of a CPU step (``benchmarks/throughput
 trim threshold to 256 MiB, so those blocks are reused from the heap instead. The values of the computation do not
 change; the process keeps up to 256 MiB of freed memory for reuse instead of handing it back at once.
 
-It is process-wide and applied once, by :meth:`pertpyro.PerturbationModel.train` and the ``pertpyro`` command.
+:meth:`pertpyro.PerturbationModel.train` applies it for the duration of training only
+(:func:`kept_freed_memory`; glibc's default thresholds come back after); the ``pertpyro`` command applies it
+process-wide, once (:func:`keep_freed_memory`).
 It is skipped where it does not apply (not Linux, not glibc), when the user has set any of glibc's own
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` variables, and when
 ``PERTPYRO_KEEP_FREED_MEMORY=0``.
@@ -19,6 +21,9 @@ import ctypes
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 logger = logging.getLogger("pertpyro")
 
@@ -29,7 +34,9 @@ TRIM_THRESHOLD = 256 * 1024 * 1024
 OPT_OUT = "PERTPYRO_KEEP_FREED_MEMORY"
 _GLIBC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
-_state: dict[str, bool] = {}
+_DEFAULT_THRESHOLD = 128 * 1024  # glibc's default for both (M_MMAP_THRESHOLD and M_TRIM_THRESHOLD)
+
+_state: dict[str, Any] = {}
 
 
 def keep_freed_memory() -> bool:
@@ -42,6 +49,40 @@ def keep_freed_memory() -> bool:
     if "applied" not in _state:
         _state["applied"] = _apply()
     return _state["applied"]
+
+
+@contextmanager
+def kept_freed_memory() -> Iterator[bool]:
+    """:func:`keep_freed_memory` for the duration of the block (also a decorator); glibc's defaults after.
+
+    Glibc's thresholds are set back to their documented defaults (128 KiB each). Glibc starts with a dynamic mmap
+    threshold, which any explicit setting turns off; the defaults are the closest state there is to go back to.
+    Nested blocks restore once, at the end of the outermost; a process-wide :func:`keep_freed_memory` stays.
+
+    Yields
+    ------
+    Whether the tuning is in effect.
+    """
+    if _state.get("applied"):  # the process-wide tuning (the command line) stays as it is
+        yield True
+        return
+    depth = _state.get("depth", 0)
+    applied = _apply() if depth == 0 else _state.get("scoped", False)
+    _state["depth"], _state["scoped"] = depth + 1, applied
+    try:
+        yield applied
+    finally:
+        _state["depth"] -= 1
+        if _state["depth"] == 0 and applied:
+            _mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
+            _mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+            _state["scoped"] = False
+
+
+def _mallopt(parameter: int, value: int) -> bool:
+    libc = ctypes.CDLL(None)
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return libc.mallopt(parameter, value) == 1
 
 
 def _apply() -> bool:

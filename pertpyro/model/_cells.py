@@ -12,6 +12,7 @@ from anndata import AnnData
 
 from pertpyro._keys import ARTIFACT_PROB_KEY
 from pertpyro._settings import local_params, seeded
+from pertpyro._validate import check_query_args
 from pertpyro.causal._artifacts import abduct_artifact, artifact_probabilities
 from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene
 from pertpyro.causal._population import subset_batch
@@ -69,6 +70,7 @@ class CellsMixin(ModelBase):
         AnnData (same cells and genes, ``obs`` copied) with ``X`` the posterior mean of ``log1p(1e4 x / sum x)``,
         ``layers["counts"]`` the posterior mean of the counts, ``uns["pertpyro_do"]`` the intervention.
         """
+        check_query_args(n_samples=n_samples, batch_size=batch_size, seed=seed)
         self._check_trained()
         if not do:
             raise ValueError("Give at least one intervention, e.g. do={'perturbation': 'control'}.")
@@ -117,6 +119,7 @@ class CellsMixin(ModelBase):
         included (with the block). Artifact labels are not scored, so models with and without the block compare.
         ``n_samples`` importance samples of the basal state per cell; ``seed`` seeds them.
         """
+        check_query_args(n_samples=n_samples, batch_size=batch_size, seed=seed)
         self._check_trained()
         data = CellData(adata, self.registry)
         values = []
@@ -176,6 +179,7 @@ class CellsMixin(ModelBase):
         -------
         Series indexed by ``obs_names``.
         """
+        check_query_args(n_samples=n_samples, batch_size=batch_size, seed=seed)
         self._check_trained()
         if self.program.artifact_block is None:
             raise ValueError("This model has no artifact block: build it with artifacts='observed' or 'latent'.")

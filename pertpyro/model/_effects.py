@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from pertpyro._validate import check_query_args
 from pertpyro.causal._ate import average_treatment_effect, label_shift_draws
 from pertpyro.causal._probability import check_query, exceedance_table
 from pertpyro.data._registry import perturbation_labels
@@ -78,6 +79,7 @@ class EffectsMixin(ModelBase):
         -------
         Tidy DataFrame with columns ``perturbation``, ``gene``, ``mean``, ``lower``, ``upper``.
         """
+        check_query_args(n_samples=n_samples, ci=ci, max_cells=max_cells, seed=seed)
         self._check_trained()
         if perturbations is None:
             perturbations = list(self.registry.targets)
@@ -112,6 +114,7 @@ class EffectsMixin(ModelBase):
         seed: int = 0,
     ) -> np.ndarray:
         """Posterior draws of the shifts behind :meth:`ate`, ``(n_samples, labels, genes)`` (same arguments)."""
+        check_query_args(n_samples=n_samples, max_cells=max_cells, seed=seed)
         self._check_trained()
         labels = self._labels(perturbations)
         population = self._population(cells, max_cells, seed)
@@ -220,6 +223,7 @@ class EffectsMixin(ModelBase):
         ``calibrated`` (the latter is the fit, not a test); ``scale`` and ``relative`` are in
         ``interval_calibration_``.
         """
+        check_query_args(n_replicas=n_replicas, n_samples=n_samples, max_cells=max_cells, seed=seed)
         self._check_trained()
         if perturbations is None:
             observed = set(perturbation_labels(self.adata, self.registry)) - {self.registry.control}

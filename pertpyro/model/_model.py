@@ -18,7 +18,15 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from pertpyro._settings import local_params, set_seed
+from pertpyro._io import (
+    SETTINGS_FILE,
+    TENSORS_FILE,
+    ModelFileError,
+    atomic_write_text,
+    read_model_files,
+    write_model_files,
+)
+from pertpyro._settings import local_params, seeded
 from pertpyro._version import __version__
 from pertpyro.data._loader import CellData
 from pertpyro.data._registry import Registry, get_registry, perturbation_labels
@@ -42,7 +50,7 @@ from pertpyro.posterior._intervals import IntervalCalibration
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "model.pt"
+CHECKPOINT_FILE = TENSORS_FILE
 
 
 class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
@@ -166,9 +174,10 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         self.adata = adata
         data = self._cell_data(adata, required=artifacts == "observed")
         self.cell_data = data
-        set_seed(seed)
         n_batches = self.registry.n_batches
-        with local_params():  # PyroModules built in local mode keep their parameters to themselves
+        # seeded: the initialisation draws from ``seed`` and leaves the caller's global random states as they were;
+        # local mode: the PyroModules keep their parameters to themselves
+        with seeded(seed), local_params():
             self._build(data, adata, n_batches)
         self.history_ = None
         self.is_trained = False
@@ -215,49 +224,56 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
                 self.guide.effect_loc.copy_(effects)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write parameters, settings, registry and history to folder ``path`` (``model.pt`` + ``registry.json``)."""
+        """Write the model to folder ``path``: ``model.pt`` (tensors only), ``settings.json`` and ``registry.json``.
+
+        Every file is written atomically (a temporary file, then a rename), so an interrupted save never leaves a
+        half-written file. ``overwrite=False`` refuses a folder that already holds a model.
+        """
         path = Path(path)
-        target = path / CHECKPOINT_FILE
+        target = path / TENSORS_FILE
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
         path.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {
-                "program": self.program.state_dict(),
-                "guide": self.guide.state_dict(),
-                "init_kwargs": self.init_kwargs,
-                "registry": self.registry.to_dict(),
-                "history": None if self.history_ is None else self.history_.to_dict(orient="list"),
-                "is_trained": self.is_trained,
-                "interval_calibration": None
-                if self.interval_calibration_ is None
-                else [self.interval_calibration_.scale, self.interval_calibration_.relative],
-                "train_settings": self.train_settings_,
-                "version": __version__,
-            },
-            target,
-        )
-        (path / "registry.json").write_text(json.dumps(self.registry.to_dict(), indent=1))
+        calibration = self.interval_calibration_
+        settings = {
+            "version": __version__,
+            "init_kwargs": self.init_kwargs,
+            "registry": self.registry.to_dict(),
+            "history": None if self.history_ is None else self.history_.to_dict(orient="list"),
+            "is_trained": self.is_trained,
+            "interval_calibration": None if calibration is None else [calibration.scale, calibration.relative],
+            "train_settings": self.train_settings_,
+        }
+        write_model_files(path, {"program": self.program.state_dict(), "guide": self.guide.state_dict()}, settings)
+        atomic_write_text(path / "registry.json", json.dumps(self.registry.to_dict(), indent=1))
         return path
 
     @classmethod
     def load(cls, path: str | Path, adata: AnnData) -> PerturbationModel:
-        """Rebuild a saved model on ``adata`` (the training data, or data with the same genes and targets)."""
-        target = Path(path) / CHECKPOINT_FILE
-        if not target.exists():
-            raise FileNotFoundError(f"No saved pertpyro model at {target}.")
-        state = torch.load(target, map_location="cpu", weights_only=False)
-        saved = Registry.from_dict(state["registry"])
+        """Rebuild a saved model on ``adata`` (the training data, or data with the same genes and targets).
+
+        The tensors are read with ``torch.load(weights_only=True)``: nothing in the file runs. A truncated or damaged
+        file raises :class:`~pertpyro.ModelFileError` naming it.
+        """
+        tensors, state = read_model_files(path)
+        try:
+            saved = Registry.from_dict(state["registry"])
+            init_kwargs = dict(state["init_kwargs"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelFileError(Path(path) / SETTINGS_FILE, f"bad entry: {err}") from err
         current = get_registry(adata)
         if saved.genes != current.genes or saved.targets != current.targets or saved.batches != current.batches:
             raise ValueError("The AnnData's registered genes, targets or batches differ from the saved model's.")
-        model = cls(adata, **state["init_kwargs"])
-        with local_params():
-            model.program.load_state_dict(state["program"])
-            model.guide.load_state_dict(state["guide"])
+        model = cls(adata, **init_kwargs)
+        try:
+            with local_params():
+                model.program.load_state_dict(tensors["program"])
+                model.guide.load_state_dict(tensors["guide"])
+        except (KeyError, RuntimeError) as err:  # missing entries or shapes that do not fit the settings
+            raise ModelFileError(Path(path) / TENSORS_FILE, f"parameters do not fit the settings: {err}") from err
         model.registry = saved
-        model.history_ = None if state["history"] is None else pd.DataFrame(state["history"])
-        model.is_trained = bool(state["is_trained"])
+        model.history_ = None if state.get("history") is None else pd.DataFrame(state["history"])
+        model.is_trained = bool(state.get("is_trained", False))
         model.train_settings_ = dict(state.get("train_settings") or {})
         calibration = state.get("interval_calibration")
         model.interval_calibration_ = None if calibration is None else IntervalCalibration(*calibration)

@@ -10,12 +10,13 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from pertpyro._settings import set_seed
+from pertpyro._settings import seeded_by_argument
 from pertpyro.data._blocks import holdout_rows
 from pertpyro.data._loader import CellData, make_loader
 from pertpyro.inference._device import pin_memory_for
 from pertpyro.inference._lightning import SVIModule, fit
-from pertpyro.inference._memory import keep_freed_memory
+from pertpyro.inference._memory import kept_freed_memory
+from pertpyro.inference._resume import TrainingInterrupted
 from pertpyro.model._base import ModelBase
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 class TrainingMixin(ModelBase):
     """Fits the program and guide with Lightning (:mod:`pertpyro.inference`)."""
 
+    @seeded_by_argument  # the global random states come back after training
+    @kept_freed_memory()  # the allocator tuning only while training
     def train(
         self,
         *,
@@ -41,6 +44,8 @@ class TrainingMixin(ModelBase):
         log_dir: str | Path | None = None,
         progress_bar: bool = True,
         block_size: int = 1,
+        checkpoint_dir: str | Path | None = None,
+        ckpt_path: str | Path | None = None,
     ) -> pd.DataFrame:
         """Fit model and guide by stochastic variational inference (Lightning underneath).
 
@@ -73,6 +78,11 @@ class TrainingMixin(ModelBase):
             For a backed (on-disk) AnnData: minibatches made of shuffled blocks of ``block_size`` consecutive cells
             (and the validation hold-out of whole blocks), read from disk in one piece each; 1 (default) draws cells
             fully at random. Not with several processes.
+        checkpoint_dir
+            Write Lightning checkpoints here: ``last.ckpt`` every epoch, ``best.ckpt`` at the best validation loss.
+        ckpt_path
+            Continue a killed fit from this checkpoint (call on a model built with the same settings and data, with
+            the same ``train`` arguments): it ends with the parameters an uninterrupted fit would have.
 
         Returns
         -------
@@ -80,11 +90,11 @@ class TrainingMixin(ModelBase):
 
         Notes
         -----
-        On Linux the first call tunes glibc's allocator so that the step's large temporaries are reused instead of
-        mapped afresh (:func:`pertpyro.inference.keep_freed_memory`; opt out with ``PERTPYRO_KEEP_FREED_MEMORY=0``).
+        On Linux, while training, glibc's allocator is tuned so that the step's large temporaries are reused instead
+        of mapped afresh (:func:`pertpyro.inference.kept_freed_memory`; opt out with
+        ``PERTPYRO_KEEP_FREED_MEMORY=0``). Python's, NumPy's and torch's global random states are the same after
+        training as before (the fit draws from ``seed``).
         """
-        set_seed(seed)
-        keep_freed_memory()
         self.train_settings_ = {
             "max_epochs": max_epochs,
             "batch_size": batch_size,
@@ -116,22 +126,32 @@ class TrainingMixin(ModelBase):
         logger.info(
             "Training on %d cells, validating on %d, for at most %d epochs.", len(train_data), len(val_data), max_epochs
         )
-        history = fit(
-            module,
-            train_loader,
-            val_loader,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            early_stopping=early_stopping,
-            patience=patience,
-            log_dir=log_dir,
-            progress_bar=progress_bar,
-        )
-        self.history_ = history if self.history_ is None else pd.concat([self.history_, history], ignore_index=True)
-        self.is_trained = True
+        try:
+            history = fit(
+                module,
+                train_loader,
+                val_loader,
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                strategy=strategy,
+                early_stopping=early_stopping,
+                patience=patience,
+                log_dir=log_dir,
+                progress_bar=progress_bar,
+                checkpoint_dir=checkpoint_dir,
+                ckpt_path=ckpt_path,
+            )
+        except TrainingInterrupted as stop:  # Ctrl-C: keep what was trained, then let the interrupt through
+            self._record_history(stop.history)
+            raise
+        self._record_history(history)
         return history
+
+    def _record_history(self, history: pd.DataFrame | None) -> None:
+        if history is not None:
+            self.history_ = history if self.history_ is None else pd.concat([self.history_, history], ignore_index=True)
+            self.is_trained = True
 
 
 class _RowSubset(torch.utils.data.Dataset):

@@ -52,3 +52,31 @@ def test_keep_freed_memory_stops_page_faults_of_repeated_large_tensors():
 def test_keep_freed_memory_leaves_alone_when_opted_out_or_tuned_by_the_user(monkeypatch, variable):
     monkeypatch.setenv(*variable)
     assert _memory._apply() is False  # returns before any mallopt call
+
+
+SCOPED_PROBE = PROBE.split("faults()\nbefore = faults()")[0] + textwrap.dedent(
+    """
+    from pertpyro.inference import kept_freed_memory
+    ctypes.CDLL(None).mallopt(-3, 128 * 1024)
+    faults()
+    before = faults()
+    with kept_freed_memory() as applied:
+        faults()
+        inside = faults()
+    faults()
+    print(applied, before, inside, faults())
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_kept_freed_memory_applies_only_inside_the_block():
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != _memory.OPT_OUT}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-c", SCOPED_PROBE], capture_output=True, text=True, env=env, check=True)
+    applied, before, inside, after = out.stdout.split()
+    assert applied == "True"
+    assert int(inside) < int(before) / 20
+    assert int(after) > int(before) / 2  # glibc's default thresholds are back: the pages go back to the kernel
