@@ -31,6 +31,8 @@ def test_notebooks_have_no_outputs():
         assert not dirty, f"{path.name}: clear the outputs of cells {dirty} before committing"
 
 
+# The documentation build executes every notebook (docs/conf.py), so CI deselects this duplicate run.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::RuntimeWarning:zmq")  # zmq's event loop policy warning on some platforms
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, monkeypatch):
