@@ -64,6 +64,8 @@ os.environ.setdefault("PERTPYRO_NB_SAMPLES", NB_SAMPLES)
 # One BLAS/OpenMP thread per kernel: on a small shared machine, oversubscribed threads slow the run down.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# tqdm's notice that ipywidgets is missing (the notebooks draw no progress bars) would open every rendered notebook.
+os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:IProgress not found"]))
 # The kernel must draw with matplotlib's inline backend (ipykernel's default) for the figures to be rendered;
 # a headless ``MPLBACKEND=Agg`` inherited from the shell would drop them.
 if os.environ.get("MPLBACKEND", "").lower() == "agg":
