@@ -12,8 +12,8 @@ from pertpyro._settings import local_params, seeded
 from pertpyro.data._loader import CellData, standalone_args
 from pertpyro.module._artifacts import artifact_posterior
 from pertpyro.module._program import PerturbationProgram
-from pertpyro.module._sites import ARTIFACT
 from pertpyro.module._types import GuideLike
+from pertpyro.module.sites import ARTIFACT
 
 
 def abduct_artifact(

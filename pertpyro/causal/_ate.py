@@ -25,8 +25,8 @@ from pertpyro.causal._expected import N_COUNTS, escapers_are_controls, expected_
 from pertpyro.causal._probability import Recalibration
 from pertpyro.data._registry import Registry, design_matrix
 from pertpyro.module._program import PerturbationProgram
-from pertpyro.module._sites import ARTIFACT
 from pertpyro.module._types import GuideLike
+from pertpyro.module.sites import ARTIFACT
 
 
 @torch.no_grad()

@@ -13,7 +13,8 @@ from pyro import poutine
 
 from pertpyro.data._loader import standalone_args
 from pertpyro.module._program import PerturbationProgram
-from pertpyro.module._sites import (
+from pertpyro.module._types import GuideLike
+from pertpyro.module.sites import (
     ADJACENCY,
     ADJACENCY_WEIGHT,
     ARTIFACT,
@@ -25,7 +26,6 @@ from pertpyro.module._sites import (
     PERTURBATION,
     Z_BASAL,
 )
-from pertpyro.module._types import GuideLike
 
 INTERVENABLE_SITES = (PERTURBATION, EFFICACY, ARTIFACT, ADJACENCY)
 """Sites of the current model that ``do`` accepts (more arrive with the artifact and GRN blocks)."""

@@ -31,7 +31,7 @@ from pyro import poutine
 from pertpyro.data._loader import standalone_args
 from pertpyro.data._statistics import log_normalise
 from pertpyro.module._program import PerturbationProgram
-from pertpyro.module._sites import COUNTS, EFFICACY, PERTURBATION
+from pertpyro.module.sites import COUNTS, EFFICACY, PERTURBATION
 
 N_COUNTS = 4
 """Default count replicates per cell and posterior draw."""

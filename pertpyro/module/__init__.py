@@ -4,7 +4,7 @@ Nothing here reads an AnnData or knows the user class; :mod:`pertpyro.module.sit
 names ``poutine.do``, ``condition`` and ``Predictive`` address).
 """
 
-from pertpyro.module import _sites as sites
+from pertpyro.module import sites
 from pertpyro.module._artifacts import ArtifactBlock, ArtifactGuide, artifact_posterior
 from pertpyro.module._grn import GRNGuide, GRNPrior
 from pertpyro.module._program import PerturbationGuide, PerturbationProgram

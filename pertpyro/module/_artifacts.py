@@ -52,7 +52,8 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pertpyro.module._enumerate import cell_log_joint, enumerated_sites
-from pertpyro.module._sites import (
+from pertpyro.module._types import GuideLike
+from pertpyro.module.sites import (
     ARTIFACT,
     ARTIFACT_EMBEDDING,
     ARTIFACT_KIND,
@@ -63,7 +64,6 @@ from pertpyro.module._sites import (
     EFFICACY_RATE,
     Z_BASAL,
 )
-from pertpyro.module._types import GuideLike
 
 ArtifactMode = Literal["observed", "latent"]
 """The two modes of the artifact block: labels observed, or labels as noisy evidence of a latent state."""

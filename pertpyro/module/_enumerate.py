@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from pyro import poutine
 
-from pertpyro.module._sites import ARTIFACT, ARTIFACT_KIND, CELLS_PLATE, EFFICACY
+from pertpyro.module.sites import ARTIFACT, ARTIFACT_KIND, CELLS_PLATE, EFFICACY
 
 
 def enumerated_sites(program: torch.nn.Module, *, labels_observed: bool) -> list[str]:

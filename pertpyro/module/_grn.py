@@ -44,7 +44,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pertpyro.module._components import inverse_softplus
-from pertpyro.module._sites import ADJACENCY, ADJACENCY_WEIGHT, GENES_PLATE, REGULATORS_PLATE
+from pertpyro.module.sites import ADJACENCY, ADJACENCY_WEIGHT, GENES_PLATE, REGULATORS_PLATE
 
 
 def _logit(p: float) -> float:

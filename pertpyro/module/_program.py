@@ -59,7 +59,7 @@ from pertpyro.module._distributions import (
     is_enumerated_support,
 )
 from pertpyro.module._grn import GRNGuide, GRNPrior
-from pertpyro.module._sites import (
+from pertpyro.module.sites import (
     CELLS_PLATE,
     COUNTS,
     EFFECT,

@@ -30,7 +30,7 @@ from pertpyro._settings import local_params, seeded
 from pertpyro.causal._counterfactual import abduct, intervene
 from pertpyro.data._loader import CellData, standalone_args
 from pertpyro.data._statistics import log_normalise
-from pertpyro.module._sites import EFFECT, EFFECT_MASK, Z_BASAL
+from pertpyro.module.sites import EFFECT, EFFECT_MASK, Z_BASAL
 from pertpyro.posterior._protocol import FittedModel, require_trained
 
 PPC_VARIABLES = ("gene_mean", "zero_fraction")

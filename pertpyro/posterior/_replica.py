@@ -33,7 +33,7 @@ from pertpyro.causal._counterfactual import abduct
 from pertpyro.causal._population import subsample_rows
 from pertpyro.data._loader import CellData, standalone_args
 from pertpyro.data._registry import perturbation_labels
-from pertpyro.module._sites import COUNTS, Z_BASAL
+from pertpyro.module.sites import COUNTS, Z_BASAL
 from pertpyro.posterior._intervals import IntervalCalibration, fit_interval_calibration, interval_coverage
 from pertpyro.posterior._protocol import FittedModel
 

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = """
 import torch
 import pertpyro
@@ -24,6 +26,7 @@ def _run() -> str:
     return out.stdout
 
 
+@pytest.mark.slow
 def test_fit_is_reproducible_across_processes():
     # Without deterministic kernels, multi-threaded sums (e.g. the backward of indexing by batch) differed in the
     # 7th digit of the validation loss after two epochs on this data.

@@ -22,12 +22,14 @@ def fitted():
     return adata, model, truth, predicted
 
 
+@pytest.mark.slow
 def test_recovers_true_shifts(fitted):
     _, _, truth, predicted = fitted
     r = np.corrcoef(truth.to_numpy().ravel(), predicted.to_numpy().ravel())[0, 1]
     assert r >= 0.9, f"Pearson over targets x genes {r:.3f}"
 
 
+@pytest.mark.slow
 def test_strong_targets_have_unit_slope(fitted):
     """The basal state must not soak up the effects: predicted vs true shift has slope near 1."""
     adata, _, truth, predicted = fitted
@@ -38,6 +40,7 @@ def test_strong_targets_have_unit_slope(fitted):
     assert 0.85 <= np.median(slopes) <= 1.15, slopes
 
 
+@pytest.mark.slow
 def test_unseen_combination_is_predicted_additively(fitted):
     adata, model, truth, _ = fitted
     combos = [p for p in truth.index if "+" in p]
@@ -47,6 +50,7 @@ def test_unseen_combination_is_predicted_additively(fitted):
         assert np.corrcoef(pred.loc[combo], truth.loc[combo])[0, 1] > 0.8
 
 
+@pytest.mark.slow
 def test_efficacy_recovered(fitted):
     adata, model, _, _ = fitted
     truth = adata.uns["truth"]

@@ -15,7 +15,7 @@ from pertpyro.data._loader import standalone_args
 from pertpyro.data._simulate_grn import grn_edges, propagate
 from pertpyro.evaluation import correlation_baseline, edge_scores, enrichment, random_baseline
 from pertpyro.module._grn import GRNPrior, adjacency_action, edge_intervention
-from pertpyro.module._sites import ADJACENCY, ADJACENCY_WEIGHT, COUNTS, EFFICACY, PERTURBATION
+from pertpyro.module.sites import ADJACENCY, ADJACENCY_WEIGHT, COUNTS, EFFICACY, PERTURBATION
 
 
 @pytest.fixture(autouse=True)

@@ -31,6 +31,7 @@ def fitted():
 
 
 # ------------------------------------------------------------------ calibration
+@pytest.mark.slow
 def test_interval_coverage_of_true_shifts(fitted):
     """The 90% intervals of model.ate cover most true shifts; collapsed intervals would not."""
     _, _, truth, draws = fitted
@@ -71,6 +72,7 @@ def test_ate_draws_carry_posterior_not_monte_carlo_noise(fitted):
     assert rates[:, 0, own].std() > max(0.05, 3 * point[:, 0, own].std())
 
 
+@pytest.mark.slow
 def test_replica_calibration_brings_coverage_to_nominal(fitted, tmp_path):
     """model.calibrate() (a refit on a screen simulated from the fit; no truth used) widens the intervals so
     that they cover the true shifts at about the nominal rates: measured 0.30 / 0.66 (50% / 90%) raw, 0.45 /
