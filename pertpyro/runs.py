@@ -25,6 +25,7 @@ from anndata import AnnData
 from pertpyro._config import read_config
 from pertpyro._io import SETTINGS_FILE, TENSORS_FILE, atomic_write_text
 from pertpyro.data._datasets import papalexi2021
+from pertpyro.data._qc import qc
 from pertpyro.data._setup import setup_anndata
 from pertpyro.data._simulate import simulate
 from pertpyro.model import PerturbationModel
@@ -61,9 +62,9 @@ def load_data(config: dict[str, Any]) -> AnnData:
         adata = simulate(**data["simulate"])
     else:
         raise ValueError(f"Unknown dataset {data['dataset']!r}: use papalexi2021, simulate, or data.path.")
-    qc = config["qc"]
-    if qc["run"]:  # artifact labels for the model's artifact block (obs["artifact"]; cells are never dropped)
-        qc(adata, batch_key=data["batch_key"], n_mads=qc["n_mads"], doublets=qc["doublets"])
+    qc_options = config["qc"]
+    if qc_options["run"]:  # artifact labels for the model's artifact block (obs["artifact"]; cells are never dropped)
+        qc(adata, batch_key=data["batch_key"], n_mads=qc_options["n_mads"], doublets=qc_options["doublets"])
     setup_anndata(
         adata,
         perturbation_key=data["perturbation_key"],

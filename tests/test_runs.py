@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import pertpyro
+import pertpyro._config
 from pertpyro import cli, runs
 
 
@@ -135,3 +136,12 @@ def test_ctrl_c_in_fit_saves_and_exits_130(config, tmp_path, capsys, monkeypatch
     model = pertpyro.load_run(tmp_path / "run").model
     assert len(model.history_) == 1
     assert isinstance(model.ate(n_samples=2), pd.DataFrame)
+
+
+def test_load_data_runs_qc_when_the_config_asks(config):
+    cfg = pertpyro._config.validate_config(yaml.safe_load(config.read_text()))
+    cfg["data"]["simulate"].update(doublet_rate=0.1)
+    cfg["qc"]["run"], cfg["qc"]["doublets"] = True, False
+    adata = runs.load_data(cfg)
+    assert adata.obs["artifact"].dtype == bool  # pp.qc wrote its labels and their reasons
+    assert {"artifact_reason", "total_counts"} <= set(adata.obs.columns)
