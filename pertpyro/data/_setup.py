@@ -247,6 +247,7 @@ def setup_anndata(
     batch_key: str | None = None,
     layer: str | None = None,
     delimiter: str = "+",
+    min_cells: int = 10,
 ) -> None:
     """Validate a CRISPR-screen AnnData and register it for pertpyro models.
 
@@ -270,6 +271,8 @@ def setup_anndata(
         Layer holding the raw counts, or ``None`` for ``X``.
     delimiter
         Separator of the targets in a combination label.
+    min_cells
+        Labels with fewer cells than this are named in a warning (logged): their effects rest on little data.
 
     Returns
     -------
@@ -321,6 +324,15 @@ def setup_anndata(
         batch_key=batch_key,
         batches=batches,
     )
+    sizes = _observed_counts(column)
+    few = sizes[(sizes < min_cells) & (sizes.index != control)]
+    if len(few):
+        logger.warning(
+            "%d labels have fewer than %d cells (their effects rest on little data): %s.",
+            len(few),
+            min_cells,
+            ", ".join(f"{label} ({n})" for label, n in few.sort_index().items()),
+        )
     if REGISTRY_KEY in adata.uns:
         logger.info("Replacing the existing adata.uns[%r] registry.", REGISTRY_KEY)
     adata.uns[REGISTRY_KEY] = registry.to_dict()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -212,16 +213,25 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         if kw["artifacts"] is not None:
             robust_library_init(self.program, np.log(data.library), data.batch_index)
         effects = initial_effects(stats, float(torch.sigmoid(torch.tensor(EFFICACY_INIT_LOGIT))))
+        # Targets without training cells have no data to start from: their effects start at the prior (mean 0,
+        # the prior's scale), so that they stay the prior and their intervals say so.
+        unseen = torch.from_numpy(data.target_frequency() == 0)
         with torch.no_grad():  # sigma_g starts at the root-mean-square of the moment estimates across targets
-            if effects.shape[0] > 0:  # (no targets: an all-control data set for the artifact model)
-                rms = effects.pow(2).mean(0).sqrt().clamp(0.05, 2.0)
+            if bool((~unseen).any()):  # (no targets: an all-control data set for the artifact model)
+                rms = effects[~unseen].pow(2).mean(0).sqrt().clamp(0.05, 2.0)
                 self.program.effect_prior_raw_scale.copy_(inverse_softplus(rms))
         self.guide = PerturbationGuide(
             self.program, n_batches, n_hidden=kw["n_hidden"], encode_perturbation=kw["encode_perturbation"]
         )
         if effects.shape[0] > 0 and grn_block is None:  # the effects start at their moment estimates, too
             with torch.no_grad():
-                self.guide.effect_loc.copy_(effects)
+                self.guide.effect_loc.copy_(torch.where(unseen[:, None], 0.0, effects))
+                df = self.program.effect_df  # the prior's standard deviation: sigma_g, times sqrt(df / (df - 2))
+                prior_sd = self.program.effect_prior_scale() * (math.sqrt(df / (df - 2)) if df > 2 else 1.0)
+                prior_raw_scale = inverse_softplus(prior_sd).expand_as(effects)
+                self.guide.effect_raw_scale.copy_(
+                    torch.where(unseen[:, None], prior_raw_scale, self.guide.effect_raw_scale)
+                )
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the model to folder ``path``: ``model.pt`` (tensors only), ``settings.json`` and ``registry.json``.
