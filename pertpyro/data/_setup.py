@@ -236,7 +236,34 @@ def _register_targets(column: pd.Series, *, key: str, control: str, delimiter: s
             raise ValueError(f"adata.obs[{key!r}] ({n} cells): {err} Relabel these cells.") from err
     if not targets:
         logger.warning("adata.obs[%r] holds only control cells (%r): there is no perturbation to model.", key, control)
+    _warn_unsplit_combinations(targets, key=key, delimiter=delimiter)
     return tuple(sorted(targets))
+
+
+_OTHER_SEPARATORS = ("_", ",", ";", "|", ":", "/", " ")
+"""Separators of combination labels in other tools; a target written with one of them is probably a combination."""
+
+
+def _warn_unsplit_combinations(targets: set[str], *, key: str, delimiter: str) -> None:
+    """Warn about targets such as ``A_B`` whose parts are all targets themselves: taken as one new target."""
+    suspicious: dict[str, list[str]] = {}
+    for target in sorted(targets):
+        for separator in _OTHER_SEPARATORS:
+            parts = [p.strip() for p in target.split(separator)]
+            if separator != delimiter and len(parts) > 1 and all(p in targets and p != target for p in parts):
+                suspicious[target] = parts
+                break
+    if suspicious:
+        first, parts = next(iter(suspicious.items()))
+        logger.warning(
+            "adata.obs[%r]: %s taken as single new targets, although their parts are targets too; if they are "
+            "combinations, join the targets with the delimiter %r (e.g. %r for %r).",
+            key,
+            ", ".join(repr(t) for t in suspicious),
+            delimiter,
+            delimiter.join(parts),
+            first,
+        )
 
 
 def setup_anndata(
@@ -270,7 +297,9 @@ def setup_anndata(
     layer
         Layer holding the raw counts, or ``None`` for ``X``.
     delimiter
-        Separator of the targets in a combination label.
+        Separator of the targets in a combination label (``"A+B"``; spaces around it are ignored, so ``"A + B"`` is
+        the same combination). A label whose parts, split at another usual separator (``"A_B"``, ``"A,B"``), are all
+        targets is taken as one new target, with a warning.
     min_cells
         Labels with fewer cells than this are named in a warning (logged): their effects rest on little data.
 
@@ -295,6 +324,10 @@ def setup_anndata(
     """
     if not isinstance(adata, AnnData):
         raise TypeError(f"setup_anndata expects an AnnData, got {type(adata).__name__}.")
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(
+            f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes): there is nothing to set up."
+        )
     for argument, value in (("perturbation_key", perturbation_key), ("control", control), ("delimiter", delimiter)):
         if not isinstance(value, str) or value == "":
             raise ValueError(f"{argument} must be a non-empty string, got {value!r}.")

@@ -404,3 +404,28 @@ def test_batch_codes_without_batch_key():
     adata = make_adata()
     setup_anndata(adata)
     np.testing.assert_array_equal(batch_codes(adata, get_registry(adata)), np.zeros(adata.n_obs, dtype=np.int64))
+
+
+def test_label_parsing_is_explicit(tiny_adata, caplog):
+    import logging
+
+    from pertpyro.data import design_matrix, get_registry
+
+    adata = tiny_adata.copy()
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    labels[:3] = "A_B"  # parts are known targets: taken as one new target, with a warning
+    labels[3:6] = "A + B"  # spaces around the delimiter: the same combination as "A+B"
+    adata.obs["perturbation"] = labels
+    with caplog.at_level(logging.WARNING, logger="pertpyro"):
+        setup_anndata(adata)
+    assert "'A_B'" in caplog.text and "'A+B'" in caplog.text
+    registry = get_registry(adata)
+    assert "A_B" in registry.targets
+    np.testing.assert_array_equal(design_matrix(["A + B"], registry), design_matrix(["A+B"], registry))
+
+
+def test_empty_anndata_says_empty():
+    import anndata as ad
+
+    with pytest.raises(ValueError, match="empty"):
+        setup_anndata(ad.AnnData(np.zeros((0, 3), dtype=np.float32)))
