@@ -325,9 +325,8 @@ def setup_anndata(
     if not isinstance(adata, AnnData):
         raise TypeError(f"setup_anndata expects an AnnData, got {type(adata).__name__}.")
     if adata.n_obs == 0 or adata.n_vars == 0:
-        raise ValueError(
-            f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes): there is nothing to set up."
-        )
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        raise ValueError(f"{where} is empty ({adata.n_obs} cells x {adata.n_vars} genes): there is nothing to set up.")
     for argument, value in (("perturbation_key", perturbation_key), ("control", control), ("delimiter", delimiter)):
         if not isinstance(value, str) or value == "":
             raise ValueError(f"{argument} must be a non-empty string, got {value!r}.")
