@@ -266,6 +266,25 @@ def _warn_unsplit_combinations(targets: set[str], *, key: str, delimiter: str) -
         )
 
 
+def check_query_cells(adata: Any, registry: Registry) -> None:
+    """Hold cells given to a trained model's query to the data contract of :func:`setup_anndata`.
+
+    ``adata`` must be a non-empty AnnData with the registered genes (names and order) and raw counts in the
+    registered layer; a ``ValueError`` names what is wrong (log-normalised values, negatives, missing genes, ...).
+    """
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"Expected an AnnData of cells, got {type(adata).__name__}.")
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    if tuple(map(str, adata.var_names)) != registry.genes:
+        raise ValueError(
+            "The AnnData's genes differ from the model's registered genes (names or order); subset it with "
+            "adata[:, list(model.registry.genes)]."
+        )
+    matrix, name = _count_matrix(adata, registry.layer)
+    validate_counts(matrix, name=name)
+
+
 def setup_anndata(
     adata: AnnData,
     *,

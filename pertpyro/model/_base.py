@@ -13,6 +13,7 @@ from anndata import AnnData
 from pertpyro.causal._population import batch_weights, subsample_rows, subset_batch
 from pertpyro.data._loader import CellData
 from pertpyro.data._registry import Registry, perturbation_labels
+from pertpyro.data._setup import check_query_cells
 from pertpyro.module._grn import EdgeAction, adjacency_action, edge_intervention
 from pertpyro.module._program import PerturbationGuide, PerturbationProgram
 from pertpyro.posterior._intervals import IntervalCalibration
@@ -52,8 +53,16 @@ class ModelBase:
             return {}
         return {"artifact_key": self.init_kwargs["artifact_key"], "require_artifact": required}
 
-    def _cell_data(self, adata: AnnData, *, artifact_labels: bool = True, required: bool = False) -> CellData:
-        """``adata`` as tensors for this model (with its artifact labels when the block is on and asked for)."""
+    def _cell_data(
+        self, adata: AnnData, *, artifact_labels: bool = True, required: bool = False, check: bool = True
+    ) -> CellData:
+        """``adata`` as tensors for this model (with its artifact labels when the block is on and asked for).
+
+        With ``check``, the cells are held to the data contract of :func:`pertpyro.setup_anndata` first (an AnnData
+        of raw counts with the registered genes), so that a query refuses log-normalised or empty data up front.
+        """
+        if check:
+            check_query_cells(adata, self.registry)
         kwargs = self._artifact_data_kwargs(required=required) if artifact_labels else {}
         return CellData(adata, self.registry, **kwargs)
 
@@ -66,7 +75,7 @@ class ModelBase:
         return subsample_rows(rows, max_cells, seed)
 
     def _population(self, cells: AnnData | None, max_cells: int | None, seed: int) -> dict[str, torch.Tensor]:
-        data = self.cell_data if cells is None else CellData(cells, self.registry)
+        data = self.cell_data if cells is None else self._cell_data(cells, artifact_labels=False)
         return subset_batch(data, self._population_rows(cells, max_cells, seed))
 
     def _batch_weights(self, labels: Sequence[str], population: dict[str, torch.Tensor]) -> np.ndarray:

@@ -16,7 +16,7 @@ from pertpyro._validate import check_query_args
 from pertpyro.causal._artifacts import abduct_artifact, artifact_probabilities
 from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene
 from pertpyro.causal._population import subset_batch
-from pertpyro.data._loader import CellData, make_loader
+from pertpyro.data._loader import make_loader
 from pertpyro.data._registry import design_matrix
 from pertpyro.data._statistics import log_normalise
 from pertpyro.inference._iwelbo import iwelbo_per_cell
@@ -80,7 +80,7 @@ class CellsMixin(ModelBase):
         unknown = sorted(set(do) - set(sites))
         if unknown:
             raise ValueError(f"Cannot intervene on {unknown}: this model's intervenable sites are {sites}.")
-        data = CellData(cells, self.registry, **self._artifact_data_kwargs(required=False))
+        data = self._cell_data(cells)
         edge_action = self._edge_action({"adjacency": do["adjacency"]}) if "adjacency" in do else None
         action_values: dict[str, torch.Tensor] = {}
         if "perturbation" in do:
@@ -121,7 +121,7 @@ class CellsMixin(ModelBase):
         """
         check_query_args(n_samples=n_samples, batch_size=batch_size, seed=seed)
         self._check_trained()
-        data = CellData(adata, self.registry)
+        data = self._cell_data(adata, artifact_labels=False)
         values = []
         with seeded(seed):
             for start in range(0, len(data), batch_size):
@@ -132,7 +132,7 @@ class CellsMixin(ModelBase):
     @torch.no_grad()
     def get_latent_representation(self, adata: AnnData | None = None, *, batch_size: int = 4096) -> np.ndarray:
         """Posterior mean of ``z_basal`` per cell, ``(n_cells, latent_dim)``; write it to ``obsm`` yourself."""
-        data = self.cell_data if adata is None else CellData(adata, self.registry)
+        data = self.cell_data if adata is None else self._cell_data(adata, artifact_labels=False)
         out = []
         for batch in make_loader(data, batch_size=batch_size, shuffle=False):
             loc, _ = self.guide.encoder(batch["counts"], batch["batch_index"], batch["perturbation"])

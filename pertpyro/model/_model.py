@@ -173,7 +173,7 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
                 grn_weight_scale=grn_weight_scale,
             )
         self.adata = adata
-        data = self._cell_data(adata, required=artifacts == "observed")
+        data = self._cell_data(adata, required=artifacts == "observed", check=False)  # checked at setup
         self.cell_data = data
         n_batches = self.registry.n_batches
         # seeded: the initialisation draws from ``seed`` and leaves the caller's global random states as they were;

@@ -114,7 +114,7 @@ class TrainingMixin(ModelBase):
             train_data, val_data = _RowSubset(self.cell_data, train_rows), _RowSubset(self.cell_data, val_rows)
         else:
             train_data = self.cell_data
-            val_data = CellData(validation_adata, self.registry, **self._artifact_data_kwargs())
+            val_data = self._cell_data(validation_adata)
         if max_epochs is None:
             max_epochs = int(min(400, max(50, 2_000_000 // len(train_data))))
         module = SVIModule(self.program, self.guide, n_train=len(train_data), n_val=len(val_data), lr=lr, seed=seed)
