@@ -13,9 +13,13 @@ from typing import Any
 import pandas as pd
 from anndata import AnnData
 
-from pertpyro import runs
+from pertpyro import evaluation, runs
 from pertpyro._config import read_config, validate_config
 from pertpyro._io import atomic_write_text
+from pertpyro.data._registry import perturbation_labels
+from pertpyro.evaluation._draws import heldout_draws
+from pertpyro.inference._memory import keep_freed_memory
+from pertpyro.model import PerturbationModel
 from pertpyro.runs import CONFIG_FILE, SPLIT_FILE, load_data, load_run, subsets  # noqa: F401 (public here too)
 
 logger = logging.getLogger("pertpyro.cli")
@@ -34,8 +38,6 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 def make_split(adata: AnnData, config: dict[str, Any]) -> pd.Series:
     """Train/val/test label per cell for the config's split."""
-    from pertpyro import evaluation
-
     split = config["split"]
     if split["kind"] == "random":
         return evaluation.split_cells(adata, seed=split["seed"])
@@ -81,8 +83,6 @@ def fit(
     (``checkpoints/last.ckpt``, ``checkpoints/best.ckpt``), so a killed fit continues with ``resume=True``.
     A folder that holds a run is refused unless ``overwrite`` (which removes the old run's files) or ``resume``.
     """
-    from pertpyro import PerturbationModel
-
     config = load_config(config_path)
     if output is not None:
         config["output"] = output
@@ -139,10 +139,6 @@ def fit(
 
 def evaluate(run_dir: str | Path) -> pd.DataFrame:
     """Held-out metrics of a saved run beside the baselines; writes ``metrics.csv`` and ``metrics.md``."""
-    from pertpyro import evaluation
-    from pertpyro.data._registry import perturbation_labels
-    from pertpyro.evaluation._draws import heldout_draws
-
     run = load_run(run_dir)
     run_dir, config, adata, model, parts = run.run_dir, run.config, run.adata, run.model, run.subsets()
     ev = config["evaluate"]
@@ -223,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     p_query.add_argument("--n-samples", type=int, default=100)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from pertpyro.inference._memory import keep_freed_memory
-
     keep_freed_memory()  # training and the queries allocate the same large tensors over and over
     try:
         if args.command == "fit":
