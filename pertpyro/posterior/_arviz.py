@@ -28,6 +28,7 @@ from pyro import poutine
 
 from pertpyro._settings import local_params, seeded
 from pertpyro.causal._counterfactual import abduct, intervene
+from pertpyro.causal._population import subsample_rows, subset_batch
 from pertpyro.data._loader import CellData, standalone_args
 from pertpyro.data._statistics import log_normalise
 from pertpyro.module.sites import EFFECT, EFFECT_MASK, Z_BASAL
@@ -43,19 +44,6 @@ def import_arviz() -> ModuleType:
         import arviz
 
     return arviz
-
-
-def _cell_rows(n_cells: int, max_cells: int | None, seed: int) -> np.ndarray:
-    rows = np.arange(n_cells)
-    if max_cells is not None and n_cells > max_cells:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_cells, replace=False))
-    return rows
-
-
-def _cell_batch(data: CellData, rows: np.ndarray) -> dict[str, torch.Tensor]:
-    batch = data[rows]
-    batch["idx"] = torch.arange(len(rows))
-    return batch
 
 
 def _summaries(counts: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -92,7 +80,7 @@ def posterior_predictive_summaries(
     ``(G,)``.
     """
     data = CellData(cells, model.registry)
-    batch = _cell_batch(data, _cell_rows(len(data), max_cells, seed))
+    batch = subset_batch(data, subsample_rows(np.arange(len(data)), max_cells, seed))
     observed = {k: v.numpy() for k, v in _summaries(batch["counts"]).items()}
     replicated = {k: np.empty((n_samples, model.registry.n_genes), np.float32) for k in PPC_VARIABLES}
     with seeded(seed), local_params():
@@ -190,8 +178,8 @@ def to_inference_data(
     }
     cell_batch = None
     if heldout is not None and latent:
-        rows = _cell_rows(heldout.n_obs, max_cells, seed)
-        cell_batch = _cell_batch(CellData(heldout, registry), rows)
+        rows = subsample_rows(np.arange(heldout.n_obs), max_cells, seed)
+        cell_batch = subset_batch(CellData(heldout, registry), rows)
         coords["cell"] = [str(name) for name in heldout.obs_names[rows]]
     with seeded(seed):
         posterior = _global_draws(model, n_samples, cell_batch)
