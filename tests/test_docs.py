@@ -4,6 +4,8 @@ This is the test command's docs build (the notebooks run here, at the settings i
 notebooks themselves are committed without outputs.
 """
 
+import html
+import json
 import os
 import subprocess
 import sys
@@ -42,4 +44,8 @@ def test_rendered_notebooks_show_their_figures(site, notebook):
 
 def test_benchmark_page_is_generated_from_the_result_files(site):
     page = (site / "benchmarks.html").read_text()
-    assert "Throughput" in page
+    titles = [json.loads(path.read_text()).get("title") for path in (ROOT / "benchmarks" / "results").glob("*.json")]
+    titles = [title for title in titles if title]
+    assert titles
+    for title in titles:
+        assert html.escape(title, quote=False) in page, title
