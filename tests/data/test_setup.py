@@ -418,7 +418,8 @@ def test_label_parsing_is_explicit(tiny_adata, caplog):
     adata.obs["perturbation"] = labels
     with caplog.at_level(logging.WARNING, logger="pertpyro"):
         setup_anndata(adata)
-    assert "'A_B'" in caplog.text and "'A+B'" in caplog.text
+    assert "'A_B'" in caplog.text
+    assert "'A+B'" in caplog.text
     registry = get_registry(adata)
     assert "A_B" in registry.targets
     np.testing.assert_array_equal(design_matrix(["A + B"], registry), design_matrix(["A+B"], registry))
