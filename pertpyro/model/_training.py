@@ -105,7 +105,17 @@ class TrainingMixin(ModelBase):
             val_data = CellData(validation_adata, self.registry, **self._artifact_data_kwargs())
         if max_epochs is None:
             max_epochs = int(min(400, max(50, 2_000_000 // len(train_data))))
-        module = SVIModule(self.program, self.guide, n_train=len(train_data), n_val=len(val_data), lr=lr, seed=seed)
+        train_rows = train_data.rows if isinstance(train_data, _RowSubset) else None
+        module = SVIModule(
+            self.program,
+            self.guide,
+            n_train=len(train_data),
+            n_val=len(val_data),
+            lr=lr,
+            seed=seed,
+            target_cells=torch.from_numpy(self.cell_data.target_cells(train_rows)).float(),
+            sparse_targets=None if block_size == 1 else False,  # blocks: minibatches are not uniform cell subsets
+        )
         pin = pin_memory_for(accelerator)  # page-locked batches, copied asynchronously, only for a CUDA GPU
         train_loader = make_loader(
             train_data, batch_size=batch_size, shuffle=True, seed=seed, pin_memory=pin, block_size=block_size
