@@ -41,6 +41,7 @@ class TrainingMixin(ModelBase):
         log_dir: str | Path | None = None,
         progress_bar: bool = True,
         block_size: int = 1,
+        sparse_targets: bool | None = None,
     ) -> pd.DataFrame:
         """Fit model and guide by stochastic variational inference (Lightning underneath).
 
@@ -73,6 +74,11 @@ class TrainingMixin(ModelBase):
             For a backed (on-disk) AnnData: minibatches made of shuffled blocks of ``block_size`` consecutive cells
             (and the validation hold-out of whole blocks), read from disk in one piece each; 1 (default) draws cells
             fully at random. Not with several processes.
+        sparse_targets
+            Steps that read and update only the effects of the targets in the minibatch, so that a step's cost does
+            not grow with the screen's other targets (the loss stays an unbiased estimate of the ELBO; see
+            :class:`pertpyro.inference.SVIModule`). ``None``: on from
+            :data:`pertpyro.inference._lightning.SPARSE_TARGETS_MIN` targets, with ``block_size=1``, without ``grn``.
 
         Returns
         -------
@@ -83,6 +89,8 @@ class TrainingMixin(ModelBase):
         On Linux the first call tunes glibc's allocator so that the step's large temporaries are reused instead of
         mapped afresh (:func:`pertpyro.inference.keep_freed_memory`; opt out with ``PERTPYRO_KEEP_FREED_MEMORY=0``).
         """
+        if sparse_targets and block_size != 1:
+            raise ValueError("sparse_targets needs block_size=1 (minibatches that are uniformly random cell subsets).")
         set_seed(seed)
         keep_freed_memory()
         self.train_settings_ = {
@@ -94,6 +102,7 @@ class TrainingMixin(ModelBase):
             "patience": patience,
             "seed": seed,
             "progress_bar": progress_bar,
+            "sparse_targets": sparse_targets,
         }
         self._validation_adata = validation_adata
         n = len(self.cell_data)
@@ -114,7 +123,8 @@ class TrainingMixin(ModelBase):
             lr=lr,
             seed=seed,
             target_cells=torch.from_numpy(self.cell_data.target_cells(train_rows)).float(),
-            sparse_targets=None if block_size == 1 else False,  # blocks: minibatches are not uniform cell subsets
+            # with blocks the minibatches are not uniformly random cell subsets (the inclusion probabilities differ)
+            sparse_targets=sparse_targets if block_size == 1 else False,
         )
         pin = pin_memory_for(accelerator)  # page-locked batches, copied asynchronously, only for a CUDA GPU
         train_loader = make_loader(
