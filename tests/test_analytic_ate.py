@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import pertpyro
-from pertpyro.causal._analytic import expected_log1p, expected_log_normalised
+from pertpyro._settings import local_params
+from pertpyro.causal._analytic import analytic_label_means, expected_log1p, expected_log_normalised
+from pertpyro.causal._counterfactual import abduct
 from pertpyro.data._statistics import log_normalise
 
 
@@ -83,3 +85,18 @@ def test_analytic_ate_agrees_with_the_simulation(trained_25_targets):
 def test_analytic_ate_rejects_an_unknown_estimator(trained_25_targets):
     with pytest.raises(ValueError, match="estimator must be one of"):
         trained_25_targets.ate(trained_25_targets.registry.targets[0], n_samples=2, estimator="exact")
+
+
+def test_reading_only_the_chunk_targets_rows_gives_the_same_means(trained_25_targets):
+    """Chunks of labels smaller than the targets read only their targets' rows: the same numbers as all rows."""
+    model = trained_25_targets
+    population = model._population(None, 40, 0)
+    n_targets, n_genes = model.registry.n_targets, len(model.registry.genes)
+    designs = torch.cat([torch.zeros(1, n_targets), torch.eye(n_targets)[:6], torch.eye(n_targets)[[1]] * 0])
+    designs[-1, [2, 5]] = 1.0  # a combination
+    with local_params():
+        latents = abduct(model.guide, population)
+    every_row = analytic_label_means(model.program, latents, population, designs, {}, chunk_elements=10**9)
+    chunk_rows = analytic_label_means(model.program, latents, population, designs, {}, chunk_elements=3 * 40 * n_genes)
+    torch.testing.assert_close(chunk_rows, every_row, atol=1e-5, rtol=1e-5)
+    assert (every_row[1:] - every_row[0]).abs().max() > 0.3  # the labels' effects are there

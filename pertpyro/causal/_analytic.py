@@ -22,7 +22,20 @@ from pyro import poutine
 
 from pertpyro.data._loader import standalone_args
 from pertpyro.data._statistics import TARGET_SUM
-from pertpyro.module._sites import ARTIFACT_LOCAL_SITES, COUNTS, EFFICACY, LOCAL_SITES, PERTURBATION
+from pertpyro.module._sites import (
+    ARTIFACT_LOCAL_SITES,
+    COUNTS,
+    EFFECT,
+    EFFECT_MASK,
+    EFFICACY,
+    EFFICACY_RATE,
+    LOCAL_SITES,
+    PERTURBATION,
+)
+from pertpyro.module._targets import TargetSubsample
+
+TARGET_SITES = (EFFECT, EFFECT_MASK, EFFICACY_RATE)
+"""Global sites with one row per target."""
 
 QUADRATURE_STEP = 1.0
 """Step of the trapezoid rule in ``u = log t`` of the integral in :func:`expected_log1p`."""
@@ -64,10 +77,14 @@ def expected_log1p(mean: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor)
     """
     t, weight = _nodes()
     ratio = mean / theta
-    out = torch.zeros(torch.broadcast_shapes(mean.shape, scale.shape), dtype=mean.dtype)
+    shape = torch.broadcast_shapes(mean.shape, scale.shape)
+    out, term = torch.zeros(shape, dtype=mean.dtype), torch.empty(shape, dtype=mean.dtype)
+    minus_theta = -theta
     for t_j, w_j in zip(t.tolist(), weight.tolist(), strict=True):
-        z = -torch.expm1(-scale * t_j)  # 1 - exp(-s t)
-        out = out - w_j * torch.expm1(-theta * torch.log1p(ratio * z))
+        z = -torch.expm1(-scale * t_j)  # 1 - exp(-s t), per cell
+        torch.mul(ratio, z, out=term)
+        term.log1p_().mul_(minus_theta).expm1_()  # pgf - 1
+        out.sub_(term, alpha=w_j)
     return out
 
 
@@ -92,9 +109,14 @@ def _arms(
     latents: dict[str, torch.Tensor],
     population: dict[str, torch.Tensor],
     action: Mapping[str, torch.Tensor],
+    targets: TargetSubsample | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Means ``(cells, G)``, inverse dispersions and response probabilities under ``poutine.do(action)``."""
-    args = standalone_args(population)
+    """Means ``(cells, G)``, inverse dispersions and response probabilities under ``poutine.do(action)``.
+
+    ``targets``: the program reads only these targets' global sites (``latents`` and the intervened
+    ``perturbation`` then hold only their rows and columns).
+    """
+    args = standalone_args(population)._replace(targets=targets)
     conditioned = poutine.condition(program, data=latents)
     trace = poutine.trace(poutine.do(conditioned, data=dict(action))).get_trace(population["counts"], *args[1:])
     fn = trace.nodes[COUNTS]["fn"]
@@ -156,6 +178,8 @@ def analytic_label_means(
     sets = () if weights is None else tuple(weights.shape[:-2])
     out = torch.empty(*sets, n_labels, n_genes)
     chunk = max(1, chunk_elements // max(n * n_genes, 1))
+    # programs that can read a subset of the targets' rows (not the grn block, whose effects mix all targets)
+    rows_only = getattr(program, "grn", True) is None and designs.shape[1] > chunk
     for start in range(0, n_labels, chunk):
         block = designs[start : start + chunk]
         size = block.shape[0]
@@ -163,15 +187,23 @@ def analytic_label_means(
         cells["idx"] = torch.arange(size * n)
         repeated_latents = _repeat_cells(latents, n, size)
         repeated_extra = _repeat_cells(extra, n, size)
+        targets = None
+        if rows_only:  # only the rows of the chunk's targets (and the population's own): d @ effect stays small
+            index = (block.any(0) | population["perturbation"].any(0)).nonzero().squeeze(-1)
+            targets = TargetSubsample(index, torch.ones(index.shape[0]))
+            repeated_latents = {
+                name: value[index] if name in TARGET_SITES else value for name, value in repeated_latents.items()
+            }
+            block = block[:, index]
         action = {PERTURBATION: block.repeat_interleave(n, 0), **repeated_extra}
         action[EFFICACY] = torch.ones(size * n)  # responders; p below: their probability
-        mean, theta, p = _arms(program, repeated_latents, cells, action)
+        mean, theta, p = _arms(program, repeated_latents, cells, action, targets)
         values = expected_log_normalised(mean, theta).reshape(size, n, n_genes)
         if p is not None and not responders:
             p = p.reshape(size, n, 1)
             if escaper_arms:
                 action[EFFICACY] = torch.zeros(size * n)
-                escaper_mean, escaper_theta, _ = _arms(program, repeated_latents, cells, action)
+                escaper_mean, escaper_theta, _ = _arms(program, repeated_latents, cells, action, targets)
                 escaper = expected_log_normalised(escaper_mean, escaper_theta).reshape(size, n, n_genes)
             else:
                 escaper = control

@@ -26,11 +26,12 @@ from pertpyro.inference._elbo import CellEnumELBO
 from pertpyro.module._program import MAX_PLATE_NESTING, SPARSE_GUIDE_PARAMETERS
 from pertpyro.module._targets import present_targets
 
-SPARSE_TARGETS_MIN = 100
+SPARSE_TARGETS_MIN = 500
 """Targets from which training steps read only the minibatch's targets by default (``SVIModule(sparse_targets=None)``).
 
-Measured by ``benchmarks/targets_step.py`` (20k cells, 2k genes, batch 512, one thread): at 25 targets the sparse step
-was a few percent slower than the every-target step, at 100 equal, at 10k targets ~20 times faster."""
+Measured by ``benchmarks/targets_step.py`` (20k cells, 2k genes, batch 512, one thread, shared machine): the sparse
+step costs ~3-6% more than the every-target step at 25, 100 and 300 targets (a fixed overhead per step), 30% less at
+1000 and 12 times less at 10k; the crossover interpolates to ~350 targets."""
 
 logger = logging.getLogger(__name__)
 
