@@ -21,7 +21,7 @@ def _model_and_batch(adata, **options):
     with torch.no_grad():
         model.guide.effect_loc.normal_(0.0, 1.0)  # the efficacy arms differ
         model.program.library_effect.normal_(0.0, 0.3)
-    data = CellData(adata, model.registry, **model._artifact_data_kwargs(adata))
+    data = CellData(adata, model.registry, **model._artifact_data_kwargs())
     batch = next(iter(make_loader(data, batch_size=64, shuffle=True, seed=0)))
     return model, batch, len(data)
 

@@ -78,12 +78,16 @@ def expected_log1p(mean: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor)
     t, weight = _nodes()
     ratio = mean / theta
     shape = torch.broadcast_shapes(mean.shape, scale.shape)
-    out, term = torch.zeros(shape, dtype=mean.dtype), torch.empty(shape, dtype=mean.dtype)
-    minus_theta = -theta
+    out = torch.zeros(shape, dtype=mean.dtype)
+    differentiable = torch.is_grad_enabled() and any(x.requires_grad for x in (mean, theta, scale))
+    term = None if differentiable else torch.empty(shape, dtype=mean.dtype)  # in place: no gradients needed
     for t_j, w_j in zip(t.tolist(), weight.tolist(), strict=True):
         z = -torch.expm1(-scale * t_j)  # 1 - exp(-s t), per cell
+        if term is None:
+            out = out - w_j * torch.expm1(-theta * torch.log1p(ratio * z))
+            continue
         torch.mul(ratio, z, out=term)
-        term.log1p_().mul_(minus_theta).expm1_()  # pgf - 1
+        term.log1p_().mul_(-theta).expm1_()  # pgf - 1
         out.sub_(term, alpha=w_j)
     return out
 
