@@ -8,12 +8,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 from pyro import poutine
+from pyro.infer import TraceEnum_ELBO
 from pyro.poutine.messenger import Messenger
 
 import pertpyro
 from pertpyro._settings import local_params
 from pertpyro.data._loader import make_loader, program_args
 from pertpyro.inference._lightning import SVIModule
+from pertpyro.module._program import MAX_PLATE_NESTING
 from pertpyro.module._sites import EFFECT, EFFECT_MASK, EFFICACY_RATE, Z_BASAL
 from pertpyro.module._targets import inclusion_probability, present_targets
 
@@ -193,3 +195,44 @@ def test_sparse_training_reaches_the_dense_fixed_point(rare_targets):
         assert np.corrcoef(effect[hits], truth[hits])[0, 1] > 0.9
         assert np.abs(effect[~hits]).mean() < 0.1 * np.abs(effect[hits]).mean()
     assert sparse_loss == pytest.approx(dense_loss, rel=5e-3)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"efficacy": False}, {"sparse_effects": True}, {"artifacts": "latent"}, {"efficacy": ["T1", "T2"]}],
+    ids=str,
+)
+def test_sparse_step_matches_trace_enum_on_the_same_rows(rare_targets, options):
+    """The training step over the minibatch's targets is TraceEnum_ELBO's loss of the same program run, gradients too
+    (the per-row weights of the subsampled targets plate included)."""
+    rare_targets.obs["artifact"] = np.arange(rare_targets.n_obs) % 9 == 0
+    model = pertpyro.PerturbationModel(rare_targets, latent_dim=2, n_hidden=8, **options)
+    with torch.no_grad():
+        model.guide.effect_loc.normal_(0.0, 1.0)
+    n = len(model.cell_data)
+    target_cells = torch.from_numpy(model.cell_data.target_cells()).float()
+    module = SVIModule(
+        model.program, model.guide, n_train=n, n_val=n, lr=1e-3, target_cells=target_cells, sparse_targets=True
+    )
+    batch = next(iter(make_loader(model.cell_data, batch_size=32, shuffle=True, seed=0)))
+    targets = present_targets(batch["perturbation"], target_cells, n)
+    args = program_args(batch, n, targets=targets)
+    params = [p for m in (model.program, model.guide) for p in m.parameters()]
+    trace_enum = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING, strict_enumeration_warning=False)
+
+    def loss_and_grads(loss_fn):
+        pyro.set_rng_seed(3)
+        loss = loss_fn()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return loss, [torch.zeros_like(p) if g is None else g.to_dense() for p, g in zip(params, grads, strict=True)]
+
+    def reference():
+        with local_params(), pyro.validation_enabled(True):
+            return trace_enum.differentiable_loss(model.program, model.guide, *args) / n
+
+    expected, expected_grads = loss_and_grads(reference)
+    fast, fast_grads = loss_and_grads(lambda: module._loss(batch, n, sparse=True))
+    torch.testing.assert_close(fast, expected)
+    for a, b in zip(fast_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert model.guide.effect_loc.grad is None  # autograd.grad: nothing accumulated
