@@ -123,11 +123,11 @@ def test_sparse_step_is_an_unbiased_estimate_of_the_dense_loss(rare_targets):
         targets = present_targets(batch["perturbation"], target_cells, n)
         with torch.no_grad(), local_params(), pyro.validation_enabled(False):
             dense_guide = _Fixed(values, None, batch["idx"])(guide)
-            sparse_guide = _Fixed(values, targets.index, batch["idx"])(guide)
+            sparse_guide = _Fixed(values, targets.rows, batch["idx"])(guide)
             dense = module.elbo.differentiable_loss(program, dense_guide, *program_args(batch, n)) / n
             sparse_args = program_args(batch, n, targets=targets)
             sparse = module.elbo.differentiable_loss(program, sparse_guide, *sparse_args) / n
-        return float(dense), float(sparse), targets.index
+        return float(dense), float(sparse), targets.rows
 
     differences = []
     for seed in range(5):

@@ -7,6 +7,7 @@ import math
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import lightning.pytorch as pl
 import numpy as np
@@ -125,7 +126,9 @@ class SVIModule(pl.LightningModule):
 
     def _loss(self, batch: dict[str, torch.Tensor], n_cells: int, *, sparse: bool = False) -> torch.Tensor:
         """Negative ELBO per cell of a training minibatch; ``sparse``: the step over the minibatch's targets."""
-        targets = present_targets(batch["perturbation"], self.target_cells, n_cells) if sparse else None
+        targets = (
+            present_targets(batch["perturbation"], cast(torch.Tensor, self.target_cells), n_cells) if sparse else None
+        )
         with local_params(), pyro.validation_enabled(self.validate):
             return self._elbo_call("differentiable_loss", batch, n_cells, targets) / n_cells
 
@@ -141,7 +144,7 @@ class SVIModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch, self.n_train, sparse=self.sparse_targets)
         if self.sparse_targets:
-            optimizers = self.optimizers()
+            optimizers = cast(list, self.optimizers())
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)

@@ -112,8 +112,8 @@ def subsampled_target_plate(n_targets: int, targets: TargetSubsample) -> Callabl
     function giving a context that enters it, once per site. Pyro scales a subsampled plate by
     ``n_targets / P``; the extra scale makes each row's weight ``targets.weight`` (an inverse inclusion probability).
     """
-    n_rows = targets.index.shape[0]
-    target_plate = pyro.plate(TARGETS_PLATE, n_targets, subsample=targets.index, dim=-2)
+    n_rows = targets.rows.shape[0]
+    target_plate = pyro.plate(TARGETS_PLATE, n_targets, subsample=targets.rows, dim=-2)
     weight = poutine.scale(scale=(targets.weight * (n_rows / n_targets)).unsqueeze(-1))
 
     @contextmanager
@@ -271,9 +271,9 @@ class PerturbationProgram(PyroModule):
             raise ValueError("The grn block reads every target's effect: run it without a targets subsample.")
         return (
             subsampled_target_plate(T, targets),
-            _present_design(self.target_frequency, targets.index, n_cells),
-            perturbation[:, targets.index],
-            self.library_effect[targets.index],
+            _present_design(self.target_frequency, targets.rows, n_cells),
+            perturbation[:, targets.rows],
+            self.library_effect[targets.rows],
         )
 
     def forward(
@@ -321,7 +321,7 @@ class PerturbationProgram(PyroModule):
         rows, design, observed, library_effect = self._target_rows(perturbation, targets)
         efficacy_targets = self.efficacy_targets
         if targets is not None and efficacy_targets is not None:
-            efficacy_targets = efficacy_targets[targets.index]
+            efficacy_targets = efficacy_targets[targets.rows]
         R = observed.shape[-1]  # rows of the global target sites: all targets, or those of the minibatch
         genes = global_plates(self, T, G)[1]
         # ---- global sites (scale 1; with ``targets``, each present target's terms weighted by ``targets.weight``) ----
@@ -480,7 +480,7 @@ class PerturbationGuide(PyroModule):
         if targets is not None and self.grn is not None:
             raise ValueError("The grn block reads every target's effect: run it without a targets subsample.")
         rows = (lambda: target_plate) if targets is None else subsampled_target_plate(T, targets)
-        index = None if targets is None else targets.index
+        index = None if targets is None else targets.rows
         if self.use_efficacy and T:
             with rows():
                 pyro.sample(EFFICACY_RATE, self.efficacy_distribution(index))

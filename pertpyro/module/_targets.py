@@ -22,13 +22,13 @@ class TargetSubsample(NamedTuple):
 
     Attributes
     ----------
-    index
+    rows
         Sorted indices of the targets carried by at least one cell of the minibatch, ``(P,)``.
     weight
         ``1 / P(a random minibatch of this size holds the target)`` for each of them, ``(P,)``.
     """
 
-    index: torch.Tensor
+    rows: torch.Tensor
     weight: torch.Tensor
 
 
@@ -72,6 +72,6 @@ def present_targets(perturbation: torch.Tensor, target_cells: torch.Tensor, n_ce
     n_cells
         Number of cells the minibatch was drawn from.
     """
-    index = perturbation.any(0).nonzero().squeeze(-1)
-    probability = inclusion_probability(target_cells[index], n_cells, perturbation.shape[0])
-    return TargetSubsample(index, probability.reciprocal().to(torch.float32))
+    rows = perturbation.any(0).nonzero().squeeze(-1)
+    probability = inclusion_probability(target_cells[rows], n_cells, perturbation.shape[0])
+    return TargetSubsample(rows, probability.reciprocal().to(torch.float32))
