@@ -10,12 +10,19 @@ phase and the wall time; one CSV row per run.
 Counts: per-label gene shares (a log-normal baseline, each target moving 20 genes by a log-fold change of +-1),
 library sizes log-normal around ``--depth`` UMIs, Poisson counts; 20% control cells, the rest one target each.
 
+With ``--ate-samples S``, the child then times ``model.ate`` on the trained model, in the same process: the
+``"analytic"`` estimator over the first ``--ate-labels`` targets (0: all) and the ``"simulate"`` one over a few, each
+with ``S`` posterior draws over ``--ate-cells`` population cells; the row gets the seconds and milliseconds per label
+of each, beside the epoch's ``train_s``.
+
 Writes ``benchmarks/results/scaling.csv`` (one row per run; ``--append`` keeps earlier rows), the figure
 ``docs/figures/scaling.png`` and ``benchmarks/results/scaling.json``. Run::
 
     python benchmarks/scaling.py --cells 50000 200000 1000000 --genes 2000 --targets 100
     python benchmarks/scaling.py --cells 50000 --genes 1000 2000 5000 --targets 100 --append
     python benchmarks/scaling.py --cells 50000 --genes 2000 --targets 20 500 2000 --append
+    python benchmarks/scaling.py --cells 40000 --genes 2000 --targets 2000 --batch-size 512 --ate-samples 10 \
+        --ate-cells 10 --ate-labels 0 20 --append
     python benchmarks/scaling.py --plot-only
 """
 
@@ -103,8 +110,30 @@ def _rss_mib() -> float:
     return peak / 1024**2 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
-def train_child(path: str, batch_size: int, backed: bool, block_size: int = 1) -> dict:
-    """One epoch of training from ``path`` in this process; peak RSS after each phase (run in a fresh process)."""
+def ate_timing(model, n_samples: int, max_cells: int, n_labels: int, estimators: list[str]) -> dict:
+    """Seconds per label of ``model.ate`` for each estimator (on the first ``n_labels`` targets; 0: all targets).
+
+    The estimators run one after the other on the same trained model, in this process.
+    """
+    labels = list(model.registry.targets)
+    if n_labels:
+        labels = labels[:n_labels]
+    out = {"ate_samples": n_samples, "ate_cells": max_cells}
+    for estimator in estimators:
+        t0 = time.perf_counter()
+        model.ate(labels, n_samples=n_samples, max_cells=max_cells, estimator=estimator, calibrated=False)
+        seconds = time.perf_counter() - t0
+        out[f"ate_{estimator}_labels"] = len(labels)
+        out[f"ate_{estimator}_s"] = seconds
+        out[f"ate_{estimator}_ms_per_label"] = 1000 * seconds / len(labels)
+    return out
+
+
+def train_child(path: str, batch_size: int, backed: bool, block_size: int = 1, ate: dict | None = None) -> dict:
+    """One epoch of training from ``path`` in this process; peak RSS after each phase (run in a fresh process).
+
+    ``ate``: then time ``model.ate`` per label (keyword arguments of :func:`ate_timing` per estimator run).
+    """
     import anndata as ad
 
     import pertpyro
@@ -127,6 +156,8 @@ def train_child(path: str, batch_size: int, backed: bool, block_size: int = 1) -
         "train_loss": float(history["train_loss"].iloc[-1]),
         "n_cells": adata.n_obs,
     }
+    for run in (ate or {}).get("runs", []):
+        out |= ate_timing(model, **run)
     return out
 
 
@@ -139,8 +170,9 @@ def run_one(
     *,
     backed: bool = True,
     block_size: int = 1,
+    ate: dict | None = None,
 ) -> dict:
-    """Write one screen, train on it in a fresh process, delete the file; one result row."""
+    """Write one screen, train on it in a fresh process (then time the ATE, with ``ate``), delete it; one row."""
     path = folder / f"screen_{n_cells}_{n_genes}_{n_targets}.h5ad"
     t0 = time.perf_counter()
     nnz = write_screen(path, n_cells, n_genes, n_targets)
@@ -149,6 +181,8 @@ def run_one(
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     command = [sys.executable, __file__, "--child", str(path), "--batch-size", str(batch_size)]
     command += ["--block-size", str(block_size)]
+    if ate:
+        command += ["--ate-json", json.dumps(ate)]
     if not backed:
         command.append("--in-memory")
     try:
@@ -229,7 +263,10 @@ SUMMARY = (
     "trained, 10% validated, batch 4096). The table shows, per run, the file size, the time of each phase, the peak "
     "resident memory of the training process (rss_peak_mib) and the throughput (cells_per_s). Peak memory is set by "
     "the training step (batch x genes) and grows little with the number of cells, because the counts stay on disk; "
-    "throughput on a shared CPU varies with the machine's load."
+    "throughput on a shared CPU varies with the machine's load. Rows with run 'ate' then time model.ate on the "
+    "trained model in the same process (ate_samples posterior draws over ate_cells population cells): the analytic "
+    "estimator over ate_analytic_labels targets and the simulation over ate_simulate_labels, in milliseconds per "
+    "label, beside the epoch's train_s."
 )
 CAPTION = (
     "One epoch per run from a backed (or, mode in_memory, loaded) h5ad; times in seconds, memory in MiB; machine and "
@@ -250,12 +287,42 @@ def main() -> None:
     parser.add_argument("--csv", default=str(CSV), help="the results table (rows are added with --append)")
     parser.add_argument("--tmp", default=tempfile.gettempdir(), help="folder for the temporary h5ad files")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--ate-json", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--ate-samples", type=int, default=0, help="after the epoch, time model.ate with this many posterior draws"
+    )
+    parser.add_argument("--ate-cells", type=int, default=200, help="population cells of the timed ATE (max_cells)")
+    parser.add_argument(
+        "--ate-labels",
+        type=int,
+        nargs=2,
+        default=[0, 20],
+        metavar=("ANALYTIC", "SIMULATE"),
+        help="targets whose ATE is timed, per estimator (0: all targets)",
+    )
     args = parser.parse_args()
     if args.child:
         print(
-            json.dumps(train_child(args.child, args.batch_size, backed=not args.in_memory, block_size=args.block_size))
+            json.dumps(
+                train_child(
+                    args.child,
+                    args.batch_size,
+                    backed=not args.in_memory,
+                    block_size=args.block_size,
+                    ate=json.loads(args.ate_json) if args.ate_json else None,
+                )
+            )
         )
         return
+    ate = None
+    if args.ate_samples:
+        common = {"n_samples": args.ate_samples, "max_cells": args.ate_cells}
+        ate = {
+            "runs": [
+                {**common, "n_labels": args.ate_labels[0], "estimators": ["analytic"]},
+                {**common, "n_labels": args.ate_labels[1], "estimators": ["simulate"]},
+            ]
+        }
     if not args.plot_only:
         rows = []
         for n_cells in args.cells:
@@ -269,7 +336,10 @@ def main() -> None:
                         Path(args.tmp),
                         backed=not args.in_memory,
                         block_size=args.block_size,
+                        ate=ate,
                     )
+                    if ate:
+                        row |= {"run": "ate", "machine": f"shared {os.cpu_count()}-core CPU (no GPU)"}
                     print(json.dumps(row), flush=True)
                     rows.append(row)
         frame = pd.DataFrame(rows)

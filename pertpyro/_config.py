@@ -95,10 +95,11 @@ class TrainSection(_Section):
     seed: NonNegativeInt = 0
     progress_bar: bool = True
     block_size: PositiveInt = 1
+    sparse_targets: bool | None = None
 
 
 class EvaluateSection(_Section):
-    n_samples: PositiveInt = 30  # n_counts 1: measured in benchmarks/results/papalexi.md
+    n_samples: PositiveInt = 30
     top_k: PositiveInt = 20
     iwelbo_particles: PositiveInt = 10
     n_counts: PositiveInt = 1

@@ -13,12 +13,14 @@ uncertainty.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
 from pertpyro._settings import local_params, seeded
+from pertpyro.causal._analytic import analytic_label_means
 from pertpyro.causal._artifacts import abduct_artifact
 from pertpyro.causal._counterfactual import abduct
 from pertpyro.causal._expected import N_COUNTS, escapers_are_controls, expected_cell_values
@@ -27,6 +29,10 @@ from pertpyro.data._registry import Registry, design_matrix
 from pertpyro.module._program import PerturbationProgram
 from pertpyro.module._types import GuideLike
 from pertpyro.module.sites import ARTIFACT
+
+Estimator = Literal["simulate", "analytic"]
+"""How the expectation over the count noise is taken: simulated counts, or analytically (:mod:`._analytic`)."""
+ESTIMATORS = ("simulate", "analytic")
 
 
 @torch.no_grad()
@@ -41,6 +47,7 @@ def simulate_label_means(
     weights: torch.Tensor | None = None,
     global_action: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     n_counts: int = N_COUNTS,
+    estimator: Estimator = "simulate",
 ) -> torch.Tensor:
     """Posterior draws of the mean log-normalised expression of ``population`` under each design.
 
@@ -66,11 +73,17 @@ def simulate_label_means(
         arm (e.g. ``adjacency`` with some edges removed: :func:`pertpyro.module._grn.adjacency_action`).
     n_counts
         Count replicates per cell and draw, coupled across arms (:mod:`pertpyro.causal._expected`).
+    estimator
+        ``"simulate"``: average over simulated counts (:mod:`pertpyro.causal._expected`); ``"analytic"``: the
+        expectation over the count noise computed per cell and gene, all labels vectorised
+        (:mod:`pertpyro.causal._analytic`; ``n_counts`` unused).
 
     Returns
     -------
     Tensor ``(n_samples, L, G)`` (``(n_samples, W, L, G)`` with 3-D ``weights``).
     """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}.")
     n_labels, n_genes = designs.shape[0], population["counts"].shape[1]
     sets = () if weights is None else tuple(weights.shape[:-2])
     out = torch.empty(n_samples, *sets, n_labels, n_genes)
@@ -86,6 +99,18 @@ def simulate_label_means(
                 extra = {**extra, **clean}
             if escaper_arms is None and not responders:
                 escaper_arms = not escapers_are_controls(program, latents, cells, designs, extra)
+            if estimator == "analytic":
+                out[s] = analytic_label_means(
+                    program,
+                    latents,
+                    cells,
+                    designs,
+                    extra,
+                    responders=responders,
+                    escaper_arms=bool(escaper_arms),
+                    weights=weights,
+                )
+                continue
             values = expected_cell_values(
                 program,
                 latents,
@@ -148,6 +173,7 @@ def average_treatment_effect(
     seed: int = 0,
     global_action: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     calibration: Recalibration | None = None,
+    estimator: Estimator = "simulate",
 ) -> pd.DataFrame:
     """Shift of mean ``log1p(1e4 x / sum x)`` under each perturbation label against control.
 
@@ -176,6 +202,8 @@ def average_treatment_effect(
         Extra interventions on global sites given each draw's latents (see :func:`simulate_label_means`).
     calibration
         Recalibrate the intervals (:class:`~pertpyro.posterior.IntervalCalibration`); ``None``: raw quantiles.
+    estimator
+        Expectation over the count noise by simulation or analytically (see :func:`simulate_label_means`).
 
     Returns
     -------
@@ -195,6 +223,7 @@ def average_treatment_effect(
         weights=weights,
         seed=seed,
         global_action=global_action,
+        estimator=estimator,
     )
     return ate_table(shifts, labels, registry.genes, ci=ci, calibration=calibration)
 
@@ -212,6 +241,7 @@ def label_shift_draws(
     seed: int = 0,
     global_action: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     n_counts: int = N_COUNTS,
+    estimator: Estimator = "simulate",
 ) -> torch.Tensor:
     """Posterior draws of the shift of each label against control, ``(n_samples, labels, genes)``.
 
@@ -219,7 +249,8 @@ def label_shift_draws(
     :func:`simulate_label_means`), under ``seed`` with the global RNG state left untouched; ``weights`` are
     ``(labels, cells)`` weights of the population in each label's arm (the control arm is unweighted), or
     ``(W, labels, cells)`` for ``W`` weightings of the same draws (output ``(n_samples, W, labels, genes)``);
-    ``n_counts``: count replicates per cell and draw.
+    ``n_counts``: count replicates per cell and draw; ``estimator``: simulated or analytic expectation over the
+    count noise (:func:`simulate_label_means`).
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be positive, got {n_samples}.")
@@ -244,5 +275,6 @@ def label_shift_draws(
             weights=arm_weights,
             global_action=global_action,
             n_counts=n_counts,
+            estimator=estimator,
         )
     return means[..., 1:, :] - means[..., :1, :]

@@ -29,6 +29,7 @@ from pertpyro.data._stream import (
     read_rows,
     row_totals,
 )
+from pertpyro.module._targets import TargetSubsample
 
 
 class ProgramArgs(NamedTuple):
@@ -41,6 +42,7 @@ class ProgramArgs(NamedTuple):
     idx: torch.Tensor
     n_cells: int
     artifact: torch.Tensor | None = None
+    targets: TargetSubsample | None = None
 
 
 class CellData(Dataset):
@@ -97,6 +99,12 @@ class CellData(Dataset):
         """Fraction of cells carrying each target (``float32``, as the mean of :attr:`perturbation`)."""
         per_label = np.bincount(self.label_codes, minlength=self.label_design.shape[0]).astype(np.float32)
         return (per_label @ self.label_design) / np.float32(len(self))
+
+    def target_cells(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Number of cells carrying each target, among ``rows`` (default: all cells), ``(T,)``."""
+        codes = self.label_codes if rows is None else self.label_codes[np.asarray(rows)]
+        per_label = np.bincount(codes, minlength=self.label_design.shape[0]).astype(np.float64)
+        return per_label @ self.label_design
 
     def statistics(self) -> CountStatistics:
         """Per-gene, per-target and control sums of the counts (one chunked pass for a backed matrix)."""
@@ -254,8 +262,18 @@ def shard_loader(loader: DataLoader) -> DataLoader:
     )
 
 
-def program_args(batch: dict[str, torch.Tensor], n_cells: int, *, with_counts: bool = True) -> ProgramArgs:
-    """Model/guide arguments from a loader batch; ``n_cells`` is the size of the ``cells`` plate."""
+def program_args(
+    batch: dict[str, torch.Tensor],
+    n_cells: int,
+    *,
+    with_counts: bool = True,
+    targets: TargetSubsample | None = None,
+) -> ProgramArgs:
+    """Model/guide arguments from a loader batch; ``n_cells`` is the size of the ``cells`` plate.
+
+    ``targets``: the minibatch's targets and their weights, for a step that reads only their global sites
+    (:func:`pertpyro.module._targets.present_targets`); ``None``: every target.
+    """
     return ProgramArgs(
         batch["counts"] if with_counts else None,
         batch["perturbation"],
@@ -264,6 +282,7 @@ def program_args(batch: dict[str, torch.Tensor], n_cells: int, *, with_counts: b
         batch["idx"],
         n_cells,
         batch.get("artifact"),
+        targets,
     )
 
 

@@ -182,6 +182,8 @@ class _ScaledSum:
         if mask is not None and mask is not True:
             log_p = torch.where(mask, log_p, log_p.new_zeros(()))
         scale = site["scale"]
+        if isinstance(scale, torch.Tensor) and scale.dim() > 0:  # per-row weights (a subsampled targets plate)
+            log_p, scale = log_p * scale, 1.0
         key = scale if isinstance(scale, int | float) else id(scale)
         by_shape = self._groups.setdefault(key, (scale, {}))[1]
         previous = by_shape.get(log_p.shape)

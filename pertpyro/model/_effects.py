@@ -11,7 +11,7 @@ import pandas as pd
 from anndata import AnnData
 
 from pertpyro._validate import check_query_args
-from pertpyro.causal._ate import average_treatment_effect, label_shift_draws
+from pertpyro.causal._ate import Estimator, average_treatment_effect, label_shift_draws
 from pertpyro.causal._probability import check_query, exceedance_table
 from pertpyro.data._registry import perturbation_labels
 from pertpyro.model._base import ModelBase
@@ -38,6 +38,7 @@ class EffectsMixin(ModelBase):
         seed: int = 0,
         do: Mapping[str, Any] | None = None,
         calibrated: bool = True,
+        estimator: Estimator = "simulate",
     ) -> pd.DataFrame:
         """Average treatment effect of perturbations against control, with credible intervals.
 
@@ -74,6 +75,12 @@ class EffectsMixin(ModelBase):
             Once :meth:`calibrate` has run, widen the intervals by its calibration (``mean +- z sd'``, see
             :class:`~pertpyro.posterior.IntervalCalibration`); ``False``: the raw equal-tailed posterior
             quantiles. Without a calibration the intervals are the raw quantiles either way.
+        estimator
+            How the expectation over the count noise is taken in each posterior draw: ``"simulate"`` averages
+            simulated counts (coupled across arms; the reference); ``"analytic"`` computes it per cell and gene
+            (an exact sum over the low counts of the negative binomial, a moment-matched gamma for the rest;
+            :mod:`pertpyro.causal._analytic`), all labels vectorised: no count noise, and much faster for many
+            labels.
 
         Returns
         -------
@@ -100,6 +107,7 @@ class EffectsMixin(ModelBase):
             seed=seed,
             global_action=self._edge_action(do),
             calibration=self.interval_calibration_ if calibrated else None,
+            estimator=estimator,
         )
 
     def ate_draws(
@@ -112,6 +120,7 @@ class EffectsMixin(ModelBase):
         max_cells: int | None = 2000,
         match_batches: bool = False,
         seed: int = 0,
+        estimator: Estimator = "simulate",
     ) -> np.ndarray:
         """Posterior draws of the shifts behind :meth:`ate`, ``(n_samples, labels, genes)`` (same arguments)."""
         check_query_args(n_samples=n_samples, max_cells=max_cells, seed=seed)
@@ -129,6 +138,7 @@ class EffectsMixin(ModelBase):
             responders=responders,
             weights=weights,
             seed=seed,
+            estimator=estimator,
         ).numpy()
 
     def ate_probability(

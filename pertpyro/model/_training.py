@@ -46,6 +46,7 @@ class TrainingMixin(ModelBase):
         block_size: int = 1,
         checkpoint_dir: str | Path | None = None,
         ckpt_path: str | Path | None = None,
+        sparse_targets: bool | None = None,
     ) -> pd.DataFrame:
         """Fit model and guide by stochastic variational inference (Lightning underneath).
 
@@ -83,6 +84,11 @@ class TrainingMixin(ModelBase):
         ckpt_path
             Continue a killed fit from this checkpoint (call on a model built with the same settings and data, with
             the same ``train`` arguments): it ends with the parameters an uninterrupted fit would have.
+        sparse_targets
+            Steps that read and update only the effects of the targets in the minibatch, so that a step's cost does
+            not grow with the screen's other targets (the loss stays an unbiased estimate of the ELBO; see
+            :class:`pertpyro.inference.SVIModule`). ``None``: on from
+            :data:`pertpyro.inference._lightning.SPARSE_TARGETS_MIN` targets, with ``block_size=1``, without ``grn``.
 
         Returns
         -------
@@ -95,6 +101,8 @@ class TrainingMixin(ModelBase):
         ``PERTPYRO_KEEP_FREED_MEMORY=0``). Python's, NumPy's and torch's global random states are the same after
         training as before (the fit draws from ``seed``).
         """
+        if sparse_targets and block_size != 1:
+            raise ValueError("sparse_targets needs block_size=1 (minibatches that are uniformly random cell subsets).")
         self.train_settings_ = {
             "max_epochs": max_epochs,
             "batch_size": batch_size,
@@ -104,6 +112,7 @@ class TrainingMixin(ModelBase):
             "patience": patience,
             "seed": seed,
             "progress_bar": progress_bar,
+            "sparse_targets": sparse_targets,
         }
         self._validation_adata = validation_adata
         n = len(self.cell_data)
@@ -117,7 +126,18 @@ class TrainingMixin(ModelBase):
             val_data = self._cell_data(validation_adata)
         if max_epochs is None:
             max_epochs = int(min(400, max(50, 2_000_000 // len(train_data))))
-        module = SVIModule(self.program, self.guide, n_train=len(train_data), n_val=len(val_data), lr=lr, seed=seed)
+        subset_rows = train_data.rows if isinstance(train_data, _RowSubset) else None
+        module = SVIModule(
+            self.program,
+            self.guide,
+            n_train=len(train_data),
+            n_val=len(val_data),
+            lr=lr,
+            seed=seed,
+            target_cells=torch.from_numpy(self.cell_data.target_cells(subset_rows)).float(),
+            # with blocks the minibatches are not uniformly random cell subsets (the inclusion probabilities differ)
+            sparse_targets=sparse_targets if block_size == 1 else False,
+        )
         pin = pin_memory_for(accelerator)  # page-locked batches, copied asynchronously, only for a CUDA GPU
         train_loader = make_loader(
             train_data, batch_size=batch_size, shuffle=True, seed=seed, pin_memory=pin, block_size=block_size

@@ -67,13 +67,30 @@ class BasalEncoder(nn.Module):
         self.net = _mlp(n_genes + n_batches + n_targets, n_hidden, 2 * latent_dim, n_layers)
 
     def forward(
-        self, counts: torch.Tensor, batch_index: torch.Tensor, perturbation: torch.Tensor | None = None
+        self,
+        counts: torch.Tensor,
+        batch_index: torch.Tensor,
+        perturbation: torch.Tensor | None = None,
+        target_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(loc, scale)`` of ``q(z_basal)``, each ``(cells, latent_dim)``."""
+        """Return ``(loc, scale)`` of ``q(z_basal)``, each ``(cells, latent_dim)``.
+
+        ``target_index``: ``perturbation`` holds only these targets' columns (the others are 0); the first layer
+        then reads only their weights.
+        """
         library = counts.sum(-1, keepdim=True).clamp_min(1.0)
         inputs = torch.log1p(1e4 * counts / library)
         if self.n_batches > 1:
             inputs = torch.cat([inputs, nn.functional.one_hot(batch_index, self.n_batches).to(inputs.dtype)], -1)
+        if self.n_targets and target_index is not None:
+            first, n_in = self.net[0], inputs.shape[-1]
+            target_weight = first.weight[:, n_in:][:, target_index]  # (hidden, P)
+            hidden = nn.functional.linear(inputs, first.weight[:, :n_in], first.bias)
+            hidden = hidden + perturbation.to(inputs.dtype) @ target_weight.T
+            for layer in list(self.net)[1:]:
+                hidden = layer(hidden)
+            loc, raw_scale = hidden.chunk(2, dim=-1)
+            return loc, nn.functional.softplus(raw_scale) + 1e-4
         if self.n_targets:
             inputs = torch.cat([inputs, perturbation.to(inputs.dtype)], -1)
         loc, raw_scale = self.net(inputs).chunk(2, dim=-1)

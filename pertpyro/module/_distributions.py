@@ -158,3 +158,36 @@ _BINARY_SUPPORT = "pertpyro.binary_support"
 def is_enumerated_support(value: torch.Tensor) -> bool:
     """Whether ``value`` is a :class:`MarkedBernoulli`'s enumerated support ``[0, 1]`` (along its leading dim)."""
     return getattr(value, "_pyro_categorical_support", None) == _BINARY_SUPPORT
+
+
+class PresentColumnsBernoulli(TorchDistribution):
+    """Independent Bernoulli columns of which only some are carried; the others are known to be 0.
+
+    The ``perturbation`` site of a step that reads only the targets present in its minibatch: the value holds the
+    present columns, and ``log_prob`` adds the log-probability that every absent column is 0, so the density is the
+    one of the full multi-hot row.
+
+    Parameters
+    ----------
+    probs
+        Probabilities of the present columns, ``(P,)``.
+    absent_log_prob
+        ``sum log(1 - p_t)`` over the absent columns (a scalar).
+    batch_shape
+        Batch shape (the cells).
+    """
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.boolean, 1)
+    has_rsample = False
+
+    def __init__(self, probs: torch.Tensor, absent_log_prob: torch.Tensor, batch_shape: torch.Size) -> None:
+        self.base = Bernoulli(probs=probs).expand(torch.Size(batch_shape) + probs.shape[-1:]).to_event(1)
+        self.absent_log_prob = absent_log_prob
+        super().__init__(self.base.batch_shape, self.base.event_shape, validate_args=False)
+
+    def sample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
+        return self.base.sample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base.log_prob(value) + self.absent_log_prob

@@ -40,7 +40,8 @@ ELBO compares two densities on the same space (Maddison et al. 2017); its forwar
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import pyro
 import pyro.distributions as dist
@@ -55,10 +56,12 @@ from pertpyro.module._components import BasalEncoder, GeneDecoder, inverse_softp
 from pertpyro.module._distributions import (
     MarkedBernoulli,
     NegativeBinomialLogMean,
+    PresentColumnsBernoulli,
     SharedScaleStudentT,
     is_enumerated_support,
 )
 from pertpyro.module._grn import GRNGuide, GRNPrior
+from pertpyro.module._targets import TargetSubsample
 from pertpyro.module.sites import (
     CELLS_PLATE,
     COUNTS,
@@ -75,6 +78,12 @@ from pertpyro.module.sites import (
 
 EFFICACY_INIT_LOGIT = 1.0
 """Initial logit of the guide's per-target response rates (rate ~0.73)."""
+
+EFFECT_SCALE_FLOOR = 1e-5
+"""Smallest posterior scale of an effect."""
+
+SPARSE_GUIDE_PARAMETERS = ("effect_loc", "effect_raw_scale", "mask_logit")
+"""The guide's targets x genes parameters: read row-wise with sparse gradients when a step gives ``targets``."""
 
 MAX_PLATE_NESTING = 2
 """Plates nest at most two deep (targets x genes); the enumerated ``efficacy`` dimension sits left of them."""
@@ -94,6 +103,37 @@ def global_plates(owner: nn.Module, n_targets: int, n_genes: int) -> tuple[Abstr
             cached = ((n_targets, n_genes), targets, pyro.plate(GENES_PLATE, n_genes, dim=-1))
         owner.__dict__["_global_plates"] = cached
     return cached[1], cached[2]
+
+
+def subsampled_target_plate(n_targets: int, targets: TargetSubsample) -> Callable[[], AbstractContextManager]:
+    """The ``targets`` plate subsampled to a minibatch's targets, each row's terms weighted by ``targets.weight``.
+
+    Builds the plate once (its subsample site enters the trace, as the ``cells`` plate's does) and returns a
+    function giving a context that enters it, once per site. Pyro scales a subsampled plate by
+    ``n_targets / P``; the extra scale makes each row's weight ``targets.weight`` (an inverse inclusion probability).
+    """
+    n_rows = targets.rows.shape[0]
+    target_plate = pyro.plate(TARGETS_PLATE, n_targets, subsample=targets.rows, dim=-2)
+    weight = poutine.scale(scale=(targets.weight * (n_rows / n_targets)).unsqueeze(-1))
+
+    @contextmanager
+    def enter() -> Iterator[None]:
+        with weight, target_plate:
+            yield
+
+    return enter
+
+
+def _present_design(frequency: torch.Tensor, index: torch.Tensor, n_cells: int) -> PresentColumnsBernoulli:
+    """Prior of the ``perturbation`` site over the columns ``index``; the others are 0 in every cell."""
+    log_absent = torch.log1p(-frequency)
+    absent = log_absent.sum() - log_absent[index].sum()
+    return PresentColumnsBernoulli(frequency[index], absent, torch.Size([n_cells]))
+
+
+def _rows(weight: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """``weight`` itself, or its rows ``index`` with a sparse gradient (only those rows are touched)."""
+    return weight if index is None else nn.functional.embedding(index, weight, sparse=True)
 
 
 class PerturbationProgram(PyroModule):
@@ -214,6 +254,28 @@ class PerturbationProgram(PyroModule):
         log_theta = self.log_theta if log_theta_shift is None else self.log_theta + log_theta_shift.unsqueeze(-1)
         return NegativeBinomialLogMean(log_mean, log_theta)
 
+    def _target_rows(
+        self, perturbation: torch.Tensor, targets: TargetSubsample | None
+    ) -> tuple[Callable[[], AbstractContextManager], dist.Distribution, torch.Tensor, torch.Tensor]:
+        """The rows of the global target sites this run reads, and the ``perturbation`` site over their columns.
+
+        Returns the context of the global target sites (entered once per site), the distribution of the
+        ``perturbation`` site and its observed value ``(B, R)``, and the library effects of the ``R`` rows.
+        """
+        n_cells, T = perturbation.shape[0], self.n_targets
+        if targets is None:
+            target_plate = global_plates(self, T, self.n_genes)[0]
+            design = dist.Bernoulli(self.target_frequency).expand([n_cells, T]).to_event(1)
+            return (lambda: target_plate), design, perturbation, self.library_effect
+        if self.grn is not None:
+            raise ValueError("The grn block reads every target's effect: run it without a targets subsample.")
+        return (
+            subsampled_target_plate(T, targets),
+            _present_design(self.target_frequency, targets.rows, n_cells),
+            perturbation[:, targets.rows],
+            self.library_effect[targets.rows],
+        )
+
     def forward(
         self,
         counts: torch.Tensor | None,
@@ -223,6 +285,7 @@ class PerturbationProgram(PyroModule):
         idx: torch.Tensor,
         n_cells: int,
         artifact: torch.Tensor | None = None,
+        targets: TargetSubsample | None = None,
     ) -> torch.Tensor:
         """Run the model on a minibatch of cells.
 
@@ -243,51 +306,58 @@ class PerturbationProgram(PyroModule):
         artifact
             Artifact labels ``(B,)`` (0/1) when the artifact block is on: the ``artifact`` site's values
             (observed mode) or noisy evidence (latent mode); ``None``: inferred (latent) or drawn from the prior.
+        targets
+            The targets present in the minibatch and the weights of their global terms
+            (:func:`pertpyro.module._targets.present_targets`): the global target sites (``effect``, ``effect_mask``,
+            ``efficacy_rate``) are drawn for these rows only, on the ``targets`` plate subsampled to them, each row's
+            terms weighted so that the ELBO stays an unbiased estimate; the ``perturbation`` site then holds the
+            present columns (its density that of the full rows). ``None``: every target (queries and the dense step).
 
         Returns
         -------
         Counts ``(B, G)``: the observed ones, or a draw when ``counts`` is ``None``.
         """
         G, T = self.n_genes, self.n_targets
-        # ---- global sites (scale 1) ----
-        targets, genes = global_plates(self, T, G)  # entered by several sites; built once
-        rate = self.one.expand(T, 1)  # no targets (an all-control data set for the artifact model): no sites
+        rows, design, observed, library_effect = self._target_rows(perturbation, targets)
+        efficacy_targets = self.efficacy_targets
+        if targets is not None and efficacy_targets is not None:
+            efficacy_targets = efficacy_targets[targets.rows]
+        R = observed.shape[-1]  # rows of the global target sites: all targets, or those of the minibatch
+        genes = global_plates(self, T, G)[1]
+        # ---- global sites (scale 1; with ``targets``, each present target's terms weighted by ``targets.weight``) ----
+        rate = self.one.expand(R, 1)  # no targets (an all-control data set for the artifact model): no sites
         if self.use_efficacy and T:  # per-target response rates, uniform prior: their uncertainty enters every query
-            with targets:
-                rate = pyro.sample(EFFICACY_RATE, dist.Beta(self.one, self.one).expand([T, 1]))  # (T, 1)
-                if self.efficacy_targets is not None:  # the other targets: every cell responds
-                    rate = torch.where(self.efficacy_targets.unsqueeze(-1), rate, self.one)
+            with rows():
+                rate = pyro.sample(EFFICACY_RATE, dist.Beta(self.one, self.one).expand([R, 1]))  # (R, 1)
+                if efficacy_targets is not None:  # the other targets: every cell responds
+                    rate = torch.where(efficacy_targets.unsqueeze(-1), rate, self.one)
         if self.grn is not None:
             effect = self.grn()  # (T, G): knockouts propagated through the sampled network (models/_grn.py)
         else:
             effect = self.zero.expand(0, G)  # no targets (an all-control data set for the artifact model): no sites
-            with targets, genes:
+            with rows(), genes:
                 if T:
-                    effect = pyro.sample(EFFECT, self.effect_prior().expand([T, G]))  # (T, G)
+                    effect = pyro.sample(EFFECT, self.effect_prior().expand([R, G]))  # (R, G)
                 if T and self.sparse_effects:
                     mask = pyro.sample(
                         EFFECT_MASK,
                         dist.RelaxedBernoulliStraightThrough(
-                            self.mask_temperature, logits=self.mask_prior_logit.expand([T, G])
+                            self.mask_temperature, logits=self.mask_prior_logit.expand([R, G])
                         ),
-                    )  # (T, G), hard 0/1 values
+                    )  # (R, G), hard 0/1 values
                     effect = effect * mask
         artifacts = self.artifact_block
         embedding = artifacts.sample_embedding() if artifacts is not None else None  # (2, G)
         # ---- local sites (scale n_cells / B) ----
         with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
             z = pyro.sample(Z_BASAL, dist.Normal(self.zero, 1.0).expand([self.latent_dim]).to_event(1))  # (B, K)
-            d = pyro.sample(
-                PERTURBATION,
-                dist.Bernoulli(self.target_frequency).expand([idx.shape[0], T]).to_event(1),
-                obs=perturbation,
-            )  # (B, T)
+            d = pyro.sample(PERTURBATION, design, obs=observed)  # (B, R)
             a, kind = artifacts.sample_cells(artifact, idx.shape[0]) if artifacts is not None else (None, None)
             base = self.decoder(z, batch_index)  # (B, G)
             shifted = base + d @ effect  # (B, G): logits if the knockout took
-            library_shift = d @ self.library_effect  # (B,)
-            factual = d is perturbation  # not intervened (poutine.do hands back another tensor): no depth change
-            factual_library_shift = library_shift if factual else perturbation @ self.library_effect  # (B,)
+            library_shift = d @ library_effect  # (B,)
+            factual = d is observed  # not intervened (poutine.do hands back another tensor): no depth change
+            factual_library_shift = library_shift if factual else observed @ library_effect  # (B,)
             if self.use_efficacy:
                 responds = pyro.sample(
                     EFFICACY, MarkedBernoulli(self.response_probability(d, rate)), infer={"enumerate": "parallel"}
@@ -367,10 +437,16 @@ class PerturbationGuide(PyroModule):
         self.artifact_guide = ArtifactGuide(G) if program.artifact_block is not None else None
         to_pyro_module_(self.encoder)
 
-    def efficacy_distribution(self) -> dist.Distribution:
-        """Posterior of the per-target response rates: logit-normal, batch shape ``(T, 1)`` (targets plate)."""
-        scale = nn.functional.softplus(self.efficacy_raw_scale) + 1e-4
-        base = dist.Normal(self.efficacy_loc.unsqueeze(-1), scale.unsqueeze(-1))
+    def efficacy_distribution(self, index: torch.Tensor | None = None) -> dist.Distribution:
+        """Posterior of the per-target response rates: logit-normal, batch shape ``(T, 1)`` (targets plate).
+
+        ``index``: only these targets' rates, ``(P, 1)``.
+        """
+        loc, raw_scale = self.efficacy_loc, self.efficacy_raw_scale
+        if index is not None:
+            loc, raw_scale = loc[index], raw_scale[index]
+        scale = nn.functional.softplus(raw_scale) + 1e-4
+        base = dist.Normal(loc.unsqueeze(-1), scale.unsqueeze(-1))
         return dist.TransformedDistribution(base, [dist.transforms.SigmoidTransform()])
 
     def efficacy_median(self) -> torch.Tensor:
@@ -379,7 +455,7 @@ class PerturbationGuide(PyroModule):
 
     def effect_scale(self) -> torch.Tensor:
         """Posterior scale of the effects, ``(T, G)``."""
-        return nn.functional.softplus(self.effect_raw_scale) + 1e-5
+        return nn.functional.softplus(self.effect_raw_scale) + EFFECT_SCALE_FLOOR
 
     def forward(
         self,
@@ -390,27 +466,41 @@ class PerturbationGuide(PyroModule):
         idx: torch.Tensor,
         n_cells: int,
         artifact: torch.Tensor | None = None,
+        targets: TargetSubsample | None = None,
     ) -> None:
-        """Draw the latent sites; same signature as the model (``counts`` is required here)."""
+        """Draw the latent sites; same signature as the model (``counts`` is required here).
+
+        With ``targets``, the global target sites are drawn for the present targets only, their parameters read
+        as rows with sparse gradients (``torch.optim.SparseAdam`` updates just those rows).
+        """
         if counts is None:
             raise ValueError("The guide needs observed counts to infer each cell's basal state.")
         T, G = self.effect_loc.shape
-        targets, genes = global_plates(self, T, G)
+        target_plate, genes = global_plates(self, T, G)
+        if targets is not None and self.grn is not None:
+            raise ValueError("The grn block reads every target's effect: run it without a targets subsample.")
+        rows = (lambda: target_plate) if targets is None else subsampled_target_plate(T, targets)
+        index = None if targets is None else targets.rows
         if self.use_efficacy and T:
-            with targets:
-                pyro.sample(EFFICACY_RATE, self.efficacy_distribution())
+            with rows():
+                pyro.sample(EFFICACY_RATE, self.efficacy_distribution(index))
         if self.grn is not None:
             self.grn()
         else:
-            with targets, genes:
+            with rows(), genes:
                 if T:
-                    pyro.sample(EFFECT, dist.Normal(self.effect_loc, self.effect_scale()))
+                    loc, raw_scale = _rows(self.effect_loc, index), _rows(self.effect_raw_scale, index)
+                    pyro.sample(EFFECT, dist.Normal(loc, nn.functional.softplus(raw_scale) + EFFECT_SCALE_FLOOR))
                 if T and self.sparse_effects:
                     pyro.sample(
-                        EFFECT_MASK, dist.RelaxedBernoulliStraightThrough(self.mask_temperature, logits=self.mask_logit)
+                        EFFECT_MASK,
+                        dist.RelaxedBernoulliStraightThrough(
+                            self.mask_temperature, logits=_rows(self.mask_logit, index)
+                        ),
                     )
         if self.artifact_guide is not None:
             self.artifact_guide()
         with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
-            loc, scale = self.encoder(counts, batch_index, perturbation)
+            design = perturbation if index is None else perturbation[:, index]
+            loc, scale = self.encoder(counts, batch_index, design, index)
             pyro.sample(Z_BASAL, dist.Normal(loc, scale).to_event(1))

@@ -1,0 +1,102 @@
+"""The analytic ATE estimator: the expectation over negative binomial counts, and agreement with the simulation."""
+
+import numpy as np
+import pytest
+import torch
+
+import pertpyro
+from pertpyro._settings import local_params
+from pertpyro.causal._analytic import analytic_label_means, expected_log1p, expected_log_normalised
+from pertpyro.causal._counterfactual import abduct
+from pertpyro.data._statistics import log_normalise
+
+
+def _exact(mean: float, theta: float, scale: float, n_terms: int = 200_000) -> float:
+    """E[log1p(scale x)] by the sum over the NB probability mass function (float64, far past the mean)."""
+    k = torch.arange(n_terms, dtype=torch.float64)
+    mean_t, theta_t = torch.tensor(mean, dtype=torch.float64), torch.tensor(theta, dtype=torch.float64)
+    log_p = (
+        torch.lgamma(k + theta_t)
+        - torch.lgamma(theta_t)
+        - torch.lgamma(k + 1)
+        + theta_t * torch.log(theta_t / (theta_t + mean_t))
+        + k * torch.log(mean_t / (theta_t + mean_t))
+    )
+    return float((log_p.exp() * torch.log1p(scale * k)).sum())
+
+
+@pytest.mark.parametrize("theta", [0.2, 1.0, 3.0, 100.0])
+def test_expected_log1p_matches_the_probability_mass_sum(theta):
+    """Low and high means, strong and weak over-dispersion: the quadrature is the exact expectation to ~1e-4."""
+    means = [0.001, 0.05, 0.2, 1.0, 4.0, 15.0, 60.0, 500.0, 2000.0]
+    for scale in (0.5, 5.0, 20.0):
+        got = expected_log1p(torch.tensor(means), torch.tensor(theta), torch.tensor(scale))
+        expected = torch.tensor([_exact(m, theta, scale) for m in means], dtype=torch.float32)
+        torch.testing.assert_close(got, expected, atol=2e-4, rtol=0)
+
+
+def test_expected_log_normalised_matches_simulated_counts():
+    """Against log1p(1e4 x / sum x) of simulated cells, whose totals vary: the total at its mean is enough."""
+    generator = torch.Generator().manual_seed(0)
+    n_genes = 500
+    shares = torch.distributions.Dirichlet(torch.full((n_genes,), 0.3)).sample()
+    mean = (3000.0 * shares).expand(2, n_genes).clone()
+    mean[1, :50] *= 0.3  # a knockdown of 50 genes
+    theta = torch.exp(torch.empty(n_genes).uniform_(0.0, 3.0, generator=generator))
+    rate = torch._standard_gamma(theta.expand(20000, 2, n_genes).contiguous()) * (mean / theta)
+    counts = torch.poisson(rate)
+    values = log_normalise(counts)
+    simulated, standard_error = values.mean(0), values.std(0) / values.shape[0] ** 0.5
+    analytic = expected_log_normalised(mean, theta)
+    # within the Monte-Carlo error of the simulation, plus a little for the total taken at its mean
+    assert ((analytic - simulated).abs() < 4.5 * standard_error + 3e-3).all()
+    # the shift between the arms, the quantity an ATE reports
+    shift_error = standard_error.square().sum(0).sqrt()
+    assert ((analytic[1] - analytic[0]) - (simulated[1] - simulated[0])).abs().lt(4.5 * shift_error + 3e-3).all()
+    assert (analytic[1] - analytic[0])[:50].mean() < -0.3  # the knockdown is there
+
+
+@pytest.fixture(scope="module")
+def trained_25_targets():
+    pertpyro._settings.set_seed(0)
+    adata = pertpyro.datasets.simulate(n_cells=2000, n_genes=100, n_targets=25, n_combinations=0, seed=0)
+    pertpyro.setup_anndata(adata)
+    model = pertpyro.PerturbationModel(adata, latent_dim=4, n_hidden=32)
+    model.train(max_epochs=15, batch_size=256, lr=1e-2, progress_bar=False, early_stopping=False)
+    return model
+
+
+def test_analytic_ate_agrees_with_the_simulation(trained_25_targets):
+    model = trained_25_targets
+    kwargs = {"n_samples": 20, "max_cells": 300, "seed": 0}
+    analytic = model.ate(estimator="analytic", **kwargs)
+    simulated = model.ate(estimator="simulate", **kwargs)
+    assert len(analytic) == 25 * 100
+    assert np.corrcoef(analytic["mean"], simulated["mean"])[0, 1] >= 0.99
+    overlap = (analytic["lower"] <= simulated["upper"]) & (simulated["lower"] <= analytic["upper"])
+    assert overlap.mean() >= 0.99
+    assert np.abs(analytic["mean"] - simulated["mean"]).max() < 0.15
+    strong = simulated["mean"].abs() > 0.3  # the estimator keeps the effects' sizes, not only their ranks
+    assert strong.sum() > 10
+    ratio = analytic.loc[strong, "mean"] / simulated.loc[strong, "mean"]
+    assert 0.9 < float(np.median(ratio)) < 1.1
+
+
+def test_analytic_ate_rejects_an_unknown_estimator(trained_25_targets):
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        trained_25_targets.ate(trained_25_targets.registry.targets[0], n_samples=2, estimator="exact")
+
+
+def test_reading_only_the_chunk_targets_rows_gives_the_same_means(trained_25_targets):
+    """Chunks of labels smaller than the targets read only their targets' rows: the same numbers as all rows."""
+    model = trained_25_targets
+    population = model._population(None, 40, 0)
+    n_targets, n_genes = model.registry.n_targets, len(model.registry.genes)
+    designs = torch.cat([torch.zeros(1, n_targets), torch.eye(n_targets)[:6], torch.eye(n_targets)[[1]] * 0])
+    designs[-1, [2, 5]] = 1.0  # a combination
+    with local_params():
+        latents = abduct(model.guide, population)
+    every_row = analytic_label_means(model.program, latents, population, designs, {}, chunk_elements=10**9)
+    chunk_rows = analytic_label_means(model.program, latents, population, designs, {}, chunk_elements=3 * 40 * n_genes)
+    torch.testing.assert_close(chunk_rows, every_row, atol=1e-5, rtol=1e-5)
+    assert (every_row[1:] - every_row[0]).abs().max() > 0.3  # the labels' effects are there
