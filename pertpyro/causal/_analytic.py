@@ -16,17 +16,15 @@ efficacy is summed out exactly as in the simulation engine.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
-from pyro import poutine
 
-from pertpyro.data._loader import standalone_args
+from pertpyro.causal._expected import arm_distribution
 from pertpyro.data._statistics import TARGET_SUM
+from pertpyro.module._program import PerturbationProgram
 from pertpyro.module._targets import TargetSubsample
 from pertpyro.module.sites import (
     ARTIFACT_LOCAL_SITES,
-    COUNTS,
     EFFECT,
     EFFECT_MASK,
     EFFICACY,
@@ -109,35 +107,8 @@ def _repeat_cells(values: Mapping[str, torch.Tensor], n_cells: int, times: int) 
     return out
 
 
-def _arms(
-    program: torch.nn.Module,
-    latents: dict[str, torch.Tensor],
-    population: dict[str, torch.Tensor],
-    action: Mapping[str, torch.Tensor],
-    targets: TargetSubsample | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Means ``(cells, G)``, inverse dispersions and response probabilities under ``poutine.do(action)``.
-
-    ``targets``: the program reads only these targets' global sites (``latents`` and the intervened
-    ``perturbation`` then hold only their rows and columns).
-    """
-    args = standalone_args(population)._replace(targets=targets)
-    conditioned = poutine.condition(program, data=latents)
-    trace = poutine.trace(poutine.do(conditioned, data=dict(action))).get_trace(population["counts"], *args[1:])
-    fn: Any = trace.nodes[COUNTS]["fn"]
-    base = getattr(fn, "base_dist", fn)
-    mean = fn.mean
-    if hasattr(base, "log_theta"):
-        theta = base.log_theta.exp()
-    else:  # any negative binomial: theta from its first two moments
-        theta = mean.square() / (fn.variance - mean).clamp_min(1e-12)
-    node = trace.nodes.get(EFFICACY)
-    efficacy_fn: Any = None if node is None else node["fn"]
-    return mean, theta, None if efficacy_fn is None else efficacy_fn.mean
-
-
 def analytic_label_means(
-    program: torch.nn.Module,
+    program: PerturbationProgram,
     latents: dict[str, torch.Tensor],
     population: dict[str, torch.Tensor],
     designs: torch.Tensor,
@@ -179,7 +150,9 @@ def analytic_label_means(
     n = population["idx"].shape[0]
     n_labels, n_genes = designs.shape[0], population["counts"].shape[1]
     zeros_design = torch.zeros_like(designs[0]).expand(n, -1)
-    control_mean, control_theta, _ = _arms(program, latents, population, {PERTURBATION: zeros_design, **extra})
+    control_mean, control_theta, _ = arm_distribution(
+        program, latents, population, {PERTURBATION: zeros_design, **extra}
+    )
     control = expected_log_normalised(control_mean, control_theta)  # (cells, G)
     sets = () if weights is None else tuple(weights.shape[:-2])
     out = torch.empty(*sets, n_labels, n_genes)
@@ -203,13 +176,13 @@ def analytic_label_means(
             block = block[:, index]
         action = {PERTURBATION: block.repeat_interleave(n, 0), **repeated_extra}
         action[EFFICACY] = torch.ones(size * n)  # responders; p below: their probability
-        mean, theta, p = _arms(program, repeated_latents, cells, action, targets)
+        mean, theta, p = arm_distribution(program, repeated_latents, cells, action, targets)
         values = expected_log_normalised(mean, theta).reshape(size, n, n_genes)
         if p is not None and not responders:
             p = p.reshape(size, n, 1)
             if escaper_arms:
                 action[EFFICACY] = torch.zeros(size * n)
-                escaper_mean, escaper_theta, _ = _arms(program, repeated_latents, cells, action, targets)
+                escaper_mean, escaper_theta, _ = arm_distribution(program, repeated_latents, cells, action, targets)
                 escaper = expected_log_normalised(escaper_mean, escaper_theta).reshape(size, n, n_genes)
             else:
                 escaper = control

@@ -31,6 +31,7 @@ from pyro import poutine
 from pertpyro.data._loader import standalone_args
 from pertpyro.data._statistics import log_normalise
 from pertpyro.module._program import PerturbationProgram
+from pertpyro.module._targets import TargetSubsample
 from pertpyro.module.sites import COUNTS, EFFICACY, PERTURBATION
 
 N_COUNTS = 4
@@ -151,6 +152,7 @@ def arm_distribution(
     latents: dict[str, torch.Tensor],
     population: dict[str, torch.Tensor],
     action: Mapping[str, torch.Tensor],
+    targets: TargetSubsample | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Negative binomial means and inverse dispersions of the population's counts under ``poutine.do(action)``.
 
@@ -164,13 +166,16 @@ def arm_distribution(
         The cells' factual data.
     action
         Site name to intervened value.
+    targets
+        The program reads only these targets' global sites (``latents`` and the intervened ``perturbation`` then
+        hold only their rows and columns); ``None``: every target.
 
     Returns
     -------
     Means ``(cells, G)``, inverse dispersions ``theta`` (broadcastable to the means), and the probability that
     each cell responds under the action (``efficacy`` site's distribution; ``None`` without that block).
     """
-    args = standalone_args(population)
+    args = standalone_args(population)._replace(targets=targets)
     conditioned = poutine.condition(program, data=latents)
     # The factual counts are passed as observed so that the model scores rather than samples them: only the
     # distribution of the counts site is read.
