@@ -51,8 +51,6 @@ from pertpyro.posterior._intervals import IntervalCalibration
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = TENSORS_FILE
-
 
 class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
     """Bayesian model of a CRISPR perturbation screen (SAMS-VAE family, with knockout efficacy).
