@@ -55,7 +55,8 @@ def keep_freed_memory() -> bool:
 def kept_freed_memory() -> Iterator[bool]:
     """:func:`keep_freed_memory` for the duration of the block (also a decorator); glibc's defaults after.
 
-    Glibc's thresholds are set back to their documented defaults (128 KiB each). Glibc starts with a dynamic mmap
+    Glibc's thresholds are set back to their documented defaults (128 KiB each) and the freed memory the heap kept is
+    handed back to the kernel. Glibc starts with a dynamic mmap
     threshold, which any explicit setting turns off; the defaults are the closest state there is to go back to.
     Nested blocks restore once, at the end of the outermost; a process-wide :func:`keep_freed_memory` stays.
 
@@ -76,7 +77,17 @@ def kept_freed_memory() -> Iterator[bool]:
         if _state["depth"] == 0 and applied:
             _mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
             _mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+            _release_kept_memory()
             _state["scoped"] = False
+
+
+def _release_kept_memory() -> None:
+    """Hand the freed memory the heap kept back to the kernel now (glibc's ``malloc_trim``).
+
+    Resetting the thresholds alone leaves the heap as large as training made it until some later ``free`` happens
+    to trim it, so the memory kept for training would outlive the block for an unpredictable time.
+    """
+    ctypes.CDLL(None).malloc_trim(ctypes.c_size_t(0))
 
 
 def _mallopt(parameter: int, value: int) -> bool:

@@ -56,15 +56,21 @@ def test_keep_freed_memory_leaves_alone_when_opted_out_or_tuned_by_the_user(monk
 
 SCOPED_PROBE = PROBE.split("faults()\nbefore = faults()")[0] + textwrap.dedent(
     """
+    import os
     from pertpyro.inference import kept_freed_memory
+
+    def resident():  # resident memory of the process, bytes
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
     ctypes.CDLL(None).mallopt(-3, 128 * 1024)
     faults()
     before = faults()
     with kept_freed_memory() as applied:
         faults()
         inside = faults()
-    faults()
-    print(applied, before, inside, faults())
+        kept = resident()  # the freed temporaries stay in the heap for reuse
+    print(applied, before, inside, kept - resident())
     """
 )
 
@@ -76,7 +82,9 @@ def test_kept_freed_memory_applies_only_inside_the_block():
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != _memory.OPT_OUT}
     env["OMP_NUM_THREADS"] = "1"
     out = subprocess.run([sys.executable, "-c", SCOPED_PROBE], capture_output=True, text=True, env=env, check=True)
-    applied, before, inside, after = out.stdout.split()
+    applied, before, inside, released = out.stdout.split()
     assert applied == "True"
     assert int(inside) < int(before) / 20
-    assert int(after) > int(before) / 2  # glibc's default thresholds are back: the pages go back to the kernel
+    # At the end of the block the ~100 MB the heap kept for reuse go back to the kernel. (Whether later allocations
+    # fault again is glibc's business: chunks freed while tuned may stay in the heap's bins and be reused.)
+    assert int(released) > 50_000_000
