@@ -39,6 +39,7 @@ class DataSection(_Section):
     control: str = "control"
     batch_key: str | None = None
     layer: str | None = None
+    guide_key: str | None = None
 
     @field_validator("simulate")
     @classmethod

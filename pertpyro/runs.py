@@ -71,6 +71,7 @@ def load_data(config: dict[str, Any]) -> AnnData:
         control=data["control"],
         batch_key=data["batch_key"],
         layer=data["layer"],
+        guide_key=data["guide_key"],
     )
     return adata
 

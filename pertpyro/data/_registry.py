@@ -40,6 +40,13 @@ class Registry:
         ``obs`` column of a batch covariate, or ``None``.
     batches
         Ordered batch categories (empty when ``batch_key`` is ``None``).
+    guide_key
+        ``obs`` column naming each cell's guide, or ``None``.
+    guides
+        Ordered guide names (empty when ``guide_key`` is ``None``).
+    guide_labels
+        Perturbation label of each guide, aligned with ``guides``; guides of the control label are the screen's
+        negative controls (non-targeting guides).
     """
 
     perturbation_key: str
@@ -50,6 +57,9 @@ class Registry:
     layer: str | None = None
     batch_key: str | None = None
     batches: tuple[str, ...] = field(default_factory=tuple)
+    guide_key: str | None = None
+    guides: tuple[str, ...] = field(default_factory=tuple)
+    guide_labels: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def n_targets(self) -> int:
@@ -66,6 +76,11 @@ class Registry:
         """Number of batch categories (0 without a batch covariate)."""
         return len(self.batches)
 
+    @property
+    def control_guides(self) -> tuple[str, ...]:
+        """Guides of control cells (non-targeting guides), in registry order."""
+        return tuple(g for g, label in zip(self.guides, self.guide_labels, strict=True) if label == self.control)
+
     def to_dict(self) -> dict:
         """Plain-dict form, storable in ``adata.uns`` and in checkpoints."""
         out = asdict(self)
@@ -74,6 +89,9 @@ class Registry:
         out["batches"] = list(self.batches)
         out["layer"] = "" if self.layer is None else self.layer
         out["batch_key"] = "" if self.batch_key is None else self.batch_key
+        out["guide_key"] = "" if self.guide_key is None else self.guide_key
+        out["guides"] = list(self.guides)
+        out["guide_labels"] = list(self.guide_labels)
         return out
 
     @classmethod
@@ -88,6 +106,9 @@ class Registry:
             layer=(str(d["layer"]) or None) if d.get("layer") is not None else None,
             batch_key=(str(d["batch_key"]) or None) if d.get("batch_key") is not None else None,
             batches=tuple(str(b) for b in np.asarray(d.get("batches", [])).tolist()),
+            guide_key=(str(d["guide_key"]) or None) if d.get("guide_key") is not None else None,
+            guides=tuple(str(g) for g in np.asarray(d.get("guides", [])).tolist()),
+            guide_labels=tuple(str(g) for g in np.asarray(d.get("guide_labels", [])).tolist()),
         )
 
     def split_label(self, label: str) -> tuple[str, ...]:

@@ -240,6 +240,23 @@ def _register_targets(column: pd.Series, *, key: str, control: str, delimiter: s
     return tuple(sorted(targets))
 
 
+def _register_guides(guides: pd.Series, labels: pd.Series, *, key: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Sorted guide names and the one perturbation label of each; a guide seen with two labels is an error."""
+    pairs = pd.DataFrame({"guide": guides.astype(str).to_numpy(), "label": labels.astype(str).to_numpy()})
+    per_guide = pairs.drop_duplicates().groupby("guide", sort=True)["label"]
+    n_labels = per_guide.nunique()
+    ambiguous = n_labels[n_labels > 1]
+    if len(ambiguous):
+        guide = str(ambiguous.index[0])
+        seen = sorted(pairs.loc[pairs["guide"] == guide, "label"].unique())
+        raise ValueError(
+            f"adata.obs[{key!r}]: guide {guide!r} is on cells of {len(seen)} perturbation labels ({', '.join(seen)}); "
+            f"{len(ambiguous)} guide(s) break the rule that a guide belongs to one label. Check the guide assignment."
+        )
+    first = per_guide.first()
+    return tuple(str(g) for g in first.index), tuple(str(label) for label in first.to_numpy())
+
+
 _OTHER_SEPARATORS = ("_", ",", ";", "|", ":", "/", " ")
 """Separators of combination labels in other tools; a target written with one of them is probably a combination."""
 
@@ -294,6 +311,7 @@ def setup_anndata(
     layer: str | None = None,
     delimiter: str = "+",
     min_cells: int = 10,
+    guide_key: str | None = None,
 ) -> None:
     """Validate a CRISPR-screen AnnData and register it for pertpyro models.
 
@@ -321,6 +339,9 @@ def setup_anndata(
         targets is taken as one new target, with a warning.
     min_cells
         Labels with fewer cells than this are named in a warning (logged): their effects rest on little data.
+    guide_key
+        ``obs`` column naming each cell's guide (sgRNA), or ``None``. Each guide must belong to one perturbation
+        label; the guides of control cells are the screen's negative controls (non-targeting guides).
 
     Returns
     -------
@@ -362,6 +383,14 @@ def setup_anndata(
         batch_column = _obs_column(adata, batch_key, role="batch", argument="batch_key")
         batches = tuple(sorted(_observed_counts(batch_column).index))
 
+    guides: tuple[str, ...] = ()
+    guide_labels: tuple[str, ...] = ()
+    if guide_key is not None:
+        if not isinstance(guide_key, str) or guide_key == "":
+            raise ValueError(f"guide_key must be an obs column name or None, got {guide_key!r}.")
+        guide_column = _obs_column(adata, guide_key, role="guide", argument="guide_key")
+        guides, guide_labels = _register_guides(guide_column, column, key=guide_key)
+
     matrix, name = _count_matrix(adata, layer)
     validate_counts(matrix, name=name)
 
@@ -374,6 +403,9 @@ def setup_anndata(
         layer=layer,
         batch_key=batch_key,
         batches=batches,
+        guide_key=guide_key,
+        guides=guides,
+        guide_labels=guide_labels,
     )
     sizes = _observed_counts(column)
     few = sizes[(sizes < min_cells) & (sizes.index != control)]

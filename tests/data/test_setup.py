@@ -430,3 +430,57 @@ def test_empty_anndata_says_empty():
 
     with pytest.raises(ValueError, match="empty"):
         setup_anndata(ad.AnnData(np.zeros((0, 3), dtype=np.float32)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Guides
+# --------------------------------------------------------------------------------------------------------------
+
+GUIDES = ["NT1", "NT2", "Ag1", "Bg1", "ABg1", "Cg1", "NT1", "Bg2"]
+
+
+def test_guides_are_registered_with_their_label():
+    adata = make_adata()
+    adata.obs["guide"] = pd.Categorical(GUIDES)
+    setup_anndata(adata, guide_key="guide")
+    registry = get_registry(adata)
+    assert registry.guide_key == "guide"
+    assert registry.guides == ("ABg1", "Ag1", "Bg1", "Bg2", "Cg1", "NT1", "NT2")
+    assert dict(zip(registry.guides, registry.guide_labels, strict=True))["Bg2"] == "B"
+    assert registry.control_guides == ("NT1", "NT2")
+    assert Registry.from_dict(registry.to_dict()) == registry
+
+
+def test_without_guides_the_registry_has_none():
+    adata = make_adata()
+    setup_anndata(adata)
+    registry = get_registry(adata)
+    assert registry.guide_key is None
+    assert registry.guides == ()
+    assert registry.control_guides == ()
+
+
+def test_guide_with_two_labels_is_rejected():
+    adata = make_adata()
+    adata.obs["guide"] = ["NT1", "NT2", "Ag1", "Ag1", "ABg1", "Cg1", "NT1", "Bg2"]  # Ag1 on an A and a B cell
+    with pytest.raises(ValueError, match="'Ag1'.*2 perturbation labels"):
+        setup_anndata(adata, guide_key="guide")
+    assert REGISTRY_KEY not in adata.uns
+
+
+def test_missing_guide_column_or_value_is_rejected():
+    adata = make_adata()
+    with pytest.raises(ValueError, match="no guide column 'sgRNA'"):
+        setup_anndata(adata, guide_key="sgRNA")
+    adata.obs["guide"] = [None, *GUIDES[1:]]
+    with pytest.raises(ValueError, match="missing"):
+        setup_anndata(adata, guide_key="guide")
+
+
+def test_guides_roundtrip_through_h5ad(tmp_path):
+    adata = make_adata()
+    adata.obs["guide"] = GUIDES
+    setup_anndata(adata, guide_key="guide")
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert get_registry(back) == get_registry(adata)
