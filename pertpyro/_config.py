@@ -104,6 +104,7 @@ class EvaluateSection(_Section):
     top_k: PositiveInt = 20
     iwelbo_particles: PositiveInt = 10
     n_counts: PositiveInt = 1
+    cell_eval: bool = False  # cell-eval's full profile on generated cells (pip install 'pertpyro[eval]')
 
 
 class CalibrateSection(_Section):

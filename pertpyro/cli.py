@@ -137,8 +137,12 @@ def fit(
     return run_dir
 
 
-def evaluate(run_dir: str | Path) -> pd.DataFrame:
-    """Held-out metrics of a saved run beside the baselines; writes ``metrics.csv`` and ``metrics.md``."""
+def evaluate(run_dir: str | Path, *, cell_eval: bool | None = None) -> pd.DataFrame:
+    """Held-out metrics of a saved run beside the baselines; writes ``metrics.csv`` and ``metrics.md``.
+
+    With ``cell_eval`` (default: the config's ``evaluate.cell_eval``), cell-eval's full profile on generated cells
+    of the model and the baselines joins the report; its files go to ``cell_eval/`` in the run folder.
+    """
     run = load_run(run_dir)
     run_dir, config, adata, model, parts = run.run_dir, run.config, run.adata, run.model, run.subsets()
     ev = config["evaluate"]
@@ -173,6 +177,8 @@ def evaluate(run_dir: str | Path) -> pd.DataFrame:
         "(truth: simulator; heldout: observed test shifts +- their SE)\n"
     )
     text += coverage.to_string(index=False, float_format="{:.3f}".format)
+    if ev["cell_eval"] if cell_eval is None else cell_eval:
+        text += "\n\n" + evaluation.cell_eval_report(model, parts["train"], parts["test"], run_dir / "cell_eval")[1]
     atomic_write_text(run_dir / "metrics.md", text + "\n")
     print(text)
     return table
@@ -212,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     p_fit.add_argument("--resume", action="store_true", help="continue a stopped fit from its last checkpoint")
     p_eval = sub.add_parser("evaluate", help="held-out metrics of a run beside the baselines")
     p_eval.add_argument("run_dir")
+    p_eval.add_argument(
+        "--cell-eval",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also score generated cells with cell-eval's full profile (default: the config's evaluate.cell_eval)",
+    )
     p_query = sub.add_parser("query", help="effects of interventions for a run")
     p_query.add_argument("run_dir")
     p_query.add_argument("--do", action="append", required=True, help="perturbation=LABEL (repeatable)")
@@ -230,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 resume=args.resume,
             )
         elif args.command == "evaluate":
-            evaluate(args.run_dir)
+            evaluate(args.run_dir, cell_eval=args.cell_eval)
         else:
             query(args.run_dir, args.do, out=args.out, n_samples=args.n_samples)
     except KeyboardInterrupt:

@@ -11,6 +11,13 @@ Typical use::
 from pertpyro.evaluation._artifacts import artifact_detection, energy_distance, qc_pass_rate
 from pertpyro.evaluation._baselines import BASELINES, additive, no_change, shrunk_training_mean, training_mean
 from pertpyro.evaluation._calibration import calibration_report, calibration_table, heldout_reference, report_labels
+from pertpyro.evaluation._celleval import (
+    cell_eval_installed,
+    cell_eval_report,
+    evaluation_cells,
+    run_cell_eval,
+    write_cell_eval_inputs,
+)
 from pertpyro.evaluation._grn import (
     causalbench_stats,
     correlation_baseline,
@@ -39,6 +46,11 @@ __all__ = [
     "knockout_shift_baseline",
     "random_baseline",
     "calibration_report",
+    "cell_eval_installed",
+    "cell_eval_report",
+    "evaluation_cells",
+    "run_cell_eval",
+    "write_cell_eval_inputs",
     "calibration_table",
     "heldout_reference",
     "report_labels",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -14,7 +14,7 @@ from pertpyro._keys import ARTIFACT_PROB_KEY
 from pertpyro._settings import local_params, seeded
 from pertpyro._validate import check_query_args
 from pertpyro.causal._artifacts import abduct_artifact, artifact_probabilities
-from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene
+from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene, predict_counts
 from pertpyro.causal._population import subset_batch
 from pertpyro.data._loader import make_loader
 from pertpyro.data._registry import design_matrix
@@ -25,9 +25,117 @@ from pertpyro.module._artifacts import artifact_action
 from pertpyro.posterior._arviz import to_inference_data
 from pertpyro.posterior._protocol import FittedModel
 
+EXPECTED_LAYER = "expected_counts"
+"""Layer of :meth:`CellsMixin.predict_cells` with ``expected=True``: posterior-mean counts, not a sample."""
+
+EXPECTED_SAMPLES = 20
+"""Posterior draws averaged by :meth:`CellsMixin.predict_cells` with ``expected=True`` (default)."""
+
+
+def _cells_and_labels(
+    cells: AnnData, perturbations: str | Sequence[str] | Mapping[str, int], seed: int
+) -> tuple[np.ndarray, list[str]]:
+    """Rows of ``cells`` to generate from and one label per generated cell."""
+    if isinstance(perturbations, str):
+        return np.arange(cells.n_obs), [perturbations] * cells.n_obs
+    if isinstance(perturbations, Mapping):
+        counts = {str(k): int(v) for k, v in perturbations.items()}
+        bad = {k: v for k, v in counts.items() if v < 1}
+        if bad:
+            raise ValueError(f"Each label needs a positive number of cells, got {bad}.")
+        labels = [label for label, n in counts.items() for _ in range(n)]
+        rows = np.random.default_rng(seed).integers(0, cells.n_obs, size=len(labels)) if cells.n_obs else None
+        if rows is None:
+            raise ValueError("cells is empty: there are no cells to generate from.")
+        return rows, labels
+    labels = [str(p) for p in perturbations]
+    if len(labels) != cells.n_obs:
+        raise ValueError(f"Give one perturbation label per cell: {cells.n_obs} cells, {len(labels)} labels.")
+    return np.arange(cells.n_obs), labels
+
 
 class CellsMixin(ModelBase):
-    """``counterfactual``, ``iwelbo``, ``get_latent_representation``, ``artifact_probability`` and friends."""
+    """``predict_cells``, ``counterfactual``, ``iwelbo``, ``get_latent_representation`` and friends."""
+
+    def predict_cells(
+        self,
+        cells: AnnData,
+        perturbations: str | Sequence[str] | Mapping[str, int],
+        *,
+        expected: bool = False,
+        n_samples: int | None = None,
+        batch_size: int = 512,
+        seed: int = 0,
+    ) -> AnnData:
+        """Generate perturbed cells: sampled counts of the posterior predictive, starting from observed cells.
+
+        Each generated cell keeps the basal state of a source cell (drawn from the guide given its counts, as in
+        :meth:`counterfactual`), takes its perturbation through ``poutine.do``, and is simulated at the source
+        cell's depth: ``X`` holds integer counts, with the count noise, zeros and responder/escaper mix (the
+        ``efficacy`` site drawn per cell) of real cells. All labels go through the model in one pass, ``batch_size``
+        cells at a time; each chunk takes one draw of the global sites, so every cell is a draw of the posterior
+        predictive (cells of one chunk share it). Use it to hand generated cells to tools that score
+        distributions of cells, such as cell-eval's differential expression.
+
+        Parameters
+        ----------
+        cells
+            Source cells (e.g. held-out control cells), with the registered genes and obs columns.
+        perturbations
+            A label for every cell (e.g. ``"STAT1"``), one label per cell (a sequence of ``cells.n_obs`` labels), or
+            ``{label: number of cells}``, each generated cell then drawn with replacement from ``cells``.
+        expected
+            ``False``: sampled counts. ``True``: the posterior-mean expression instead: the negative binomial mean
+            of each cell (response summed out) averaged over ``n_samples`` posterior draws, in ``X`` and in
+            ``layers["expected_counts"]``; not integers, and without count noise.
+        n_samples
+            Posterior draws averaged with ``expected=True`` (default 20); sampled counts take one draw per cell.
+        batch_size
+            Cells per chunk (and per draw of the global sites).
+        seed
+            Seed of the draws (and of the source cells with a ``{label: count}`` mapping).
+
+        Returns
+        -------
+        AnnData (generated cells x registered genes) with ``obs`` copied from the source cells, ``obs[perturbation_key]``
+        the label, ``obs["source_cell"]`` the source cell's name, and ``uns["pertpyro_predict_cells"]`` saying which
+        values ``X`` holds (``"sampled_counts"`` or ``"expected_counts"``).
+        """
+        n_samples = (EXPECTED_SAMPLES if expected else 1) if n_samples is None else n_samples
+        check_query_args(n_samples=n_samples, batch_size=batch_size, seed=seed)
+        self._check_trained()
+        if not expected and n_samples != 1:
+            raise ValueError(
+                f"Sampled counts take one posterior draw per cell (n_samples={n_samples}); to generate more cells, "
+                "pass {label: number of cells} or repeat the source cells, or use expected=True."
+            )
+        rows, labels = _cells_and_labels(cells, perturbations, seed)
+        designs = torch.from_numpy(design_matrix(labels, self.registry))  # refuses unknown targets
+        source = cells[rows]
+        data = self._cell_data(source)
+        with seeded(seed), local_params():
+            values = predict_counts(
+                self.program,
+                self.guide,
+                data,
+                designs,
+                expected=expected,
+                n_samples=n_samples,
+                batch_size=batch_size,
+            ).numpy()
+        obs = source.obs.copy()
+        obs["source_cell"] = source.obs_names.to_numpy()
+        obs[self.registry.perturbation_key] = pd.Categorical(labels)
+        obs.index = pd.Index([f"{name}-{i}" for i, name in enumerate(source.obs_names)])
+        out = AnnData(values.astype(np.float32), obs=obs, var=pd.DataFrame(index=list(self.registry.genes)))
+        if expected:
+            out.layers[EXPECTED_LAYER] = out.X
+        out.uns["pertpyro_predict_cells"] = {
+            "values": EXPECTED_LAYER if expected else "sampled_counts",
+            "n_samples": n_samples,
+            "seed": seed,
+        }
+        return out
 
     def counterfactual(
         self,
@@ -59,7 +167,7 @@ class CellsMixin(ModelBase):
             ``{"artifact": 0}``, with ``grn=True`` ``{"adjacency": {(source, target): 0 or 1}}`` (edges removed
             or forced; the others keep their draws), or several.
         n_samples
-            Posterior draws averaged.
+            Posterior draws averaged (each a simulated count vector per cell).
         batch_size
             Cells per chunk.
         seed
@@ -68,7 +176,10 @@ class CellsMixin(ModelBase):
         Returns
         -------
         AnnData (same cells and genes, ``obs`` copied) with ``X`` the posterior mean of ``log1p(1e4 x / sum x)``,
-        ``layers["counts"]`` the posterior mean of the counts, ``uns["pertpyro_do"]`` the intervention.
+        ``layers["counts"]`` the posterior mean of the counts, ``uns["pertpyro_do"]`` the intervention. Both are
+        averages over the ``n_samples`` simulated count vectors of each cell, not cells: they have fewer zeros and
+        less spread than real cells and are not integers (with ``n_samples=1``, one draw). For generated cells
+        (sampled integer counts, one label per cell) use :meth:`predict_cells`.
         """
         check_query_args(n_samples=n_samples, batch_size=batch_size, seed=seed)
         self._check_trained()
