@@ -103,6 +103,7 @@ class EvaluateSection(_Section):
     top_k: PositiveInt = 20
     iwelbo_particles: PositiveInt = 10
     n_counts: PositiveInt = 1
+    n_splits: PositiveInt = 5  # the run's split and n_splits - 1 refits on the splits of the next seeds
 
 
 class CalibrateSection(_Section):
