@@ -25,6 +25,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
+import torch
 from _results import ROOT, _results_dir, frame_table, write_result
 
 import pertpyro
@@ -147,9 +148,13 @@ def main() -> None:
     parser.add_argument("--model-kwargs", type=json.loads, default={}, help="JSON of PerturbationModel options")
     parser.add_argument("--train-kwargs", type=json.loads, default={}, help="JSON of train options")
     parser.add_argument("--report-only", action="store_true", help="write the result from the CSV, fit nothing")
+    parser.add_argument("--csv", default=None, help="table of every fit (default: results/data_efficiency.csv)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    csv = _results_dir(None) / f"{NAME}.csv"
+    csv = Path(args.csv) if args.csv else _results_dir(None) / f"{NAME}.csv"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = {"model": args.model_kwargs, "train": args.train_kwargs}
     rows = pd.read_csv(csv, dtype={"cells": str}) if csv.is_file() else pd.DataFrame()
     if not args.report_only:
@@ -169,7 +174,8 @@ def main() -> None:
                     f"({model_row['fit_seconds']:.0f} s)",
                     flush=True,
                 )
-    report(rows, args.cells, config)
+    if args.csv is None:
+        report(rows, args.cells, config)
 
 
 if __name__ == "__main__":
