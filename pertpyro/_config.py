@@ -105,6 +105,7 @@ class EvaluateSection(_Section):
     iwelbo_particles: PositiveInt = 10
     n_counts: PositiveInt = 1
     cell_eval: bool = False  # cell-eval's full profile on generated cells (pip install 'pertpyro[eval]')
+    n_splits: PositiveInt = 5  # the run's split and n_splits - 1 refits on the splits of the next seeds
 
 
 class CalibrateSection(_Section):

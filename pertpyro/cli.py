@@ -179,9 +179,32 @@ def evaluate(run_dir: str | Path, *, cell_eval: bool | None = None) -> pd.DataFr
     text += coverage.to_string(index=False, float_format="{:.3f}".format)
     if ev["cell_eval"] if cell_eval is None else cell_eval:
         text += "\n\n" + evaluation.cell_eval_report(model, parts["train"], parts["test"], run_dir / "cell_eval")[1]
+    if ev["n_splits"] > 1:
+        text += "\n\n" + _repeated(run, table)
     atomic_write_text(run_dir / "metrics.md", text + "\n")
     print(text)
     return table
+
+
+def _repeated(run: runs.Run, table: pd.DataFrame) -> str:
+    """Refit on ``evaluate.n_splits - 1`` more splits; write ``splits.csv`` and ``paired.csv``; their report."""
+    config, parts, start = run.config, run.subsets(), time.perf_counter()
+    per_split, paired = evaluation.repeated_evaluation(
+        run.adata,
+        lambda seed: make_split(run.adata, {**config, "split": {**config["split"], "seed": seed}}),
+        seed=config["split"]["seed"],
+        n_splits=config["evaluate"]["n_splits"],
+        model_kwargs=config["model"],
+        train_kwargs=config["train"],
+        first=table,
+        n_samples=config["evaluate"]["n_samples"],
+        test_train_ratio=parts["test"].n_obs / parts["train"].n_obs,
+        top_k=config["evaluate"]["top_k"],
+        reference=("control", "perturbed"),
+    )
+    atomic_write_text(run.run_dir / "splits.csv", per_split.to_csv(index=False))
+    atomic_write_text(run.run_dir / "paired.csv", paired.to_csv(index=False))
+    return evaluation.format_paired(paired, seconds=time.perf_counter() - start)
 
 
 def query(run_dir: str | Path, do: list[str], *, out: str | None = None, n_samples: int = 100) -> pd.DataFrame:

@@ -47,6 +47,8 @@ RUN_FILES = (
     "metrics.csv",
     "metrics.md",
     "calibration.csv",
+    "splits.csv",
+    "paired.csv",
 )
 RUN_FOLDERS = (CHECKPOINT_DIR, LOG_DIR)
 

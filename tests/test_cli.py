@@ -26,7 +26,7 @@ def config(tmp_path):
         },
         "model": {"latent_dim": 2, "n_hidden": 16},
         "train": {"max_epochs": 2, "batch_size": 128, "progress_bar": False},
-        "evaluate": {"n_samples": 3, "iwelbo_particles": 2},
+        "evaluate": {"n_samples": 3, "iwelbo_particles": 2, "n_splits": 2},
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -44,6 +44,11 @@ def test_fit_evaluate_query(config, tmp_path, capsys):
     assert table["method"].iloc[0] == "PerturbationModel"
     assert {"training_mean", "no_change"} <= set(table["method"])
     assert table.loc[0, "iwelbo"] < 0
+    per_split, paired = pd.read_csv(run / "splits.csv"), pd.read_csv(run / "paired.csv")  # the run's split + 1 refit
+    assert sorted(per_split["split"].unique()) == [0, 1]
+    assert set(paired["baseline_method"]) == {"training_mean", "shrunk_training_mean"}
+    assert (paired["n_splits"] == 2).all() and (paired["lower"] <= paired["upper"]).all()
+    assert "over 2 random splits" in (run / "metrics.md").read_text()
     coverage = pd.read_csv(run / "calibration.csv")  # coverage of the test cells' shifts (no truth: n_truth_cells=0)
     assert set(coverage["reference"]) == {"heldout"}
     assert coverage["coverage"].between(0, 1).all()

@@ -27,6 +27,7 @@ from pertpyro.evaluation._grn import (
     random_baseline,
 )
 from pertpyro.evaluation._metrics import METRIC_COLUMNS, shift_metrics, summarise, topk_jaccard
+from pertpyro.evaluation._repeated import format_paired, paired_differences, repeated_evaluation, repeated_metrics
 from pertpyro.evaluation._runner import ShiftPredictor, ate_metrics, format_table, to_perturbed_reference
 from pertpyro.evaluation._splits import split_cells, split_heldout_combinations, split_heldout_perturbations
 
@@ -56,6 +57,10 @@ __all__ = [
     "report_labels",
     "format_table",
     "no_change",
+    "format_paired",
+    "repeated_evaluation",
+    "paired_differences",
+    "repeated_metrics",
     "shift_metrics",
     "shrunk_training_mean",
     "split_cells",
