@@ -11,6 +11,7 @@ Typical use::
 from pertpyro.evaluation._artifacts import artifact_detection, energy_distance, qc_pass_rate
 from pertpyro.evaluation._baselines import BASELINES, additive, no_change, shrunk_training_mean, training_mean
 from pertpyro.evaluation._calibration import calibration_report, calibration_table, heldout_reference, report_labels
+from pertpyro.evaluation._controls import control_table, controls_report, null_pvalues, positive_control_labels
 from pertpyro.evaluation._grn import (
     causalbench_stats,
     correlation_baseline,
@@ -39,6 +40,10 @@ __all__ = [
     "knockout_shift_baseline",
     "random_baseline",
     "calibration_report",
+    "control_table",
+    "controls_report",
+    "null_pvalues",
+    "positive_control_labels",
     "calibration_table",
     "heldout_reference",
     "report_labels",
