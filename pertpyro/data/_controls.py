@@ -4,7 +4,7 @@ Every CRISPR screen carries non-targeting guides. :func:`add_negative_controls` 
 (or, without a guide column, random groups of control cells) a fake target label, such as ``"null_NTg7"``. A model
 fitted on the relabelled screen estimates an effect for each pseudo-target as for any real target; since those
 cells are control cells, every such effect is truly zero, and the pseudo-targets show how often the model calls a
-null effect real (:func:`pertpyro.evaluation.control_report`) and calibrate its intervals
+null effect real (:func:`pertpyro.evaluation.control_table`) and calibrate its intervals
 (:func:`pertpyro.posterior.null_calibration`). The labels are recorded in ``adata.uns["pertpyro_negative_controls"]``
 so that downstream code knows which targets are nulls.
 """
