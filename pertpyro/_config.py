@@ -40,6 +40,9 @@ class DataSection(_Section):
     batch_key: str | None = None
     layer: str | None = None
     guide_key: str | None = None
+    # Null pseudo-targets formed from non-targeting guides (pertpyro.data.add_negative_controls); None: 2 when
+    # guide_key names a guide column, else 0.
+    negative_controls: NonNegativeInt | None = None
 
     @field_validator("simulate")
     @classmethod
@@ -106,6 +109,8 @@ class EvaluateSection(_Section):
     n_counts: PositiveInt = 1
     cell_eval: bool = False  # cell-eval's full profile on generated cells (pip install 'pertpyro[eval]')
     n_splits: PositiveInt = 5  # the run's split and n_splits - 1 refits on the splits of the next seeds
+    threshold: Annotated[float, Field(ge=0)] = 0.1  # hits of the control table: P(|shift| > threshold) ...
+    fdr: Probability = 0.1  # ... called at this Bayesian FDR
 
 
 class CalibrateSection(_Section):

@@ -13,9 +13,10 @@ from typing import Any
 import pandas as pd
 from anndata import AnnData
 
-from pertpyro import evaluation, runs
+from pertpyro import evaluation, plotting, runs
 from pertpyro._config import read_config, validate_config
 from pertpyro._io import atomic_write_text
+from pertpyro.data._controls import negative_control_labels, restore_controls
 from pertpyro.data._registry import perturbation_labels
 from pertpyro.evaluation._draws import heldout_draws
 from pertpyro.inference._memory import keep_freed_memory
@@ -90,7 +91,7 @@ def fit(
         config["train"]["max_epochs"] = validate_config({"train": {"max_epochs": max_epochs}})["train"]["max_epochs"]
     run_dir = Path(config["output"])
     ckpt_path = runs.prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
-    adata = load_data(config)
+    adata = load_data(config, negative_controls=False)  # the split is drawn on the screen as shipped
     if ckpt_path is not None:  # the same settings, data and split as the killed fit
         _check_same_config(run_dir, config)
         runs.check_data(run_dir, adata)
@@ -99,6 +100,7 @@ def fit(
         split = make_split(adata, config)
         runs.record_data(run_dir, adata)
         runs.write_split(run_dir, split)
+    runs.add_config_controls(adata, config)
     runs.write_config(run_dir, config)
     parts = subsets(adata, split)
     logger.info("%s: %d train / %d val / %d test cells", config["name"], *(parts[k].n_obs for k in parts))
@@ -148,17 +150,20 @@ def evaluate(run_dir: str | Path, *, cell_eval: bool | None = None) -> pd.DataFr
     ev = config["evaluate"]
     # One simulation serves both the predictions (batch-matched posterior means) and the scored intervals
     # (batch-standardised draws): the same draws model.predict_shift and calibration_report would take.
+    nulls = set(negative_control_labels(model.adata))  # null pseudo-targets: scored as controls, not as knockouts
     test_labels = sorted(
-        {str(lab) for lab in perturbation_labels(parts["test"], model.registry)} - {model.registry.control}
+        {str(lab) for lab in perturbation_labels(parts["test"], model.registry)} - {model.registry.control} - nulls
     )
-    report_labels = evaluation.report_labels(model, adata)
-    labels = list(dict.fromkeys(test_labels + report_labels))
+    report_labels = [label for label in evaluation.report_labels(model, adata) if label not in nulls]
+    control_labels = list(model.registry.targets)
+    labels = list(dict.fromkeys(test_labels + report_labels + control_labels))
     matched, standard = heldout_draws(model, labels, n_samples=ev["n_samples"], n_counts=ev["n_counts"])
     predicted = pd.DataFrame(matched.mean(0).numpy(), index=labels, columns=list(model.registry.genes))
+    test = restore_controls(parts["test"])  # scored as shipped: the nulls' cells are control cells again
     table = evaluation.ate_metrics(
         model,
-        parts["test"],
-        adata_train=parts["train"],
+        test,
+        adata_train=restore_controls(parts["train"]),
         top_k=ev["top_k"],
         reference=("control", "perturbed"),
         predictions=predicted.loc[test_labels],
@@ -170,7 +175,7 @@ def evaluate(run_dir: str | Path, *, cell_eval: bool | None = None) -> pd.DataFr
     atomic_write_text(run_dir / "metrics.csv", table.to_csv(index=False))
     text = evaluation.format_table(table)
     rows = [labels.index(label) for label in report_labels]
-    coverage = evaluation.calibration_report(model, adata, parts["test"], draws=standard[:, rows].numpy())
+    coverage = evaluation.calibration_report(model, adata, test, draws=standard[:, rows].numpy())
     atomic_write_text(run_dir / "calibration.csv", coverage.to_csv(index=False))
     text += (
         "\n\nCoverage of the ATE credible intervals, raw and (after model.calibrate) calibrated "
@@ -181,6 +186,22 @@ def evaluate(run_dir: str | Path, *, cell_eval: bool | None = None) -> pd.DataFr
         text += "\n\n" + evaluation.cell_eval_report(model, parts["train"], parts["test"], run_dir / "cell_eval")[1]
     if ev["n_splits"] > 1:
         text += "\n\n" + _repeated(run, table)
+    controls, pvalues = evaluation.controls_report(
+        model,
+        standard[:, [labels.index(label) for label in control_labels]].numpy(),
+        control_labels,
+        threshold=ev["threshold"],
+        fdr=ev["fdr"],
+    )
+    if not controls.empty:
+        atomic_write_text(run_dir / "controls.csv", controls.to_csv(index=False))
+        text += (
+            f"\n\nControls: null pseudo-targets (share of genes whose interval excludes 0; hits at FDR {ev['fdr']}) "
+            "and targets that are genes (their own knockdown, 90% interval)\n"
+        )
+        text += controls.to_string(index=False, float_format="{:.3f}".format)
+        if pvalues:
+            plotting.null_qq(pvalues, save=run_dir / "controls_qq.png")
     atomic_write_text(run_dir / "metrics.md", text + "\n")
     print(text)
     return table

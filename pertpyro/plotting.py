@@ -15,6 +15,7 @@ Typical use::
     plotting.ate_forest(ate, "STAT1")
     plotting.volcano(ate, "IFNGR1")
     plotting.grn_graph(model.grn(), top_n=30)  # with grn=True
+    plotting.null_qq(pertpyro.evaluation.null_pvalues(null_draws))  # negative controls
 """
 
 from __future__ import annotations
@@ -485,6 +486,49 @@ def grn_graph(
     ax.set_ylim(-2.6, 2.6)
     ax.set_aspect("equal")
     ax.set_title(f"{len(shown)} edges with inclusion >= {min_prob} (red: knockout lowers target)")
+    return _finish(fig, save)
+
+
+def null_qq(
+    pvalues: np.ndarray | pd.Series | dict[str, np.ndarray],
+    *,
+    ax: Axes | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """QQ plot of the null pseudo-targets' p-values against the uniform, on ``-log10`` scales.
+
+    Points of a calibrated model lie on the diagonal; points above it are null effects called too often.
+
+    Parameters
+    ----------
+    pvalues
+        Two-sided p-values of the null pseudo-targets' genes (:func:`pertpyro.evaluation.null_pvalues`), or a
+        mapping of a name (e.g. ``"raw"``, ``"calibrated"``) to such p-values, one series each.
+    ax
+        Axes to draw on (default: a new figure).
+    save
+        File to write the figure to.
+
+    Returns
+    -------
+    The figure.
+    """
+    series = dict(pvalues) if isinstance(pvalues, dict) else {"null pseudo-targets": pvalues}
+    fig, ax = _axes(ax, (4.5, 4.5))
+    top = 1.0
+    for name, values in series.items():
+        p = np.sort(np.asarray(values, dtype=np.float64).ravel())
+        if p.size == 0 or not np.all((p >= 0) & (p <= 1)):
+            raise ValueError(f"p-values of {name!r} must be a non-empty array of numbers in [0, 1].")
+        expected = -np.log10((np.arange(1, p.size + 1) - 0.5) / p.size)
+        observed = -np.log10(np.maximum(p, 1e-300))
+        ax.scatter(expected, observed, s=8, alpha=0.7, label=f"{name} ({p.size} genes)")
+        top = max(top, float(expected.max()), float(min(observed.max(), 10.0)))
+    ax.plot([0, top], [0, top], color="black", lw=0.8, ls="--")
+    ax.set_xlabel("expected -log10 p (uniform)")
+    ax.set_ylabel("observed -log10 p")
+    ax.set_title("null pseudo-targets")
+    ax.legend(frameon=False, fontsize=8)
     return _finish(fig, save)
 
 

@@ -3,7 +3,8 @@
 A run folder holds ``config.yaml`` (the validated config, defaults filled), ``split.csv`` (train/val/test per
 cell), ``data.json`` (the data's shape and fingerprint), ``checkpoints/`` (``last.ckpt``, ``best.ckpt``), ``logs/``
 and, once training ends, the model (``model.pt``, ``settings.json``); ``evaluate`` adds ``metrics.csv``,
-``metrics.md`` and ``calibration.csv``.
+``metrics.md``, ``calibration.csv`` and, with negative or positive controls, ``controls.csv`` and
+``controls_qq.png``.
 
 :func:`load_run` opens one: the data the config names, checked against the fingerprint, and the model.
 """
@@ -24,6 +25,7 @@ from anndata import AnnData
 
 from pertpyro._config import read_config
 from pertpyro._io import SETTINGS_FILE, TENSORS_FILE, atomic_write_text
+from pertpyro.data._controls import add_negative_controls
 from pertpyro.data._datasets import papalexi2021
 from pertpyro.data._qc import qc
 from pertpyro.data._setup import setup_anndata
@@ -49,12 +51,40 @@ RUN_FILES = (
     "calibration.csv",
     "splits.csv",
     "paired.csv",
+    "controls.csv",
+    "controls_qq.png",
 )
 RUN_FOLDERS = (CHECKPOINT_DIR, LOG_DIR)
 
 
-def load_data(config: dict[str, Any]) -> AnnData:
-    """The AnnData a config names, registered with :func:`pertpyro.setup_anndata`."""
+DEFAULT_NEGATIVE_CONTROLS = 2
+"""Null pseudo-targets a run forms from non-targeting guides when the config names a guide column."""
+
+
+def add_config_controls(adata: AnnData, config: dict[str, Any]) -> list[str]:
+    """Form the config's null pseudo-targets (``data.negative_controls``) and register ``adata`` again.
+
+    The cells of non-targeting guides become null pseudo-targets (:func:`pertpyro.data.add_negative_controls`;
+    default: two guides when ``data.guide_key`` is set, none without a guide column). Returns their labels.
+    """
+    data = config["data"]
+    n_controls = data.get("negative_controls")
+    if n_controls is None:
+        n_controls = DEFAULT_NEGATIVE_CONTROLS if data["guide_key"] else 0
+    if n_controls == 0:
+        return []
+    keys = {"perturbation_key": data["perturbation_key"], "control": data["control"]}
+    nulls = add_negative_controls(adata, n_controls, guide_key=data["guide_key"], **keys)
+    setup_anndata(adata, **keys, batch_key=data["batch_key"], layer=data["layer"], guide_key=data["guide_key"])
+    return nulls
+
+
+def load_data(config: dict[str, Any], *, negative_controls: bool = True) -> AnnData:
+    """The AnnData a config names, registered with :func:`pertpyro.setup_anndata`.
+
+    With ``negative_controls``, the config's null pseudo-targets are formed (:func:`add_config_controls`);
+    ``pertpyro fit`` draws the split before forming them, so the split is that of the screen as shipped.
+    """
     data = config["data"]
     if data["path"]:
         adata = anndata.read_h5ad(data["path"])
@@ -75,6 +105,8 @@ def load_data(config: dict[str, Any]) -> AnnData:
         layer=data["layer"],
         guide_key=data["guide_key"],
     )
+    if negative_controls:
+        add_config_controls(adata, config)
     return adata
 
 

@@ -74,6 +74,27 @@ def test_fit_with_calibration(config, tmp_path, capsys):
     assert (wide["calibrated"] != wide["raw"]).all()
 
 
+def test_fit_evaluate_with_negative_controls(config, tmp_path, capsys):
+    """``data.negative_controls``: null pseudo-targets are fitted, kept out of the metrics, reported as controls."""
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["negative_controls"] = 2
+    config.write_text(yaml.safe_dump(cfg))
+    assert cli.main(["fit", str(config)]) == 0
+    run = tmp_path / "run"
+    loaded = cli.load_config(config)
+    plain_split = cli.make_split(cli.load_data(loaded, negative_controls=False), loaded)
+    pd.testing.assert_series_equal(pd.read_csv(run / "split.csv", index_col=0)["split"], plain_split.rename("split"))
+    assert cli.main(["evaluate", str(run)]) == 0
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert (metrics["n_perturbations"] <= 4).all()  # 3 targets and 1 combination; the nulls are not knockouts
+    controls = pd.read_csv(run / "controls.csv")
+    negative = controls[controls["kind"] == "negative"]
+    assert set(negative["label"]) == {"null_1", "null_2", "all nulls"}
+    assert negative.filter(like="excludes 0").stack().between(0, 1).all()
+    assert (run / "controls_qq.png").exists()
+    assert "Controls: null pseudo-targets" in (run / "metrics.md").read_text()
+
+
 def test_bad_config_key_is_rejected(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"train": {"max_epoch": 3}}))

@@ -1,5 +1,6 @@
 """AnnData contract, registry, datasets, simulator, statistics of counts and minibatch loading."""
 
+from pertpyro.data._controls import add_negative_controls, negative_control_labels, restore_controls
 from pertpyro.data._datasets import collectri, papalexi2021
 from pertpyro.data._loader import CellData
 from pertpyro.data._registry import Registry, batch_codes, design_matrix, get_counts, get_registry
@@ -18,6 +19,7 @@ __all__ = [
     "TARGET_SUM",
     "CellData",
     "LabelMoments",
+    "add_negative_controls",
     "batch_codes",
     "collectri",
     "design_matrix",
@@ -25,8 +27,10 @@ __all__ = [
     "label_moments",
     "log_normalise",
     "mean_expression",
+    "negative_control_labels",
     "observed_shift",
     "papalexi2021",
+    "restore_controls",
     "strong_perturbations",
     "validate_counts",
 ]

@@ -18,6 +18,7 @@ from pertpyro.evaluation._celleval import (
     run_cell_eval,
     write_cell_eval_inputs,
 )
+from pertpyro.evaluation._controls import control_table, controls_report, null_pvalues, positive_control_labels
 from pertpyro.evaluation._grn import (
     causalbench_stats,
     correlation_baseline,
@@ -52,6 +53,10 @@ __all__ = [
     "evaluation_cells",
     "run_cell_eval",
     "write_cell_eval_inputs",
+    "control_table",
+    "controls_report",
+    "null_pvalues",
+    "positive_control_labels",
     "calibration_table",
     "heldout_reference",
     "report_labels",

@@ -12,10 +12,11 @@ from anndata import AnnData
 
 from pertpyro._validate import check_query_args
 from pertpyro.causal._ate import Estimator, average_treatment_effect, label_shift_draws
-from pertpyro.causal._probability import check_query, exceedance_table
+from pertpyro.causal._probability import FdrRule, check_query, exceedance_table
+from pertpyro.data._controls import negative_control_labels
 from pertpyro.data._registry import perturbation_labels
 from pertpyro.model._base import ModelBase
-from pertpyro.posterior._intervals import IntervalCalibration
+from pertpyro.posterior._intervals import IntervalCalibration, null_calibration
 from pertpyro.posterior._protocol import FittedModel
 from pertpyro.posterior._replica import calibrate_by_replica
 
@@ -149,6 +150,7 @@ class EffectsMixin(ModelBase):
         n_samples: int = 100,
         fdr: float | None = None,
         calibration: IntervalCalibration | Literal[False] | None = None,
+        rule: FdrRule = "local",
         **kwargs: Any,
     ) -> pd.DataFrame:
         """Posterior probability that ``|ATE| > threshold`` per perturbation and gene, with optional hit calls.
@@ -168,6 +170,10 @@ class EffectsMixin(ModelBase):
             A recalibration of the posterior (:func:`pertpyro.posterior.fit_interval_calibration`): probabilities
             from its widened Normal instead of the raw draws. ``None`` (default): the one :meth:`calibrate`
             fitted, if any; ``False``: the raw draws.
+        rule
+            ``"local"``: call effects whose own probability of being null, ``1 - probability``, is at most ``fdr``;
+            ``"set"``: the largest set whose mean ``1 - probability`` is at most ``fdr`` (more calls, and a realised
+            FDR above ``fdr`` on simulated screens; see :func:`pertpyro.causal.bayesian_fdr_calls`).
         **kwargs
             ``responders``, ``cells``, ``max_cells``, ``match_batches``, ``seed`` as in :meth:`ate`.
 
@@ -180,7 +186,13 @@ class EffectsMixin(ModelBase):
         draws = self.ate_draws(labels, n_samples=n_samples, **kwargs)
         recalibration = self.interval_calibration_ if calibration is None or calibration is True else calibration
         return exceedance_table(
-            draws, labels, self.registry.genes, threshold=threshold, fdr=fdr, calibration=recalibration or None
+            draws,
+            labels,
+            self.registry.genes,
+            threshold=threshold,
+            fdr=fdr,
+            calibration=recalibration or None,
+            rule=rule,
         )
 
     def predict_shift(self, labels: Sequence[str], *, n_samples: int = 30, seed: int = 0) -> pd.DataFrame:
@@ -211,6 +223,9 @@ class EffectsMixin(ModelBase):
         ``sd' = sqrt((scale sd)^2 + (relative mean)^2)`` that makes its intervals cover the replica's truth at
         the nominal rates is kept: :meth:`ate` and :meth:`ate_probability` use it from then on (and
         :meth:`save` stores it). Costs one more training per replica. See :func:`pertpyro.posterior.calibrate_by_replica`.
+        When the training data hold null pseudo-targets (:func:`pertpyro.data.add_negative_controls`), the scale
+        is widened further until their intervals cover zero at the nominal rates
+        (:func:`pertpyro.posterior.null_calibration`): the replica cannot show misfit, the real screen's nulls can.
 
         Parameters
         ----------
@@ -259,7 +274,13 @@ class EffectsMixin(ModelBase):
             seed=seed,
         )
         self.interval_calibration_ = result.calibration
+        nulls = negative_control_labels(self.adata)
+        if nulls:  # the real screen's own nulls widen what the replicas cannot see (misfit)
+            null_draws = self.ate_draws(nulls, n_samples=n_samples, max_cells=max_cells, seed=seed)
+            self.interval_calibration_ = null_calibration(null_draws, result.calibration)
         logger.info(
-            "Interval calibration: scale %.2f, relative %.2f.", result.calibration.scale, result.calibration.relative
+            "Interval calibration: scale %.2f, relative %.2f.",
+            self.interval_calibration_.scale,
+            self.interval_calibration_.relative,
         )
         return result.coverage

@@ -7,6 +7,7 @@ from pertpyro.posterior._intervals import (
     fit_interval_calibration,
     interval_bounds,
     interval_coverage,
+    null_calibration,
 )
 from pertpyro.posterior._protocol import FittedModel
 from pertpyro.posterior._replica import ReplicaCalibration, calibrate_by_replica, simulate_replica
@@ -21,6 +22,7 @@ __all__ = [
     "import_arviz",
     "interval_bounds",
     "interval_coverage",
+    "null_calibration",
     "posterior_predictive_summaries",
     "simulate_replica",
     "to_inference_data",

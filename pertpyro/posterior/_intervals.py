@@ -178,4 +178,50 @@ def fit_interval_calibration(
     return IntervalCalibration(scale=float(scales[i]), relative=float(relatives[j]))
 
 
-__all__ = ["DEFAULT_LEVELS", "IntervalCalibration", "fit_interval_calibration", "interval_bounds", "interval_coverage"]
+def null_calibration(
+    null_draws: np.ndarray,
+    base: IntervalCalibration | None = None,
+    *,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+) -> IntervalCalibration:
+    """Widen a calibration until the intervals of null pseudo-targets cover zero at the nominal rates.
+
+    The effects of null pseudo-targets (control cells given a fake target label,
+    :func:`pertpyro.data.add_negative_controls`) are zero on every gene, on the real screen itself: the one truth a
+    real screen offers. Their draws measure the noise floor of the screen's estimates, including misfit that a
+    replica simulated from the model cannot show (``calibrate_by_replica``). The ``scale`` that makes their
+    intervals (with ``base.relative`` kept) cover zero at ``levels`` is fitted by :func:`fit_interval_calibration`;
+    the result keeps the larger of it and ``base.scale``, so the nulls can only widen the intervals (a few null
+    groups say little about large effects, which the relative term covers).
+
+    Parameters
+    ----------
+    null_draws
+        Posterior draws of the null pseudo-targets' shifts, ``(samples, nulls, genes)``.
+    base
+        Calibration to widen (e.g. ``model.interval_calibration_``); ``None``: the raw posterior.
+    levels
+        Interval masses to match.
+
+    Returns
+    -------
+    The widened :class:`IntervalCalibration`.
+    """
+    draws = np.asarray(null_draws, dtype=np.float64)
+    if draws.ndim != 3 or draws.shape[1] == 0:
+        raise ValueError(f"null_draws must be (samples, nulls, genes) with at least one null, got {draws.shape}.")
+    base = base or IntervalCalibration()
+    fitted = fit_interval_calibration(
+        draws, np.zeros(draws.shape[1:]), levels=levels, relatives=np.array([base.relative])
+    )
+    return IntervalCalibration(scale=max(base.scale, fitted.scale), relative=base.relative)
+
+
+__all__ = [
+    "DEFAULT_LEVELS",
+    "IntervalCalibration",
+    "fit_interval_calibration",
+    "interval_bounds",
+    "interval_coverage",
+    "null_calibration",
+]

@@ -145,11 +145,13 @@ def test_bayesian_fdr_calls_control_the_realised_fdr():
     rng = np.random.default_rng(1)
     prob = rng.beta(0.3, 0.3, size=20000)
     real = rng.random(prob.size) < prob  # probabilities calibrated by construction
-    called, qvalue = bayesian_fdr_calls(prob, 0.05)
-    assert called.sum() > 1000
-    assert np.mean(~real[called]) <= 0.06
-    assert np.mean(1 - prob[called]) <= 0.05
-    assert qvalue[called].max() <= 0.05 < qvalue[~called].min()
+    for rule in ("local", "set"):
+        called, qvalue = bayesian_fdr_calls(prob, 0.05, rule=rule)
+        assert called.sum() > 1000
+        assert np.mean(~real[called]) <= 0.06
+        assert np.mean(1 - prob[called]) <= 0.05
+        assert qvalue[called].max() <= 0.05
+    assert 0.05 < qvalue[~called].min()  # the set rule calls the largest such set
     with pytest.raises(ValueError, match="fdr"):
         bayesian_fdr_calls(prob, 1.5)
 
