@@ -13,10 +13,13 @@ from pertpyro.evaluation._baselines import BASELINES, additive, no_change, shrun
 from pertpyro.evaluation._calibration import calibration_report, calibration_table, heldout_reference, report_labels
 from pertpyro.evaluation._grn import (
     causalbench_stats,
+    compare_rankings,
     correlation_baseline,
     edge_scores,
     enrichment,
     knockout_shift_baseline,
+    model_rankings,
+    naive_rankings,
     random_baseline,
 )
 from pertpyro.evaluation._metrics import METRIC_COLUMNS, shift_metrics, summarise, topk_jaccard
@@ -33,10 +36,13 @@ __all__ = [
     "additive",
     "ate_metrics",
     "causalbench_stats",
+    "compare_rankings",
     "correlation_baseline",
     "edge_scores",
     "enrichment",
     "knockout_shift_baseline",
+    "model_rankings",
+    "naive_rankings",
     "random_baseline",
     "calibration_report",
     "calibration_table",
