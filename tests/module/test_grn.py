@@ -285,3 +285,27 @@ def test_model_rankings_beat_both_naive_rankings_on_the_simulator(grn_model, grn
         assert direct["auprc"] > table.loc[naive, "auprc"]
         assert direct["precision_at_k"] >= table.loc[naive, "precision_at_k"]
     assert direct["auprc"] >= 3 * table.loc["random", "auprc"]
+
+
+def test_prior_network_is_weighed_by_the_data():
+    """The learned prior inclusion of a prior network's edges is higher for true edges than for false ones."""
+    adata = pertpyro.datasets.simulate(
+        n_cells=600, n_genes=24, n_targets=6, n_combinations=0, grn=True, grn_density=0.15, n_truth_cells=0, seed=3
+    )
+    pertpyro.setup_anndata(adata, batch_key="batch")
+    truth = grn_edges(adata)[["source", "target"]]
+    regulators, genes = list(adata.uns["truth"]["grn"]["regulators"]), list(adata.var_names)
+    listed = set(zip(truth["source"], truth["target"], strict=True))
+    false = [(r, g) for r in regulators for g in genes if r != g and (r, g) not in listed][::5][: len(truth)]
+    reliability = {}
+    for name, prior in (("true", truth), ("false", pd.DataFrame(false, columns=["source", "target"]))):
+        model = pertpyro.PerturbationModel(adata, grn=True, grn_prior=prior, latent_dim=2, n_hidden=16, seed=0)
+        model.train(max_epochs=20, batch_size=200, lr=3e-2, seed=0, progress_bar=False, early_stopping=False)
+        reliability[name] = model.grn_prior_reliability()
+    assert reliability["true"]["n_prior_edges"] == len(truth)
+    assert reliability["true"]["other_inclusion"] == pytest.approx(0.05)
+    assert reliability["true"]["prior_edge_inclusion"] > reliability["false"]["prior_edge_inclusion"]
+    assert reliability["true"]["odds_ratio"] > reliability["false"]["odds_ratio"]
+    plain = pertpyro.PerturbationModel(adata, grn=True, latent_dim=2, n_hidden=16)
+    plain.train(max_epochs=1, batch_size=200, progress_bar=False)
+    assert np.isnan(plain.grn_prior_reliability()["prior_edge_inclusion"])
