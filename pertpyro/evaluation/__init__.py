@@ -21,10 +21,13 @@ from pertpyro.evaluation._celleval import (
 from pertpyro.evaluation._controls import control_table, controls_report, null_pvalues, positive_control_labels
 from pertpyro.evaluation._grn import (
     causalbench_stats,
+    compare_rankings,
     correlation_baseline,
     edge_scores,
     enrichment,
     knockout_shift_baseline,
+    model_rankings,
+    naive_rankings,
     random_baseline,
 )
 from pertpyro.evaluation._metrics import METRIC_COLUMNS, shift_metrics, summarise, topk_jaccard
@@ -42,10 +45,13 @@ __all__ = [
     "additive",
     "ate_metrics",
     "causalbench_stats",
+    "compare_rankings",
     "correlation_baseline",
     "edge_scores",
     "enrichment",
     "knockout_shift_baseline",
+    "model_rankings",
+    "naive_rankings",
     "random_baseline",
     "calibration_report",
     "cell_eval_installed",

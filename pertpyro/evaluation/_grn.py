@@ -7,6 +7,8 @@
   and target gene over all cells: needs the source to be a measured gene), :func:`knockout_shift_baseline`
   (``|mean shift|`` of the target in the source's knockout cells: needs the source to be perturbed) and
   :func:`random_baseline` (expected AUPRC = prevalence of true edges).
+- :func:`compare_rankings`: those metrics and precision at the top ``k`` pairs for several rankings side by side
+  (:func:`model_rankings` of a ``model.grn()`` table, :func:`naive_rankings` of the cells) with the random one.
 - :func:`enrichment`: odds ratio and one-sided Fisher p-value of reference edges among predicted edges.
 - :func:`causalbench_stats`: the data-driven statistics of CausalBench (Chevalley et al. 2023) on the
   interventional data: for each predicted edge whose source was knocked out, a Mann-Whitney U test of the target's
@@ -17,7 +19,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,8 +40,9 @@ def edge_scores(
     scores: pd.DataFrame,
     reference: pd.DataFrame,
     *,
-    score: str = "prob",
+    score: str = "score",
     testable_sources: Sequence[str] | None = None,
+    k: int = 50,
 ) -> dict[str, float]:
     """AUROC and AUPRC of a scored pair list against a reference network, over the testable pairs.
 
@@ -54,12 +57,18 @@ def edge_scores(
         Column of ``scores`` to rank by.
     testable_sources
         Sources whose pairs are scored; default: the reference's sources (simulator truth: pass all regulators).
+    k
+        Early precision: the fraction of reference edges among the ``k`` highest-scored pairs (ties broken by the
+        order of ``scores``).
 
     Returns
     -------
-    ``auroc``, ``auprc``, ``prevalence`` (the random baseline's expected AUPRC), ``auprc_ratio`` (AUPRC /
-    prevalence), ``n_pairs``, ``n_edges``. NaN metrics when there is no positive or no negative pair.
+    ``auroc``, ``auprc``, ``prevalence`` (the random baseline's expected AUPRC and precision at ``k``),
+    ``auprc_ratio`` (AUPRC / prevalence), ``precision_at_k``, ``n_pairs``, ``n_edges``. NaN metrics when there is
+    no positive or no negative pair.
     """
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}.")
     if not {"source", "target", score} <= set(scores.columns):
         raise ValueError(f"scores needs columns 'source', 'target' and {score!r}.")
     if not {"source", "target"} <= set(reference.columns):
@@ -75,10 +84,75 @@ def edge_scores(
         s = np.where(np.isinf(s), np.nanmin(s[np.isfinite(s)]) - 1.0 if np.isfinite(s).any() else 0.0, s)
         out["auroc"] = float(roc_auc_score(y, s))
         out["auprc"] = float(average_precision_score(y, s))
+        top = np.argsort(-s, kind="stable")[: min(int(k), len(s))]
+        out["precision_at_k"] = float(np.mean(y[top]))
     else:
-        out["auroc"] = out["auprc"] = float("nan")
+        out["auroc"] = out["auprc"] = out["precision_at_k"] = float("nan")
     out["auprc_ratio"] = out["auprc"] / out["prevalence"] if out["prevalence"] > 0 else float("nan")
     return out
+
+
+def compare_rankings(
+    rankings: Mapping[str, pd.DataFrame],
+    reference: pd.DataFrame,
+    *,
+    testable_sources: Sequence[str] | None = None,
+    k: int = 50,
+) -> pd.DataFrame:
+    """:func:`edge_scores` of several rankings of the same pairs, one row each, with the random baseline.
+
+    Parameters
+    ----------
+    rankings
+        ``name -> DataFrame(source, target, score)`` (e.g. :func:`model_rankings` and :func:`naive_rankings`).
+    reference, testable_sources, k
+        As in :func:`edge_scores`.
+
+    Returns
+    -------
+    DataFrame ``method, auroc, auprc, auprc_ratio, precision_at_k, prevalence, n_pairs, n_edges``; the last row,
+    ``random``, holds the expected AUROC (0.5), AUPRC and precision at ``k`` (the prevalence) of a random ranking.
+    """
+    if not rankings:
+        raise ValueError("compare_rankings needs at least one ranking.")
+    rows = []
+    for name, frame in rankings.items():
+        r = edge_scores(frame, reference, score="score", testable_sources=testable_sources, k=k)
+        rows.append({"method": name, **r})
+    last = rows[-1]
+    rows.append(
+        {
+            "method": "random",
+            "auroc": 0.5,
+            "auprc": last["prevalence"],
+            "auprc_ratio": 1.0,
+            "precision_at_k": last["prevalence"],
+            "prevalence": last["prevalence"],
+            "n_pairs": last["n_pairs"],
+            "n_edges": last["n_edges"],
+        }
+    )
+    columns = ["method", "auroc", "auprc", "auprc_ratio", "precision_at_k", "prevalence", "n_pairs", "n_edges"]
+    return pd.DataFrame(rows)[columns]
+
+
+def model_rankings(edges: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The two rankings of a ``model.grn()`` table: direct edges (``score``) and total effects (``|total|``)."""
+    if not {"source", "target", "score", "total"} <= set(edges.columns):
+        raise ValueError("edges needs the columns of model.grn(): 'source', 'target', 'score', 'total'.")
+    pairs = edges[["source", "target"]]
+    return {
+        "pertpyro direct (score)": pairs.assign(score=edges["score"].to_numpy()),
+        "pertpyro total (|total|)": pairs.assign(score=edges["total"].abs().to_numpy()),
+    }
+
+
+def naive_rankings(adata: AnnData, sources: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The two naive rankings a network has to beat: :func:`correlation_baseline` and :func:`knockout_shift_baseline`."""
+    return {
+        "|correlation|": correlation_baseline(adata, sources),
+        "|knockout shift|": knockout_shift_baseline(adata, sources),
+    }
 
 
 def _log_normalised(adata: AnnData) -> np.ndarray:

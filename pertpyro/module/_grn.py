@@ -15,12 +15,16 @@ network lives in gene space and needs no latent program to be named. Generative 
 A knockout removes one unit of the regulator's *activity* (so a CRISPR knockout that barely lowers its own mRNA
 still acts downstream), lowers its own mRNA by ``direct_r`` (a point estimate: a shared mean plus a per-regulator
 offset, so a regulator never perturbed gets the mean), and a regulator's expression change is its activity change
-for the next step. ``pi_rg`` is ``grn_density`` for every pair, or ``prior_inclusion`` for pairs listed in a
-prior network (e.g. CollecTRI). The effects of a target combination add, as in the free-effect model.
+for the next step. ``pi_rg`` is ``grn_density`` for every pair, or, for pairs listed in a prior network (e.g.
+CollecTRI), ``prior_inclusion`` moved by a learned log-odds ``prior_shift`` (one point estimate for all listed pairs):
+the prior is weighed by the data, not trusted, and :meth:`GRNPrior.prior_reliability` reports its learned weight. The effects of a target combination add, as in the free-effect model.
 
 Identifiability: an edge ``i -> j`` is seen directly in the knockout of ``i``; an edge out of a regulator that was
 never perturbed is seen only through the second propagation step, in knockouts of its parents (which move its
-expression). A target that is not a measured gene has no incoming edges and no ``direct`` term (its row still
+expression). With a single perturbed parent ``p``, the shifts of such a regulator's children in ``p``'s knockout
+are explained as well by direct edges ``p -> child`` (and, for a lowly expressed regulator, the edge ``p -> h``
+itself is weakly determined): its outgoing edges, and so the predicted effect of its knockout, are not identified
+from the screen and need more perturbed parents or a prior network listing its targets. A target that is not a measured gene has no incoming edges and no ``direct`` term (its row still
 carries outgoing edges: with no target measured, the block is a sparse one-step target -> gene model).
 
 Scaling with ``R`` regulators, ``G`` genes and ``K = n_steps``: memory ``O(R G)`` (four ``R x G`` tensors in the
@@ -76,6 +80,10 @@ class GRNPrior(PyroModule):
         Temperature of the relaxed Bernoulli of the inclusion.
     direct_init
         Initial own-mRNA knockout effect per regulator, ``(R,)`` (NaN: unknown, starts at the mean).
+    prior_mask
+        1 for the pairs listed in a prior network, ``(R, G)`` (``None``: none). Their inclusion logit is
+        ``prior_logits + prior_shift``, with ``prior_shift`` (starting at 0) learned with the other point estimates:
+        the prior network is weighed by how many of its edges the data keep (:meth:`prior_reliability`).
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class GRNPrior(PyroModule):
         weight_scale: float = 1.0,
         temperature: float = 0.5,
         direct_init: torch.Tensor | None = None,
+        prior_mask: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         n_reg = regulator_gene.shape[0]
@@ -103,6 +112,9 @@ class GRNPrior(PyroModule):
         self.register_buffer("selection", selection)
         self.register_buffer("edge_mask", 1.0 - selection.T)  # no self edges
         self.register_buffer("prior_logits", prior_logits.float())
+        mask = torch.zeros(n_reg, n_genes) if prior_mask is None else prior_mask.float()
+        self.register_buffer("prior_mask", mask * self.edge_mask)
+        self.prior_shift = nn.Parameter(torch.tensor(0.0))
         self.register_buffer("regulator_gene", regulator_gene.long())
         self.register_buffer("weight_scale", torch.tensor(float(weight_scale)))
         self.register_buffer("temperature", torch.tensor(float(temperature)))
@@ -112,6 +124,32 @@ class GRNPrior(PyroModule):
         mean = float(init[known].mean()) if bool(known.any()) else -1.0
         self.direct_mean = nn.Parameter(torch.tensor(mean))
         self.direct_offset = nn.Parameter(torch.where(known, init - mean, torch.zeros_like(init)))
+
+    def inclusion_logits(self) -> torch.Tensor:
+        """Prior inclusion logit of every pair, ``(R, G)``: the prior network's edges moved by ``prior_shift``."""
+        return self.prior_logits + self.prior_mask * self.prior_shift
+
+    def prior_reliability(self) -> dict[str, float]:
+        """The learned weight of the prior network: inclusion probability of its edges and of the other pairs.
+
+        Returns
+        -------
+        ``n_prior_edges`` (listed pairs among regulator -> gene pairs), ``prior_edge_inclusion`` (learned prior
+        inclusion probability of a listed pair; NaN without a prior network), ``other_inclusion`` (of an unlisted
+        pair), ``odds_ratio`` (the odds of the first over the second).
+        """
+        with torch.no_grad():
+            logits = self.inclusion_logits()
+            listed = self.prior_mask > 0
+            other = (~listed) & (self.edge_mask > 0)
+            lp = float(logits[listed].mean()) if bool(listed.any()) else float("nan")
+            lo = float(logits[other].mean()) if bool(other.any()) else float("nan")
+        return {
+            "n_prior_edges": float(listed.sum()),
+            "prior_edge_inclusion": 1.0 / (1.0 + math.exp(-lp)) if not math.isnan(lp) else float("nan"),
+            "other_inclusion": 1.0 / (1.0 + math.exp(-lo)) if not math.isnan(lo) else float("nan"),
+            "odds_ratio": math.exp(lp - lo) if not (math.isnan(lp) or math.isnan(lo)) else float("nan"),
+        }
 
     def direct(self) -> torch.Tensor:
         """Own-mRNA logit change of each regulator's knockout, ``(R,)`` (0 for regulators that are not genes)."""
@@ -139,7 +177,7 @@ class GRNPrior(PyroModule):
         R, G = self.n_regulators, self.n_genes
         with pyro.plate(REGULATORS_PLATE, R, dim=-2), pyro.plate(GENES_PLATE, G, dim=-1):
             inclusion = pyro.sample(
-                ADJACENCY, dist.RelaxedBernoulliStraightThrough(self.temperature, logits=self.prior_logits)
+                ADJACENCY, dist.RelaxedBernoulliStraightThrough(self.temperature, logits=self.inclusion_logits())
             )  # (R, G), hard 0/1
             weight = pyro.sample(ADJACENCY_WEIGHT, dist.Normal(self.zero, self.weight_scale).expand([R, G]))  # (R, G)
         return self.regulator_effects(inclusion * weight)[..., : self.n_targets, :]
@@ -208,19 +246,43 @@ def prior_logits(
     for name, p in (("grn_density", density), ("grn_prior_inclusion", prior_inclusion)):
         if not 0.0 < p < 1.0:
             raise ValueError(f"{name} must lie strictly between 0 and 1, got {p}.")
-    out = torch.full((len(regulators), len(genes)), _logit(density))
+    mask = network_mask(regulators, genes, network)
+    return torch.where(mask > 0, _logit(prior_inclusion), _logit(density))
+
+
+def network_mask(regulators: Sequence[str], genes: Sequence[str], network: pd.DataFrame | None) -> torch.Tensor:
+    """``(R, G)`` 0/1: the (regulator, gene) pairs listed in ``network`` (all 0 for ``None``)."""
+    out = torch.zeros(len(regulators), len(genes))
     if network is not None:
         if not isinstance(network, pd.DataFrame) or not {"source", "target"} <= set(network.columns):
             raise ValueError(
                 "grn_prior must be a DataFrame with columns 'source' and 'target' (e.g. datasets.collectri())."
             )
-        r_index = pd.Index(list(regulators))
-        g_index = pd.Index(list(genes))
-        rows = r_index.get_indexer(network["source"].astype(str))
-        cols = g_index.get_indexer(network["target"].astype(str))
+        rows = pd.Index(list(regulators)).get_indexer(network["source"].astype(str))
+        cols = pd.Index(list(genes)).get_indexer(network["target"].astype(str))
         keep = (rows >= 0) & (cols >= 0)
-        out[torch.from_numpy(rows[keep]), torch.from_numpy(cols[keep])] = _logit(prior_inclusion)
+        out[torch.from_numpy(rows[keep]), torch.from_numpy(cols[keep])] = 1.0
     return out
+
+
+def total_effects(guide: GRNGuide, prior: GRNPrior, *, n_samples: int = 100, seed: int = 0) -> np.ndarray:
+    """Posterior-mean total (propagated) logit shift of every gene under each regulator's knockout, ``(R, G)``.
+
+    The knockout's effect through every path of the network (the map of :meth:`GRNPrior.regulator_effects`),
+    averaged over ``n_samples`` draws of the guide's edges (hard 0/1 inclusion) and weights; deterministic under
+    ``seed``. The regulator's own-mRNA term ``direct`` is included in its own gene's column.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        prob = torch.sigmoid(guide.logit)
+        out = torch.zeros_like(prob)
+        for _ in range(n_samples):
+            included = (torch.rand(prob.shape, generator=generator) < prob).float()
+            weight = guide.weight_loc + guide.weight_scale() * torch.randn(prob.shape, generator=generator)
+            out += prior.regulator_effects(included * weight)
+    return (out / n_samples).numpy()
 
 
 def edge_table(
@@ -231,8 +293,17 @@ def edge_table(
     *,
     ci: float,
     threshold: float | None,
+    n_samples: int = 100,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Tidy edges ``(source, target, prob, weight, ci_lower, ci_upper)`` sorted by posterior inclusion."""
+    """Tidy edges ``(source, target, score, prob, weight, ci_lower, ci_upper, total)`` sorted by ``score``.
+
+    ``score = prob * |weight| / sd``: the posterior inclusion probability times the weight's posterior mean in units
+    of its posterior sd (the evidence that the edge exists and that its effect is not zero; the inclusion alone
+    saturates near 1 and ties, and a weight's size alone favours the noisy large logit changes of lowly expressed
+    genes). ``total`` is the posterior-mean total effect of the source's knockout on the target
+    (:func:`total_effects`).
+    """
     if not 0 < ci < 1:
         raise ValueError(f"ci must lie strictly between 0 and 1, got {ci}.")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -242,21 +313,25 @@ def edge_table(
         loc = guide.weight_loc.numpy()
         scale = guide.weight_scale().numpy()
         allowed = prior.edge_mask.numpy() > 0
+    total = total_effects(guide, prior, n_samples=n_samples, seed=seed)
     z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + ci / 2)))
     rows, cols = np.nonzero(allowed)
+    p, w, sd = prob[rows, cols], loc[rows, cols], scale[rows, cols]
     table = pd.DataFrame(
         {
             "source": np.asarray(regulators, dtype=object)[rows],
             "target": np.asarray(genes, dtype=object)[cols],
-            "prob": prob[rows, cols],
-            "weight": loc[rows, cols],
-            "ci_lower": loc[rows, cols] - z * scale[rows, cols],
-            "ci_upper": loc[rows, cols] + z * scale[rows, cols],
+            "score": p * np.abs(w) / sd,
+            "prob": p,
+            "weight": w,
+            "ci_lower": w - z * sd,
+            "ci_upper": w + z * sd,
+            "total": total[rows, cols],
         }
     )
     if threshold is not None:
         table = table[table["prob"] >= threshold]
-    return table.sort_values(["prob", "source", "target"], ascending=[False, True, True], ignore_index=True)
+    return table.sort_values(["score", "source", "target"], ascending=[False, True, True], ignore_index=True)
 
 
 def edge_intervention(
@@ -354,5 +429,6 @@ def build_grn_prior(
         n_steps=int(n_steps),
         weight_scale=float(weight_scale),
         direct_init=direct_init,
+        prior_mask=network_mask(regulators, genes, network),
     )
     return prior, regulators

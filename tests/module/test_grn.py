@@ -13,8 +13,16 @@ from pertpyro._settings import local_params
 from pertpyro.causal._counterfactual import abduct
 from pertpyro.data._loader import standalone_args
 from pertpyro.data._simulate_grn import grn_edges, propagate
-from pertpyro.evaluation import correlation_baseline, edge_scores, enrichment, random_baseline
-from pertpyro.module._grn import GRNPrior, adjacency_action, edge_intervention
+from pertpyro.evaluation import (
+    compare_rankings,
+    correlation_baseline,
+    edge_scores,
+    enrichment,
+    model_rankings,
+    naive_rankings,
+    random_baseline,
+)
+from pertpyro.module._grn import GRNGuide, GRNPrior, adjacency_action, edge_intervention, edge_table, total_effects
 from pertpyro.module.sites import ADJACENCY, ADJACENCY_WEIGHT, COUNTS, EFFICACY, PERTURBATION
 
 
@@ -109,10 +117,12 @@ def test_recovers_network_above_baselines(grn_model, grn_screen):
 
 def test_grn_table_format_and_varp(grn_model, grn_screen):
     edges = grn_model.grn()
-    assert list(edges.columns) == ["source", "target", "prob", "weight", "ci_lower", "ci_upper"]
+    assert list(edges.columns) == ["source", "target", "score", "prob", "weight", "ci_lower", "ci_upper", "total"]
     assert len(edges) == 8 * 40 - 8  # regulators x genes without self edges
     assert not (edges["source"] == edges["target"]).any()
-    assert edges["prob"].is_monotonic_decreasing
+    assert edges["score"].is_monotonic_decreasing
+    sd = (edges["ci_upper"] - edges["ci_lower"]) / (2 * 1.6448536)
+    np.testing.assert_allclose(edges["score"], edges["prob"] * edges["weight"].abs() / sd, rtol=1e-4)
     assert np.all((edges["ci_lower"] <= edges["weight"]) & (edges["weight"] <= edges["ci_upper"]))
     top = grn_model.grn(threshold=0.5)
     assert len(top) < len(edges)
@@ -236,3 +246,66 @@ def test_network_sites_are_global(tiny_adata):
         assert model_trace.nodes[name]["value"].shape == (5, 30)
     assert model_trace.nodes[COUNTS]["scale"] == pytest.approx(tiny_adata.n_obs / 64)
     assert "effect" not in model_trace.nodes
+
+
+def test_total_effect_is_the_propagated_knockout_and_differs_from_the_direct_edge():
+    """A near-deterministic guide: ``total`` is the network's propagated knockout, ``score`` the direct edge only."""
+    rng = np.random.default_rng(1)
+    adj = np.where(rng.random((6, 20)) < 0.3, rng.normal(size=(6, 20)), 0.0)
+    adj[:, :6] = np.triu(adj[:, :6], 1)  # acyclic among the regulators, no self edges
+    adj[0, 1], adj[1, 10], adj[0, 10] = 1.0, 1.5, 0.0  # 0 -> 10 only through regulator 1
+    prior = GRNPrior(torch.arange(6), 20, 4, torch.zeros(6, 20), n_steps=3, direct_init=torch.full((6,), -2.0))
+    guide = GRNGuide(prior)
+    with torch.no_grad():
+        guide.logit.copy_(torch.as_tensor(np.where(adj != 0, 30.0, -30.0)))
+        guide.weight_loc.copy_(torch.as_tensor(adj))
+        guide.weight_raw_scale.fill_(-30.0)
+    expected = propagate(adj, knockout=-2.0, n_steps=3)
+    np.testing.assert_allclose(total_effects(guide, prior, n_samples=2), expected, atol=1e-4)
+    names = [f"G{i:02d}" for i in range(20)]
+    table = edge_table(guide, prior, names[:6], names, ci=0.9, threshold=None, n_samples=2).set_index(
+        ["source", "target"]
+    )
+    assert table.loc[("G00", "G10"), "score"] < 1e-6  # no direct edge ...
+    assert abs(expected[0, 10]) > 1.0  # ... but a total effect, through regulator 1
+    assert table.loc[("G00", "G10"), "total"] == pytest.approx(expected[0, 10], abs=1e-3)
+    assert table.loc[("G00", "G01"), "score"] > 1e4  # a certain edge of weight 1: the evidence is overwhelming
+    with pytest.raises(ValueError, match="n_samples"):
+        total_effects(guide, prior, n_samples=0)
+
+
+def test_model_rankings_beat_both_naive_rankings_on_the_simulator(grn_model, grn_screen):
+    truth = grn_edges(grn_screen)
+    regulators = list(grn_screen.uns["truth"]["grn"]["regulators"])
+    rankings = {**model_rankings(grn_model.grn()), **naive_rankings(grn_screen, regulators)}
+    table = compare_rankings(rankings, truth, testable_sources=regulators, k=20).set_index("method")
+    assert list(table.index) == [*rankings, "random"]
+    direct = table.loc["pertpyro direct (score)"]
+    for naive in ("|correlation|", "|knockout shift|"):
+        assert direct["auprc"] > table.loc[naive, "auprc"]
+        assert direct["precision_at_k"] >= table.loc[naive, "precision_at_k"]
+    assert direct["auprc"] >= 3 * table.loc["random", "auprc"]
+
+
+def test_prior_network_is_weighed_by_the_data():
+    """The learned prior inclusion of a prior network's edges is higher for true edges than for false ones."""
+    adata = pertpyro.datasets.simulate(
+        n_cells=600, n_genes=24, n_targets=6, n_combinations=0, grn=True, grn_density=0.15, n_truth_cells=0, seed=3
+    )
+    pertpyro.setup_anndata(adata, batch_key="batch")
+    truth = grn_edges(adata)[["source", "target"]]
+    regulators, genes = list(adata.uns["truth"]["grn"]["regulators"]), list(adata.var_names)
+    listed = set(zip(truth["source"], truth["target"], strict=True))
+    false = [(r, g) for r in regulators for g in genes if r != g and (r, g) not in listed][::5][: len(truth)]
+    reliability = {}
+    for name, prior in (("true", truth), ("false", pd.DataFrame(false, columns=["source", "target"]))):
+        model = pertpyro.PerturbationModel(adata, grn=True, grn_prior=prior, latent_dim=2, n_hidden=16, seed=0)
+        model.train(max_epochs=20, batch_size=200, lr=3e-2, seed=0, progress_bar=False, early_stopping=False)
+        reliability[name] = model.grn_prior_reliability()
+    assert reliability["true"]["n_prior_edges"] == len(truth)
+    assert reliability["true"]["other_inclusion"] == pytest.approx(0.05)
+    assert reliability["true"]["prior_edge_inclusion"] > reliability["false"]["prior_edge_inclusion"]
+    assert reliability["true"]["odds_ratio"] > reliability["false"]["odds_ratio"]
+    plain = pertpyro.PerturbationModel(adata, grn=True, latent_dim=2, n_hidden=16)
+    plain.train(max_epochs=1, batch_size=200, progress_bar=False)
+    assert np.isnan(plain.grn_prior_reliability()["prior_edge_inclusion"])
