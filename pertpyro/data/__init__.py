@@ -1,6 +1,7 @@
 """AnnData contract, registry, datasets, simulator, statistics of counts and minibatch loading."""
 
 from pertpyro.data._datasets import collectri, papalexi2021
+from pertpyro.data._insilico_doublets import add_doublets
 from pertpyro.data._loader import CellData
 from pertpyro.data._registry import Registry, batch_codes, design_matrix, get_counts, get_registry
 from pertpyro.data._setup import setup_anndata, validate_counts
@@ -17,6 +18,7 @@ from pertpyro.data._statistics import (
 __all__ = [
     "TARGET_SUM",
     "CellData",
+    "add_doublets",
     "LabelMoments",
     "batch_codes",
     "collectri",
