@@ -10,10 +10,12 @@ Scrublet's score, of the log library size alone (a doublet holds two cells' mole
 difference model - Scrublet per seed and its mean with a t interval over seeds.
 
 Run: ``python benchmarks/artifacts_doublets_papalexi.py --seed 0 1 2`` (``--help`` for sizes). Writes
-``benchmarks/results/artifacts_doublets_papalexi.json``.
+``benchmarks/results/artifacts_doublets_papalexi.json``. Seeds in parallel processes: ``--seed S --raw
+raw_S.json`` each, then ``--from-raw raw_*.json`` writes the result from their numbers.
 """
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -91,9 +93,21 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10, help="importance samples of artifact_probability")
     parser.add_argument("--seed", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--raw", type=str, default=None, help="write the seeds' numbers here instead of the result")
+    parser.add_argument("--from-raw", type=str, nargs="+", default=None, help="write the result from --raw files")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    runs = {seed: run(seed, args) for seed in args.seed}
+    if args.from_raw:
+        loaded = [json.load(open(path)) for path in args.from_raw]
+        runs = {int(seed): out for raw in loaded for seed, out in raw["runs"].items()}
+        for key in ("cells", "rate", "epochs"):
+            setattr(args, key, loaded[0]["args"][key])
+    else:
+        runs = {seed: run(seed, args) for seed in args.seed}
+    if args.raw:
+        with open(args.raw, "w") as fh:
+            json.dump({"args": vars(args), "runs": runs}, fh, indent=1)
+        return
     columns = [f"seed {s}" for s in runs]
     rows = []
     for metric in ("auroc", "auprc"):
