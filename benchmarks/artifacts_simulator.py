@@ -1,9 +1,12 @@
 """The artifact block on the simulator: detection from noisy labels, counterfactual cleaning, ATE recovery.
 
-A screen with 10% doublets and 10% low-quality cells, whose given artifact labels have a fraction ``--flip`` flipped
-at random, is fitted twice: without the artifact block and with it in the latent mode. Reported:
+A screen with 10% doublets and 10% low-quality cells, scored by :func:`pertpyro.pp.qc` (Scrublet's
+``doublet_score`` and the QC metrics), whose given artifact labels are the truth with a fraction ``--flip`` flipped at
+random, is fitted twice: without the artifact block and with it in the latent mode (Scrublet's score as evidence,
+the default ``artifact_evidence="auto"``). Reported:
 
-- artifact AUROC / AUPRC of ``artifact_probability()`` against the truth (and of the given labels);
+- artifact AUROC / AUPRC of ``artifact_probability()`` against the truth (and of the given labels), and for
+  doublets and low-quality cells separately beside Scrublet's score;
 - energy distance of cleaned artifact cells (``counterfactual(do={"artifact": 0})``, one posterior draw per cell)
   to the true clean counts of the same cells, against that of the raw artifact cells;
 - QC pass rate (``pertpyro.evaluation.qc_pass_rate``, thresholds from the true clean cells) of raw, cleaned and
@@ -47,7 +50,15 @@ ROWS = [  # (label, key in the per-seed numbers)
     ("artifact AUROC, artifact_probability()", "artifact_auroc"),
     ("artifact AUPRC", "artifact_auprc"),
     ("AUROC doublets vs clean", "auroc_doublet_vs_clean"),
+    ("AUROC doublets vs clean, P(doublet)", "kind_auroc_doublet_vs_clean"),
+    ("AUROC doublets vs clean, Scrublet's doublet_score", "scrublet_auroc_doublet_vs_clean"),
+    ("AUPRC doublets vs clean", "auprc_doublet_vs_clean"),
+    ("AUPRC doublets vs clean, P(doublet)", "kind_auprc_doublet_vs_clean"),
+    ("AUPRC doublets vs clean, Scrublet's doublet_score", "scrublet_auprc_doublet_vs_clean"),
     ("AUROC low-quality vs clean", "auroc_low_quality_vs_clean"),
+    ("AUROC low-quality vs clean, Scrublet's doublet_score", "scrublet_auroc_low_quality_vs_clean"),
+    ("AUPRC low-quality vs clean", "auprc_low_quality_vs_clean"),
+    ("AUPRC low-quality vs clean, Scrublet's doublet_score", "scrublet_auprc_low_quality_vs_clean"),
     ("learned flip rate P(label 1 | clean)", ("flip_rates_learned", 0)),
     ("learned flip rate P(label 0 | artifact)", ("flip_rates_learned", 1)),
     ("energy distance to true clean counts, raw doublets", "energy_raw_doublet"),
@@ -69,10 +80,11 @@ ROWS = [  # (label, key in the per-seed numbers)
     ("slope of predicted on true shifts, with the block", "ate_slope_block"),
 ]
 SUMMARY = (
-    "A simulated screen with 10% doublets and 10% low-quality cells, whose given artifact labels are partly flipped "
-    "at random, is fitted twice with the same fixed training budget: without the artifact block and with it in the "
-    "latent mode. The table shows, per seed, how well artifact_probability() detects the true artifacts (AUROC, "
-    "AUPRC, beside the AUROC of the given labels), how close cells cleaned by counterfactual(do={'artifact': 0}) "
+    "A simulated screen with 10% doublets and 10% low-quality cells, scored by pp.qc (Scrublet's doublet score), "
+    "whose given artifact labels are partly flipped at random, is fitted twice with the same fixed training budget: "
+    "without the artifact block and with it in the latent mode, Scrublet's score as evidence. The table shows, per "
+    "seed, how well artifact_probability() detects the true artifacts (AUROC, AUPRC, beside the AUROC of the given "
+    "labels; doublets and low-quality cells separately beside Scrublet's score), how close cells cleaned by counterfactual(do={'artifact': 0}) "
     "come to their true clean counts (energy distance, QC pass rate with thresholds from the true clean cells), "
     "the IWELBO of the counts, and how well each model recovers the true intent-to-treat shifts of clean cells "
     "(Pearson over labels x genes and least-squares slope)."
@@ -101,6 +113,8 @@ def run(seed: int, train_seed: int, args: argparse.Namespace) -> dict:
         doublet_rate=0.1,
         low_quality_rate=0.1,
     )
+    # Scrublet's doublet_score, evidence of the block (10 principal components: the screen has 100 genes)
+    pertpyro.pp.qc(adata, doublets="auto", random_state=seed, scrublet_kwargs={"n_prin_comps": 10})
     kind = adata.obs["artifact_type"].to_numpy()
     truth = kind != "none"
     flipped = np.random.default_rng(seed).random(adata.n_obs) < args.flip
@@ -123,9 +137,14 @@ def run(seed: int, train_seed: int, args: argparse.Namespace) -> dict:
     prob = model.artifact_probability()
     scores = artifact_detection(truth, prob)
     out |= {"artifact_auroc": scores["auroc"], "artifact_auprc": scores["auprc"], "prevalence": scores["prevalence"]}
+    doublet_prob = model.artifact_probability(kind="doublet").to_numpy()
+    scrublet = np.nan_to_num(adata.obs["doublet_score"].to_numpy(dtype=float), nan=0.0)
     for name in ("doublet", "low_quality"):
         keep = (kind == name) | ~truth
-        out[f"auroc_{name}_vs_clean"] = artifact_detection(truth[keep], prob.to_numpy()[keep])["auroc"]
+        named = {"": prob.to_numpy(), "scrublet_": scrublet} | ({"kind_": doublet_prob} if name == "doublet" else {})
+        for label, score in named.items():
+            found = artifact_detection(truth[keep], score[keep])
+            out[f"{label}auroc_{name}_vs_clean"], out[f"{label}auprc_{name}_vs_clean"] = found["auroc"], found["auprc"]
     out["flip_rates_learned"] = model.program.artifact_block.flip_rates().detach().tolist()
 
     reference = adata[~truth]  # the true clean cells set the QC thresholds
@@ -175,12 +194,14 @@ def main() -> None:
     )
     parser.add_argument("--flip", type=float, default=0.2)
     parser.add_argument("--seed", type=int, nargs="+", default=[0], help="data seeds, one run each")
-    parser.add_argument("--json", type=str, default=None, help="also write one seed's numbers to this file")
+    parser.add_argument(
+        "--json", type=str, default=None, help="also write each seed's numbers to this file ({seed}: the seed)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--train-seed", type=int, default=None, help="seed of both fits (default: --seed)")
     args = parser.parse_args()
-    if args.json and len(args.seed) > 1:
-        parser.error("--json keeps the numbers of one seed")
+    if args.json and len(args.seed) > 1 and "{seed}" not in args.json:
+        parser.error("--json keeps the numbers of one seed (or name the file with {seed} for several)")
     torch.set_num_threads(args.threads)
     columns = {}
     for seed in args.seed:
@@ -188,7 +209,7 @@ def main() -> None:
         out = run(seed, train_seed, args)
         columns[f"seed {seed}" if train_seed == seed else f"seed {seed}, training seed {train_seed}"] = out
         if args.json:
-            with open(args.json, "w") as fh:
+            with open(args.json.format(seed=seed), "w") as fh:
                 json.dump(out, fh, indent=1)
     budget = "early stopping" if args.early_stopping else f"{args.epochs or 'default'} epochs"
     caption = (

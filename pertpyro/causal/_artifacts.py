@@ -10,7 +10,7 @@ from torch import nn
 
 from pertpyro._settings import local_params, seeded
 from pertpyro.data._loader import CellData, standalone_args
-from pertpyro.module._artifacts import artifact_posterior
+from pertpyro.module._artifacts import ArtifactKind, artifact_posterior
 from pertpyro.module._program import PerturbationProgram
 from pertpyro.module._types import GuideLike
 from pertpyro.module.sites import ARTIFACT
@@ -63,14 +63,18 @@ def artifact_probabilities(
     n_samples: int = 30,
     batch_size: int = 2048,
     seed: int = 0,
+    kind: ArtifactKind = "any",
 ) -> np.ndarray:
-    """``P(artifact = 1 | x, library, label)`` of every cell of ``data``, chunk by chunk (:func:`artifact_posterior`)."""
+    """``P(artifact = 1 | x, library, label)`` of every cell of ``data``, chunk by chunk (:func:`artifact_posterior`).
+
+    ``kind``: an artifact of either kind (``"any"``), or of one kind (``"doublet"``, ``"low_quality"``).
+    """
     out = np.zeros(len(data), dtype=np.float64)
     with seeded(seed), local_params():
         for start in range(0, len(data), batch_size):
             rows = np.arange(start, min(start + batch_size, len(data)))
             args = standalone_args(data[rows])
-            out[rows] = artifact_posterior(program, guide, args, n_samples=n_samples).numpy()
+            out[rows] = artifact_posterior(program, guide, args, n_samples=n_samples, kind=kind).numpy()
     return out
 
 

@@ -2,6 +2,7 @@
 
 from pertpyro.data._controls import add_negative_controls, negative_control_labels, restore_controls
 from pertpyro.data._datasets import collectri, papalexi2021
+from pertpyro.data._insilico_doublets import add_doublets
 from pertpyro.data._loader import CellData
 from pertpyro.data._registry import Registry, batch_codes, design_matrix, get_counts, get_registry
 from pertpyro.data._setup import setup_anndata, validate_counts
@@ -18,6 +19,7 @@ from pertpyro.data._statistics import (
 __all__ = [
     "TARGET_SUM",
     "CellData",
+    "add_doublets",
     "LabelMoments",
     "add_negative_controls",
     "batch_codes",

@@ -7,7 +7,7 @@ densifies only its own rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch.distributed as dist
 from anndata import AnnData
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
+from pertpyro.data._artifact_evidence import evidence_matrix
 from pertpyro.data._artifact_labels import artifact_labels
 from pertpyro.data._blocks import BlockBatchSampler
 from pertpyro.data._registry import Registry, batch_codes, design_matrix, get_counts, perturbation_labels
@@ -43,6 +44,7 @@ class ProgramArgs(NamedTuple):
     n_cells: int
     artifact: torch.Tensor | None = None
     targets: TargetSubsample | None = None
+    artifact_evidence: torch.Tensor | None = None
 
 
 class CellData(Dataset):
@@ -58,10 +60,20 @@ class CellData(Dataset):
         ``obs`` column of boolean artifact labels, added to each minibatch as ``"artifact"`` (``None``: none).
     require_artifact
         Raise a ``ValueError`` when ``artifact_key`` is missing from ``obs`` (otherwise the cells go without labels).
+    artifact_evidence
+        QC evidence columns of the artifact block: ``(obs column, transform)`` pairs
+        (:func:`pertpyro.data._artifact_evidence.evidence_matrix`), added to each minibatch as
+        ``"artifact_evidence"`` (``None`` or empty: none).
     """
 
     def __init__(
-        self, adata: AnnData, registry: Registry, *, artifact_key: str | None = None, require_artifact: bool = True
+        self,
+        adata: AnnData,
+        registry: Registry,
+        *,
+        artifact_key: str | None = None,
+        require_artifact: bool = True,
+        artifact_evidence: Sequence[tuple[str, str]] | None = None,
     ) -> None:
         if tuple(map(str, adata.var_names)) != registry.genes:
             raise ValueError(
@@ -84,6 +96,7 @@ class CellData(Dataset):
         self.artifact = None
         if artifact_key is not None and (require_artifact or artifact_key in adata.obs):
             self.artifact = artifact_labels(adata, artifact_key)
+        self.artifact_evidence = evidence_matrix(adata, artifact_evidence) if artifact_evidence else None
 
     @property
     def perturbation(self) -> np.ndarray:
@@ -124,6 +137,8 @@ class CellData(Dataset):
         }
         if self.artifact is not None:
             batch["artifact"] = torch.from_numpy(self.artifact[idx])
+        if self.artifact_evidence is not None:
+            batch["artifact_evidence"] = torch.from_numpy(self.artifact_evidence[idx])
         return batch
 
 
@@ -283,6 +298,7 @@ def program_args(
         n_cells,
         batch.get("artifact"),
         targets,
+        batch.get("artifact_evidence"),
     )
 
 

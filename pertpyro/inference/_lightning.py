@@ -121,9 +121,9 @@ class SVIModule(pl.LightningModule):
         The modules' parameters are read without ``pyro.param`` statements (:func:`direct_attributes`): the ELBO reads
         only sample sites and the optimiser holds the parameters, so the statements would only cost time.
         """
-        args = program_args(batch, n_cells, targets=targets)
-        if targets is None:  # programs written for the documented signature take no ``targets`` argument
-            args = args[:-1]
+        args = tuple(program_args(batch, n_cells, targets=targets))
+        while len(args) > 7 and args[-1] is None:  # programs written for the documented signature take no
+            args = args[:-1]  # ``targets`` / ``artifact_evidence`` arguments: trailing unused ones are left out
         try:
             with direct_attributes(self.program, self.guide):
                 try:

@@ -51,7 +51,11 @@ class ModelBase:
         """``CellData`` options reading the artifact labels (none when the block is off)."""
         if self.init_kwargs["artifacts"] is None:
             return {}
-        return {"artifact_key": self.init_kwargs["artifact_key"], "require_artifact": required}
+        return {
+            "artifact_key": self.init_kwargs["artifact_key"],
+            "require_artifact": required,
+            "artifact_evidence": [tuple(pair) for pair in self.init_kwargs.get("artifact_evidence") or []],
+        }
 
     def _cell_data(
         self, adata: AnnData, *, artifact_labels: bool = True, required: bool = False, check: bool = True

@@ -21,7 +21,7 @@ from pertpyro.data._registry import design_matrix
 from pertpyro.data._statistics import log_normalise
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.model._base import ModelBase
-from pertpyro.module._artifacts import artifact_action
+from pertpyro.module._artifacts import ARTIFACT_KINDS, ArtifactKind, artifact_action
 from pertpyro.posterior._arviz import to_inference_data
 from pertpyro.posterior._protocol import FittedModel
 
@@ -265,6 +265,7 @@ class CellsMixin(ModelBase):
         batch_size: int = 2048,
         write: bool = False,
         seed: int = 0,
+        kind: ArtifactKind = "any",
     ) -> pd.Series:
         """Posterior probability that each cell is a technical artifact, ``P(artifact = 1 | x, depth, label)``.
 
@@ -285,6 +286,9 @@ class CellsMixin(ModelBase):
             Also write the probabilities to ``adata.obs["pertpyro_artifact_prob"]`` (the only entry written).
         seed
             Seed of the draws.
+        kind
+            ``"any"``: an artifact of either kind; ``"doublet"`` or ``"low_quality"``: an artifact of that kind
+            (e.g. to rank doublets without the low-quality cells among them).
 
         Returns
         -------
@@ -292,12 +296,14 @@ class CellsMixin(ModelBase):
         """
         check_query_args(n_samples=n_samples, batch_size=batch_size, seed=seed)
         self._check_trained()
+        if kind not in ARTIFACT_KINDS:
+            raise ValueError(f"kind must be one of {ARTIFACT_KINDS}, got {kind!r}.")
         if self.program.artifact_block is None:
             raise ValueError("This model has no artifact block: build it with artifacts='observed' or 'latent'.")
         target = self.adata if adata is None else adata
         data = self._cell_data(target)
         values = artifact_probabilities(
-            self.program, self.guide, data, n_samples=n_samples, batch_size=batch_size, seed=seed
+            self.program, self.guide, data, n_samples=n_samples, batch_size=batch_size, seed=seed, kind=kind
         )
         probs = pd.Series(values, index=target.obs_names.copy(), name=ARTIFACT_PROB_KEY)
         if write:

@@ -29,6 +29,7 @@ from pertpyro._io import (
 )
 from pertpyro._settings import local_params, seeded
 from pertpyro._version import __version__
+from pertpyro.data._artifact_evidence import evidence_columns
 from pertpyro.data._loader import CellData
 from pertpyro.data._registry import Registry, get_registry, perturbation_labels
 from pertpyro.model._cells import CellsMixin
@@ -92,6 +93,12 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         block on, the data may hold only control cells (the model is then a doublet / low-quality-cell detector).
     artifact_key
         ``obs`` column of the artifact labels (read, never written).
+    artifact_evidence
+        Per-cell QC evidence of the artifact state (with ``artifacts``): ``obs`` columns observed by the block with a
+        learned law per state (clean, doublet, low-quality; :mod:`pertpyro.data._artifact_evidence`). ``"auto"``:
+        Scrublet's ``doublet_score`` (from :func:`pertpyro.pp.qc`) where present; ``None``: none; or a list of
+        columns (e.g. ``["doublet_score", "pct_counts_mt"]``). The same columns are read from every AnnData the
+        model scores.
     seed
         Seed of the parameter initialisation.
     grn
@@ -127,6 +134,7 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         effect_df: float = 4.0,
         artifacts: ArtifactMode | None = None,
         artifact_key: str = "artifact",
+        artifact_evidence: Sequence[str] | Sequence[tuple[str, str]] | Literal["auto"] | None = "auto",
         seed: int = 0,
         grn: bool = False,
         grn_prior: pd.DataFrame | str | None = None,
@@ -158,6 +166,7 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
             "effect_df": effect_df,
             "artifacts": artifacts,
             "artifact_key": artifact_key,
+            "artifact_evidence": evidence_columns(adata, artifact_evidence) if artifacts is not None else [],
             "seed": seed,
         }
         if grn:  # only stored when on, so that saved models without the block keep their settings
@@ -207,9 +216,12 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
             library_init=library_moments(data, n_batches),
             grn=grn_block,
             artifacts=kw["artifacts"],
+            n_artifact_evidence=len(kw["artifact_evidence"]),
         )
         if kw["artifacts"] is not None:
             robust_library_init(self.program, np.log(data.library), data.batch_index)
+            if data.artifact_evidence is not None:
+                self.program.artifact_block.init_evidence(data.artifact_evidence)
         effects = initial_effects(stats, float(torch.sigmoid(torch.tensor(EFFICACY_INIT_LOGIT))))
         # Targets without training cells have no data to start from: their effects start at the prior (mean 0,
         # the prior's scale), so that they stay the prior and their intervals say so.
@@ -267,6 +279,7 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         try:
             saved = Registry.from_dict(state["registry"])
             init_kwargs = dict(state["init_kwargs"])
+            init_kwargs.setdefault("artifact_evidence", None)  # saved before the evidence existed: none
         except (KeyError, TypeError, ValueError) as err:
             raise ModelFileError(Path(path) / SETTINGS_FILE, f"bad entry: {err}") from err
         current = get_registry(adata)

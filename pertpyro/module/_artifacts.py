@@ -7,6 +7,8 @@ Generative story, added to :class:`pertpyro.module._program.PerturbationProgram`
         artifact[n]       ~ Bernoulli(pi_a)                      a_n: observed labels, or latent and enumerated
         artifact_label[n] ~ Bernoulli(a_n ? 1 - eps_1 : eps_0)   (latent mode) the given, noisy label
         artifact_kind[n]  ~ Bernoulli(w)                           k_n: doublet (0) or low-quality (1), enumerated
+        artifact_evidence[n, c] ~ Normal(m_{s_n c}, v_{s_n c})     (with evidence) state s_n: clean, doublet or
+                                                                   low-quality; e.g. logit of Scrublet's score
         library[n]        ~ Normal(loc + a_n delta_k, scale exp(a_n kappa_k))
         x[n]              ~ NB(..., theta * (1 + s) ** (a_n [k_n = doublet]))   s in (0, 1): a sum of two cells
         logits[n]         = decoder(z_basal[n]) + shift[n] + a_n [k_n = low-quality] A
@@ -34,6 +36,13 @@ noisy evidence through the flip rates ``eps_0`` (a clean cell labelled an artifa
 labelled clean), learned and capped at 0.4 so that a label always says more than a coin flip; mislabelled cells are
 thus corrected by their counts and depth. Without labels (``None``), ``a_n`` is inferred from the data alone.
 
+**QC evidence.** Per-cell QC summaries that the counts do not hold (Scrublet's doublet score compares a cell with
+simulated doublets of its neighbours) enter as the observed site ``artifact_evidence``: each column (transformed to
+an unbounded scale, :mod:`pertpyro.data._artifact_evidence`) is Normal with a location and scale per state (clean,
+doublet, low-quality), all learned. The relation of the score to the artifact state is learned, not thresholded:
+a score that separates the states weighs in as much as it separates them, one that does not is ignored. Missing
+values (a cell Scrublet could not score) are left out of the likelihood.
+
 **Observed mode.** ``artifact`` is observed at the labels; ``do(artifact=0)`` still applies (Pyro splits the node:
 the factual ``artifact`` stays observed and the downstream sites see ``artifact__CF``'s value 0).
 """
@@ -56,6 +65,7 @@ from pertpyro.module._types import GuideLike
 from pertpyro.module.sites import (
     ARTIFACT,
     ARTIFACT_EMBEDDING,
+    ARTIFACT_EVIDENCE,
     ARTIFACT_KIND,
     ARTIFACT_LABEL,
     CELLS_PLATE,
@@ -75,6 +85,10 @@ FLIP_STEP = 10.0
 """Step-size multiplier of the flip rates' logits (they are stored divided by it: Adam's step is about ``lr`` in the
 stored units). From 0.02 they must travel about 3 logits; at plain step sizes they stay near their start for the
 few hundred steps of a fit, and the labels are over-trusted."""
+
+EVIDENCE_STEP = 5.0
+"""Step-size multiplier of the evidence laws' parameters (stored divided by it, like :data:`FLIP_STEP`): the states'
+locations must part by a logit or more within the few hundred steps of a fit."""
 
 
 def check_artifact_mode(mode: str | None) -> ArtifactMode | None:
@@ -101,12 +115,25 @@ class ArtifactBlock(PyroModule):
         the counts contradict labels. A large start lets a kind drift onto clean cells.
     embedding_scale
         Prior scale of the entries of ``artifact_embedding``.
+    n_evidence
+        Number of QC evidence columns (``artifact_evidence``; 0: none).
     """
 
     def __init__(
-        self, n_genes: int, mode: ArtifactMode, *, prior: float = 0.1, flip: float = 0.02, embedding_scale: float = 1.0
+        self,
+        n_genes: int,
+        mode: ArtifactMode,
+        *,
+        prior: float = 0.1,
+        flip: float = 0.02,
+        embedding_scale: float = 1.0,
+        n_evidence: int = 0,
     ) -> None:
         super().__init__()
+        self.n_evidence = int(n_evidence)
+        if self.n_evidence:  # only then: models saved without evidence keep their parameters
+            self.evidence_loc = nn.Parameter(torch.zeros(3, self.n_evidence))  # rows: clean, doublet, low-quality
+            self.evidence_raw_scale = nn.Parameter(torch.zeros(3, self.n_evidence))
         self.embedding_scale = float(embedding_scale)
         self.mode, self.n_genes = check_artifact_mode(mode), n_genes
         self.prior_logit = nn.Parameter(torch.tensor(math.log(prior / (1 - prior))))
@@ -153,6 +180,39 @@ class ArtifactBlock(PyroModule):
             ARTIFACT_KIND, dist.Bernoulli(logits=self.kind_logit.expand([n])), infer={"enumerate": "parallel"}
         )
         return a, kind
+
+    def init_evidence(self, values: np.ndarray) -> None:
+        """Start every state's evidence law at the robust location and spread of the columns (median, scaled MAD).
+
+        The states then part as the depth and counts assign cells to them; a start apart from the data (e.g. a
+        doublet location above the median) would assert a direction the evidence may not have.
+        """
+        with torch.no_grad():
+            for c in range(self.n_evidence):
+                column = values[:, c][np.isfinite(values[:, c])]
+                median = float(np.median(column)) if len(column) else 0.0
+                mad = 1.4826 * float(np.median(np.abs(column - median))) if len(column) else 1.0
+                self.evidence_loc[:, c] = median / EVIDENCE_STEP
+                self.evidence_raw_scale[:, c] = math.log(math.expm1(max(mad, 0.05))) / EVIDENCE_STEP
+
+    def evidence_laws(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale of each evidence column per state (clean, doublet, low-quality), ``(3, C)`` each."""
+        loc = EVIDENCE_STEP * self.evidence_loc
+        return loc, nn.functional.softplus(EVIDENCE_STEP * self.evidence_raw_scale) + 1e-3
+
+    def observe_evidence(self, a: torch.Tensor, kind: torch.Tensor, evidence: torch.Tensor) -> None:
+        """The ``artifact_evidence`` term, ``(B, C)`` (``NaN``: missing, left out); call in the cells plate.
+
+        State of each cell: clean (``a = 0``), doublet (``a = 1, k = 0``) or low-quality (``a = 1, k = 1``); each
+        column is Normal with that state's location and scale. A factor (the log density of the present values),
+        so that cells with missing values need no masked site under enumeration.
+        """
+        state = (a * (1.0 + kind)).long()  # (...) or enumerated; values 0, 1, 2
+        loc, scale = self.evidence_laws()
+        present = torch.isfinite(evidence)
+        values = torch.where(present, evidence, torch.zeros_like(evidence))
+        log_p = dist.Normal(loc[state], scale[state]).log_prob(values)  # (..., B, C)
+        pyro.factor(ARTIFACT_EVIDENCE, torch.where(present, log_p, torch.zeros_like(log_p)).sum(-1))
 
     def log_theta_shift(self, a: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
         """Shift of the NB ``log theta`` per cell: ``log(1 + s)`` for a doublet, 0 otherwise; ``s`` in (0, 1) learned.
@@ -316,12 +376,25 @@ def guide_draw(program: torch.nn.Module, guide: GuideLike, args: tuple) -> tuple
 
 
 def _artifact_log_joint(program: torch.nn.Module, args: tuple, latents: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``log p(a, x, l, label, z | globals)`` per cell for ``a`` in {0, 1}, other discrete states summed: ``(2, B)``."""
+    """``log p(s, x, l, label, z | globals)`` per cell for the states clean, doublet, low-quality: ``(3, B)``.
+
+    Other discrete states (``efficacy``) are summed; the clean state sums over the (then idle) artifact kind.
+    """
     sites = enumerated_sites(program, labels_observed=False)  # a is enumerated even where labels are observed
     joint = cell_log_joint(program, args, latents, sites)
-    a_dim = sites.index(ARTIFACT)
-    joint = joint.movedim(a_dim, 0)
-    return torch.logsumexp(joint.reshape(2, -1, joint.shape[-1]), 1)
+    joint = joint.movedim((sites.index(ARTIFACT), sites.index(ARTIFACT_KIND)), (0, 1))
+    joint = torch.logsumexp(joint.reshape(2, 2, -1, joint.shape[-1]), 2)  # (a, kind, B)
+    return torch.stack([torch.logsumexp(joint[0], 0), joint[1, 0], joint[1, 1]])
+
+
+ArtifactKind = Literal["any", "doublet", "low_quality"]
+ARTIFACT_KINDS: tuple[ArtifactKind, ...] = ("any", "doublet", "low_quality")
+
+
+def _state_probability(log_joint: torch.Tensor, kind: str) -> torch.Tensor:
+    """``P(artifact of kind | ...)`` from the ``(3, B)`` log joint of the states."""
+    post = torch.softmax(log_joint, 0)
+    return post[1:].sum(0) if kind == "any" else post[ARTIFACT_KINDS.index(cast(ArtifactKind, kind))]
 
 
 @torch.no_grad()
@@ -332,8 +405,9 @@ def artifact_posterior(
     *,
     n_samples: int = 30,
     latents: dict[str, torch.Tensor] | None = None,
+    kind: ArtifactKind = "any",
 ) -> torch.Tensor:
-    """Posterior ``P(artifact = 1 | x, library, label)`` of each cell of one standalone minibatch.
+    """Posterior ``P(artifact = 1 | x, library, label, evidence)`` of each cell of one standalone minibatch.
 
     The artifact state ``a`` (and ``artifact_kind``, ``efficacy``) is summed exactly; the basal state ``z`` is
     integrated by importance sampling with the guide as proposal (globals at their posterior means)::
@@ -355,18 +429,22 @@ def artifact_posterior(
     latents
         One draw of the latent sites to condition on instead: the exact ``P(a | x, z, globals)`` (``n_samples`` is
         then ignored), as used by the abduction of a counterfactual.
+    kind
+        ``"any"``: an artifact of either kind; ``"doublet"`` or ``"low_quality"``: an artifact of that kind.
 
     Returns
     -------
     Tensor ``(B,)``.
     """
+    if kind not in ARTIFACT_KINDS:
+        raise ValueError(f"kind must be one of {ARTIFACT_KINDS}, got {kind!r}.")
     if latents is not None:
-        return torch.softmax(_artifact_log_joint(program, args, latents), 0)[1]
+        return _state_probability(_artifact_log_joint(program, args, latents), kind)
     weights = []
     for _ in range(n_samples):
         draw, log_q = guide_draw(program, guide, args)
         weights.append(_artifact_log_joint(program, args, draw) - log_q)
-    return torch.softmax(torch.logsumexp(torch.stack(weights), 0), 0)[1]
+    return _state_probability(torch.logsumexp(torch.stack(weights), 0), kind)
 
 
 def artifact_action(program: torch.nn.Module, value: object) -> torch.Tensor:
@@ -379,6 +457,7 @@ def artifact_action(program: torch.nn.Module, value: object) -> torch.Tensor:
 
 
 __all__ = [
+    "ARTIFACT_KINDS",
     "ArtifactBlock",
     "ArtifactGuide",
     "artifact_action",

@@ -174,6 +174,8 @@ class PerturbationProgram(PyroModule):
         ``effect`` / ``effect_mask`` sites.
     artifacts
         Technical-artifact block (:mod:`pertpyro.module._artifacts`): ``None`` (off), ``"observed"`` or ``"latent"``.
+    n_artifact_evidence
+        Number of QC evidence columns of the artifact block (the ``artifact_evidence`` site; 0: none).
     effect_df
         Degrees of freedom of a Student-t effect prior (heavy tails: strong effects are not shrunk while weak
         ones are); 0 gives a Normal prior.
@@ -198,10 +200,13 @@ class PerturbationProgram(PyroModule):
         library_init: tuple[torch.Tensor, torch.Tensor] | None = None,
         grn: GRNPrior | None = None,
         artifacts: str | None = None,
+        n_artifact_evidence: int = 0,
     ) -> None:
         super().__init__()
         self.grn = grn  # the ``grn`` block replaces the free effects (models/_grn.py)
-        self.artifact_block = ArtifactBlock(n_genes, artifacts) if artifacts is not None else None
+        self.artifact_block = (
+            ArtifactBlock(n_genes, artifacts, n_evidence=n_artifact_evidence) if artifacts is not None else None
+        )
         self.effect_df = float(effect_df)
         self.n_genes, self.n_targets, self.latent_dim = n_genes, n_targets, latent_dim
         self.sparse_effects, self.use_efficacy = sparse_effects, efficacy
@@ -286,6 +291,7 @@ class PerturbationProgram(PyroModule):
         n_cells: int,
         artifact: torch.Tensor | None = None,
         targets: TargetSubsample | None = None,
+        artifact_evidence: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the model on a minibatch of cells.
 
@@ -353,6 +359,8 @@ class PerturbationProgram(PyroModule):
             z = pyro.sample(Z_BASAL, dist.Normal(self.zero, 1.0).expand([self.latent_dim]).to_event(1))  # (B, K)
             d = pyro.sample(PERTURBATION, design, obs=observed)  # (B, R)
             a, kind = artifacts.sample_cells(artifact, idx.shape[0]) if artifacts is not None else (None, None)
+            if a is not None and artifacts.n_evidence and artifact_evidence is not None:
+                artifacts.observe_evidence(a, kind, artifact_evidence)
             base = self.decoder(z, batch_index)  # (B, G)
             shifted = base + d @ effect  # (B, G): logits if the knockout took
             library_shift = d @ library_effect  # (B,)
@@ -467,6 +475,7 @@ class PerturbationGuide(PyroModule):
         n_cells: int,
         artifact: torch.Tensor | None = None,
         targets: TargetSubsample | None = None,
+        artifact_evidence: torch.Tensor | None = None,
     ) -> None:
         """Draw the latent sites; same signature as the model (``counts`` is required here).
 

@@ -24,6 +24,8 @@ ARTIFACT_KIND = "artifact_kind"
 """Per-cell kind of artifact (two learned kinds, e.g. doublet-like and low-quality-like), enumerated, ``(cells,)``."""
 ARTIFACT_LABEL = "artifact_label"
 """Per-cell given (noisy) artifact label, observed in the latent artifact mode, shape ``(cells,)``."""
+ARTIFACT_EVIDENCE = "artifact_evidence"
+"""Per-cell QC evidence of the artifact state (e.g. Scrublet's doublet score, transformed): a factor, ``(cells,)``."""
 ARTIFACT_EMBEDDING = "artifact_embedding"
 """Global offsets of the two artifact kinds on the gene logits, shape ``(2, genes)``."""
 COUNTS = "x"
@@ -38,7 +40,8 @@ LOCAL_SITES = (Z_BASAL, PERTURBATION, EFFICACY, LIBRARY, COUNTS)
 """Sites inside the ``cells`` plate (scaled by ``n_cells / batch_size`` under subsampling)."""
 GLOBAL_SITES = (EFFICACY_RATE, EFFECT, EFFECT_MASK, ADJACENCY, ADJACENCY_WEIGHT)
 """Sites outside the ``cells`` plate (counted once per step)."""
-ARTIFACT_LOCAL_SITES = (ARTIFACT, ARTIFACT_KIND, ARTIFACT_LABEL)
-"""Local sites of the artifact block (``artifact_label`` only in the latent mode with labels)."""
+ARTIFACT_LOCAL_SITES = (ARTIFACT, ARTIFACT_KIND, ARTIFACT_LABEL, ARTIFACT_EVIDENCE)
+"""Local sites of the artifact block (``artifact_label`` only in the latent mode with labels, ``artifact_evidence``
+only with evidence columns)."""
 ARTIFACT_GLOBAL_SITES = (ARTIFACT_EMBEDDING,)
 """Global site of the artifact block."""

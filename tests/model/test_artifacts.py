@@ -250,3 +250,40 @@ def test_ate_population_cleaned_to_clean_depths(latent_fit):
     truth = pertpyro.datasets.simulate(**(SIM | {"n_truth_cells": 2000}))
     true_own = np.diag(pertpyro.datasets.truth_shift_frame(truth).to_numpy()[:, : len(targets)])
     assert np.all(np.sign(own(clean)) == np.sign(true_own))
+
+
+def test_qc_evidence_is_learned_and_ranks_doublets_at_least_as_well_as_the_score():
+    """A noisy doublet score enters as evidence: its law per state is learned, and the posterior beats the score."""
+    adata = pertpyro.datasets.simulate(**SIM, doublet_rate=0.15, low_quality_rate=0.05)
+    doublet = (adata.obs["artifact_type"] == "doublet").to_numpy()
+    rng = np.random.default_rng(0)
+    logit = rng.normal(-2.0 + 1.5 * doublet, 1.0)  # a weak score: AUROC about 0.85
+    adata.obs["doublet_score"] = 1 / (1 + np.exp(-logit))
+    adata.obs.loc[adata.obs_names[:5], "doublet_score"] = np.nan  # unscored cells are left out
+    pertpyro.setup_anndata(adata, perturbation_key="perturbation", control="control")
+    model = pertpyro.PerturbationModel(adata, latent_dim=4, artifacts="latent", seed=0)
+    assert model.init_kwargs["artifact_evidence"] == [["doublet_score", "logit"]]
+    model.train(**TRAIN, seed=0)
+    block = model.program.artifact_block
+    loc = block.evidence_laws()[0].detach().numpy()[:, 0]
+    assert loc[1] > loc[0] + 0.7  # the doublet state's scores are higher than the clean state's (truth: +1.5)
+    keep = np.isfinite(adata.obs["doublet_score"].to_numpy())
+    score_auroc = roc_auc_score(doublet[keep], adata.obs["doublet_score"].to_numpy()[keep])
+    prob = model.artifact_probability(n_samples=2, kind="doublet").to_numpy()
+    assert roc_auc_score(doublet[keep], prob[keep]) >= score_auroc
+    with pytest.raises(ValueError, match="kind must be one of"):
+        model.artifact_probability(kind="dying")
+
+
+def test_bad_qc_evidence_inputs(tiny_adata):
+    tiny_adata = tiny_adata.copy()
+    with pytest.raises(ValueError, match="no QC evidence column 'doublet_score'"):
+        pertpyro.PerturbationModel(tiny_adata, artifacts="latent", artifact_evidence=["doublet_score"])
+    tiny_adata.obs["doublet_score"] = "high"
+    with pytest.raises(ValueError, match="must be numeric"):
+        pertpyro.PerturbationModel(tiny_adata, artifacts="latent", artifact_evidence=["doublet_score"])
+    tiny_adata.obs["doublet_score"] = 2.0
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        pertpyro.PerturbationModel(tiny_adata, artifacts="latent", artifact_evidence=[("doublet_score", "logit")])
+    with pytest.raises(ValueError, match="artifact_evidence must be 'auto'"):
+        pertpyro.PerturbationModel(tiny_adata, artifacts="latent", artifact_evidence="doublet_score")
