@@ -26,6 +26,8 @@ ARTIFACT_LABEL = "artifact_label"
 """Per-cell given (noisy) artifact label, observed in the latent artifact mode, shape ``(cells,)``."""
 ARTIFACT_EMBEDDING = "artifact_embedding"
 """Global offsets of the two artifact kinds on the gene logits, shape ``(2, genes)``."""
+INDEPENDENCE = "independence"
+"""Per-cell factor (training only) penalising the dependence of ``z_basal`` on the perturbation, shape ``(cells,)``."""
 COUNTS = "x"
 """Observed UMI counts, shape ``(cells, genes)``."""
 
