@@ -68,7 +68,7 @@ class ModelSection(_Section):
     latent_dim: PositiveInt = 10
     n_hidden: PositiveInt = 128
     sparse_effects: bool = False
-    efficacy: bool | str | list[str] = True
+    efficacy: bool | str | list[str] = "auto"
     mask_prior: Probability = 0.5
     encode_perturbation: bool = True
     effect_df: PositiveFloat = 4.0

@@ -72,12 +72,14 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
     sparse_effects
         Spike-and-slab ``effect_mask`` on the effects (off: the per-gene Student-t prior alone).
     efficacy
-        Per-cell ``efficacy`` latent (cells that escaped the knockout): ``True`` for every target, a list of the
-        targets that may have escapers (the others' cells all respond), or ``"strong"``: the targets whose own
-        label's observed shift in ``adata`` has a signal-to-noise ratio of at least 3
-        (:func:`pertpyro.data.strong_perturbations`; resolved once, here, on the training data, and stored as
-        the list). For knockouts with weak effects the escaper mixture can fit basal heterogeneity shared by all
-        labels instead of escapers; ``"strong"`` keeps it for the knockouts with a clear shift.
+        Per-cell ``efficacy`` latent (cells that escaped the knockout). ``"auto"``: every target may have escapers,
+        and the per-target response rates share a ``Beta(a, 1)`` prior whose density rises toward "every cell
+        responds", with ``a`` learned across the targets (empirical Bayes), so that a target whose cells do not
+        split into responders and escapers is pulled toward full response. Overrides: ``True`` (every target,
+        uniform prior on its rate), ``False`` (no escapers), a list of the targets that may have escapers (the
+        others' cells all respond), or ``"strong"``: the targets whose own label's observed shift in ``adata`` has
+        a signal-to-noise ratio of at least 3 (:func:`pertpyro.data.strong_perturbations`; resolved once, here, on
+        the training data, and stored as the list).
     mask_prior
         Initial prior inclusion probability of an effect.
     encode_perturbation
@@ -86,6 +88,11 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         Degrees of freedom of the Student-t prior on the effects (0: Normal prior). The default 4 has heavy tails:
         a target's rare strong effect on a gene is not shrunk toward the per-gene scale of the many null effects,
         while weak effects still are.
+    independence
+        Weight of the training penalty that keeps the mean basal state of each target's cells at that of the
+        control cells (:mod:`pertpyro.module._independence`), so that a knockout's effect is held by ``effect``
+        (and reaches every prediction, which draws basal states from control cells) rather than by ``z_basal``;
+        0: off.
     artifacts
         Technical-artifact block (:class:`pertpyro.module.ArtifactBlock`): ``None`` (off); ``"observed"``: the boolean
         labels ``obs[artifact_key]`` (e.g. from :func:`pertpyro.pp.qc`) are the ``artifact`` site's values;
