@@ -20,6 +20,7 @@ from pertpyro.data._simulate import simulate
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(gt=0, lt=1)]
 
 
@@ -70,10 +71,11 @@ class ModelSection(_Section):
     latent_dim: PositiveInt = 10
     n_hidden: PositiveInt = 128
     sparse_effects: bool = False
-    efficacy: bool | str | list[str] = True
+    efficacy: bool | str | list[str] = "auto"
     mask_prior: Probability = 0.5
     encode_perturbation: bool = True
     effect_df: PositiveFloat = 4.0
+    independence: NonNegativeFloat = 10.0
     artifacts: Literal["observed", "latent"] | None = None
     artifact_key: str = "artifact"
     seed: NonNegativeInt = 0

@@ -55,27 +55,40 @@ def initial_effects(stats: CountStatistics, response_rate: float) -> torch.Tenso
     return torch.from_numpy(np.clip(np.log(responder_ratio), -4.0, 4.0)).float()
 
 
-def resolve_efficacy(efficacy: bool | str | Sequence[str], adata: AnnData, registry: Registry) -> bool | list[str]:
-    """``efficacy`` as stored: a bool, or the list of targets with escapers (``"strong"`` resolved on ``adata``)."""
+EFFICACY_AUTO = "auto"
+"""``efficacy`` setting: escapers possible for every target, under a learned prior leaning toward full response."""
+
+
+def resolve_efficacy(
+    efficacy: bool | str | Sequence[str], adata: AnnData, registry: Registry
+) -> bool | str | list[str]:
+    """``efficacy`` as stored: a bool, ``"auto"``, or the targets with escapers (``"strong"`` resolved on ``adata``)."""
     if isinstance(efficacy, bool):
         return efficacy
     if isinstance(efficacy, str):
+        if efficacy == EFFICACY_AUTO:
+            return efficacy
         if efficacy != "strong":
-            raise ValueError(f"efficacy must be True, False, 'strong' or a list of targets, got {efficacy!r}.")
+            raise ValueError(f"efficacy must be 'auto', True, False, 'strong' or a list of targets, got {efficacy!r}.")
         strong = set(strong_perturbations(adata))
         return [t for t in registry.targets if t in strong]  # single-target labels with a clear shift
     return [str(t) for t in efficacy]
 
 
-def efficacy_targets(efficacy: bool | Sequence[str], targets: Sequence[str]) -> torch.Tensor | None:
-    """Boolean ``(T,)`` of the targets with escapers when ``efficacy`` lists them; ``None`` for a bool."""
-    if isinstance(efficacy, bool):
+def efficacy_targets(efficacy: bool | str | Sequence[str], targets: Sequence[str]) -> torch.Tensor | None:
+    """Boolean ``(T,)`` of the targets with escapers when ``efficacy`` lists them; ``None`` for a bool or ``"auto"``."""
+    if isinstance(efficacy, bool | str):
         return None
     listed = set(efficacy)
     unknown = sorted(listed - set(targets))
     if unknown:
         raise ValueError(f"efficacy lists targets absent from the data: {unknown}.")
     return torch.tensor([t in listed for t in targets])
+
+
+def efficacy_prior(efficacy: bool | str | Sequence[str]) -> str:
+    """The program's prior of the response rates: learned for ``"auto"``, otherwise uniform."""
+    return "learned" if efficacy == EFFICACY_AUTO else "uniform"
 
 
 def build_grn(

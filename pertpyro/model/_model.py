@@ -37,6 +37,7 @@ from pertpyro.model._effects import EffectsMixin
 from pertpyro.model._grn import GRNMixin
 from pertpyro.model._init import (
     build_grn,
+    efficacy_prior,
     efficacy_targets,
     gene_log_share,
     initial_effects,
@@ -72,12 +73,14 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
     sparse_effects
         Spike-and-slab ``effect_mask`` on the effects (off: the per-gene Student-t prior alone).
     efficacy
-        Per-cell ``efficacy`` latent (cells that escaped the knockout): ``True`` for every target, a list of the
-        targets that may have escapers (the others' cells all respond), or ``"strong"``: the targets whose own
-        label's observed shift in ``adata`` has a signal-to-noise ratio of at least 3
-        (:func:`pertpyro.data.strong_perturbations`; resolved once, here, on the training data, and stored as
-        the list). For knockouts with weak effects the escaper mixture can fit basal heterogeneity shared by all
-        labels instead of escapers; ``"strong"`` keeps it for the knockouts with a clear shift.
+        Per-cell ``efficacy`` latent (cells that escaped the knockout). ``"auto"``: every target may have escapers,
+        and the per-target response rates share a ``Beta(a, 1)`` prior whose density rises toward "every cell
+        responds", with ``a`` learned across the targets (empirical Bayes), so that a target whose cells do not
+        split into responders and escapers is pulled toward full response. Overrides: ``True`` (every target,
+        uniform prior on its rate), ``False`` (no escapers), a list of the targets that may have escapers (the
+        others' cells all respond), or ``"strong"``: the targets whose own label's observed shift in ``adata`` has
+        a signal-to-noise ratio of at least 3 (:func:`pertpyro.data.strong_perturbations`; resolved once, here, on
+        the training data, and stored as the list).
     mask_prior
         Initial prior inclusion probability of an effect.
     encode_perturbation
@@ -86,6 +89,11 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         Degrees of freedom of the Student-t prior on the effects (0: Normal prior). The default 4 has heavy tails:
         a target's rare strong effect on a gene is not shrunk toward the per-gene scale of the many null effects,
         while weak effects still are.
+    independence
+        Weight of the training penalty that keeps the mean basal state of each target's cells at that of the
+        control cells (:mod:`pertpyro.module._independence`), so that a knockout's effect is held by ``effect``
+        (and reaches every prediction, which draws basal states from control cells) rather than by ``z_basal``;
+        0: off.
     artifacts
         Technical-artifact block (:class:`pertpyro.module.ArtifactBlock`): ``None`` (off); ``"observed"``: the boolean
         labels ``obs[artifact_key]`` (e.g. from :func:`pertpyro.pp.qc`) are the ``artifact`` site's values;
@@ -128,10 +136,11 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         latent_dim: int = 10,
         n_hidden: int = 128,
         sparse_effects: bool = False,
-        efficacy: bool | Literal["strong"] | Sequence[str] = True,
+        efficacy: bool | Literal["auto", "strong"] | Sequence[str] = "auto",
         mask_prior: float = 0.5,
         encode_perturbation: bool = True,
         effect_df: float = 4.0,
+        independence: float = 10.0,
         artifacts: ArtifactMode | None = None,
         artifact_key: str = "artifact",
         artifact_evidence: Sequence[str] | Sequence[tuple[str, str]] | Literal["auto"] | None = "auto",
@@ -164,6 +173,7 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
             "mask_prior": mask_prior,
             "encode_perturbation": encode_perturbation,
             "effect_df": effect_df,
+            "independence": independence,
             "artifacts": artifacts,
             "artifact_key": artifact_key,
             "artifact_evidence": evidence_columns(adata, artifact_evidence) if artifacts is not None else [],
@@ -211,8 +221,10 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
             sparse_effects=kw["sparse_effects"],
             efficacy=kw["efficacy"] is not False,
             efficacy_targets=efficacy_targets(kw["efficacy"], self.registry.targets),
+            efficacy_prior=efficacy_prior(kw["efficacy"]),
             mask_prior=kw["mask_prior"],
             effect_df=kw["effect_df"],
+            independence=kw.get("independence", 0.0),  # models saved without the setting trained without it
             library_init=library_moments(data, n_batches),
             grn=grn_block,
             artifacts=kw["artifacts"],

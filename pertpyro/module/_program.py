@@ -3,7 +3,9 @@
 Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k``)::
 
     sigma_g, pi, theta_g                       point-estimated hyperparameters (empirical Bayes)
-    rho_t             ~ Beta(1, 1)                                 per-target response rate (``efficacy``)
+    a >= 1                                      point-estimated concentration (``efficacy_prior="learned"``)
+    rho_t             ~ Beta(a, 1)                                 per-target response rate (``efficacy``)
+                        (``efficacy_prior="uniform"``: Beta(1, 1))
     effect[t, g]      ~ StudentT(df, 0, sigma_g)                   targets x genes plate (df=0: Normal(0, sigma_g))
     effect_mask[t, g] ~ RelaxedBernoulli(pi)   (hard 0/1 forward)  targets x genes plate (``sparse_effects``)
     (``grn``: instead, effect[t] = the knockout of t propagated through adjacency * adjacency_weight, regulators x
@@ -61,6 +63,7 @@ from pertpyro.module._distributions import (
     is_enumerated_support,
 )
 from pertpyro.module._grn import GRNGuide, GRNPrior
+from pertpyro.module._independence import basal_dependence
 from pertpyro.module._targets import TargetSubsample
 from pertpyro.module.sites import (
     CELLS_PLATE,
@@ -70,6 +73,7 @@ from pertpyro.module.sites import (
     EFFICACY,
     EFFICACY_RATE,
     GENES_PLATE,
+    INDEPENDENCE,
     LIBRARY,
     PERTURBATION,
     TARGETS_PLATE,
@@ -79,11 +83,18 @@ from pertpyro.module.sites import (
 EFFICACY_INIT_LOGIT = 1.0
 """Initial logit of the guide's per-target response rates (rate ~0.73)."""
 
+FULL_RESPONSE_INIT = 5.0
+"""Initial concentration ``a`` of the ``Beta(a, 1)`` prior of the response rates (``efficacy_prior="learned"``):
+median 0.87; ``a`` is learned across targets."""
+
 EFFECT_SCALE_FLOOR = 1e-5
 """Smallest posterior scale of an effect."""
 
 SPARSE_GUIDE_PARAMETERS = ("effect_loc", "effect_raw_scale", "mask_logit")
 """The guide's targets x genes parameters: read row-wise with sparse gradients when a step gives ``targets``."""
+
+EFFICACY_PRIORS = ("learned", "uniform")
+"""Priors of the per-target response rates (:meth:`PerturbationProgram.response_rate_prior`)."""
 
 MAX_PLATE_NESTING = 2
 """Plates nest at most two deep (targets x genes); the enumerated ``efficacy`` dimension sits left of them."""
@@ -162,6 +173,10 @@ class PerturbationProgram(PyroModule):
     efficacy_targets
         Optional boolean ``(T,)``: only these targets have escapers (the others' response rate is fixed at 1);
         ``None``: all targets.
+    efficacy_prior
+        Prior of the per-target response rates: ``"learned"``, ``Beta(a, 1)`` with its density rising toward
+        "every cell responds" and ``a >= 1`` learned across targets (empirical Bayes), so that a target whose cells
+        do not split into responders and escapers falls back to full response; ``"uniform"``: ``Beta(1, 1)``.
     mask_prior
         Initial prior inclusion probability of an effect (learned).
     mask_temperature
@@ -179,6 +194,10 @@ class PerturbationProgram(PyroModule):
     effect_df
         Degrees of freedom of a Student-t effect prior (heavy tails: strong effects are not shrunk while weak
         ones are); 0 gives a Normal prior.
+    independence
+        Weight of the penalty on the dependence of ``z_basal`` on the perturbation
+        (:func:`~pertpyro.module._independence.basal_dependence`), a factor site ``independence`` in the
+        ``cells`` plate while the program trains (``training`` mode with gradients on); 0: off.
     """
 
     def __init__(
@@ -201,8 +220,16 @@ class PerturbationProgram(PyroModule):
         grn: GRNPrior | None = None,
         artifacts: str | None = None,
         n_artifact_evidence: int = 0,
+        independence: float = 0.0,
+        efficacy_prior: str = "uniform",
     ) -> None:
         super().__init__()
+        if efficacy_prior not in EFFICACY_PRIORS:
+            raise ValueError(f"efficacy_prior must be one of {EFFICACY_PRIORS}, got {efficacy_prior!r}.")
+        self.efficacy_prior = efficacy_prior
+        if independence < 0:
+            raise ValueError(f"independence must be >= 0, got {independence}.")
+        self.independence = float(independence)
         self.grn = grn  # the ``grn`` block replaces the free effects (models/_grn.py)
         self.artifact_block = (
             ArtifactBlock(n_genes, artifacts, n_evidence=n_artifact_evidence) if artifacts is not None else None
@@ -219,6 +246,7 @@ class PerturbationProgram(PyroModule):
         self.library_raw_scale = nn.Parameter(inverse_softplus(lib_scale.float().clamp_min(0.05)))
         self.library_effect = nn.Parameter(torch.zeros(n_targets))
         self.mask_prior_logit = nn.Parameter(torch.tensor(math.log(mask_prior / (1 - mask_prior))))
+        self.response_raw_concentration = nn.Parameter(inverse_softplus(torch.tensor(FULL_RESPONSE_INIT - 1.0)))
         freq = torch.full((n_targets,), 0.5) if target_frequency is None else target_frequency.float()
         self.register_buffer("target_frequency", freq.clamp(1e-4, 1 - 1e-4))
         self.register_buffer("mask_temperature", torch.tensor(float(mask_temperature)))
@@ -238,6 +266,16 @@ class PerturbationProgram(PyroModule):
         if self.effect_df > 0:
             return SharedScaleStudentT(self.effect_df, self.zero, self.effect_prior_scale())
         return dist.Normal(self.zero, self.effect_prior_scale())
+
+    def response_rate_prior(self, n_rows: int) -> dist.Distribution:
+        """Prior of ``n_rows`` per-target response rates, batch shape ``(n_rows, 1)`` (targets plate)."""
+        if self.efficacy_prior == "uniform":
+            return dist.Beta(self.one, self.one).expand([n_rows, 1])
+        return dist.Beta(self.response_concentration(), self.one).expand([n_rows, 1])
+
+    def response_concentration(self) -> torch.Tensor:
+        """Concentration ``a >= 1`` of the ``Beta(a, 1)`` prior of the response rates (``efficacy_prior="learned"``)."""
+        return 1.0 + nn.functional.softplus(self.response_raw_concentration)
 
     def response_probability(self, perturbation: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
         """``P(efficacy = 1)`` per cell: the product of the per-target response rates of its targets.
@@ -332,9 +370,9 @@ class PerturbationProgram(PyroModule):
         genes = global_plates(self, T, G)[1]
         # ---- global sites (scale 1; with ``targets``, each present target's terms weighted by ``targets.weight``) ----
         rate = self.one.expand(R, 1)  # no targets (an all-control data set for the artifact model): no sites
-        if self.use_efficacy and T:  # per-target response rates, uniform prior: their uncertainty enters every query
+        if self.use_efficacy and T:  # per-target response rates: their uncertainty enters every query
             with rows():
-                rate = pyro.sample(EFFICACY_RATE, dist.Beta(self.one, self.one).expand([R, 1]))  # (R, 1)
+                rate = pyro.sample(EFFICACY_RATE, self.response_rate_prior(R))  # (R, 1)
                 if efficacy_targets is not None:  # the other targets: every cell responds
                     rate = torch.where(efficacy_targets.unsqueeze(-1), rate, self.one)
         if self.grn is not None:
@@ -358,6 +396,8 @@ class PerturbationProgram(PyroModule):
         with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
             z = pyro.sample(Z_BASAL, dist.Normal(self.zero, 1.0).expand([self.latent_dim]).to_event(1))  # (B, K)
             d = pyro.sample(PERTURBATION, design, obs=observed)  # (B, R)
+            if self.independence > 0 and self.training and torch.is_grad_enabled():
+                pyro.factor(INDEPENDENCE, -self.independence * basal_dependence(z, d))
             a, kind = artifacts.sample_cells(artifact, idx.shape[0]) if artifacts is not None else (None, None)
             if a is not None and artifacts.n_evidence and artifact_evidence is not None:
                 artifacts.observe_evidence(a, kind, artifact_evidence)

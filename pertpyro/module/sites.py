@@ -28,6 +28,8 @@ ARTIFACT_EVIDENCE = "artifact_evidence"
 """Per-cell QC evidence of the artifact state (e.g. Scrublet's doublet score, transformed): a factor, ``(cells,)``."""
 ARTIFACT_EMBEDDING = "artifact_embedding"
 """Global offsets of the two artifact kinds on the gene logits, shape ``(2, genes)``."""
+INDEPENDENCE = "independence"
+"""Per-cell factor (training only) penalising the dependence of ``z_basal`` on the perturbation, shape ``(cells,)``."""
 COUNTS = "x"
 """Observed UMI counts, shape ``(cells, genes)``."""
 
