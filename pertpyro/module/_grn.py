@@ -126,6 +126,12 @@ class GRNPrior(PyroModule):
         self.direct_mean = nn.Parameter(torch.tensor(mean))
         self.direct_offset = nn.Parameter(torch.where(known, init - mean, torch.zeros_like(init)))
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        # a model saved before the prior network was weighed: no learned shift (its prior logits are kept as saved)
+        state_dict.setdefault(prefix + "prior_mask", torch.zeros_like(self.prior_mask))
+        state_dict.setdefault(prefix + "prior_shift", torch.zeros_like(self.prior_shift))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def inclusion_logits(self) -> torch.Tensor:
         """Prior inclusion logit of every pair, ``(R, G)``: the prior network's edges moved by ``prior_shift``."""
         return self.prior_logits + self.prior_mask * self.prior_shift
