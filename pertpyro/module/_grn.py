@@ -21,10 +21,11 @@ the prior is weighed by the data, not trusted, and :meth:`GRNPrior.prior_reliabi
 
 Identifiability: an edge ``i -> j`` is seen directly in the knockout of ``i``; an edge out of a regulator that was
 never perturbed is seen only through the second propagation step, in knockouts of its parents (which move its
-expression). With a single perturbed parent ``p``, the shifts of such a regulator's children in ``p``'s knockout
-are explained as well by direct edges ``p -> child`` (and, for a lowly expressed regulator, the edge ``p -> h``
-itself is weakly determined): its outgoing edges, and so the predicted effect of its knockout, are not identified
-from the screen and need more perturbed parents or a prior network listing its targets. A target that is not a measured gene has no incoming edges and no ``direct`` term (its row still
+expression). With a single perturbed parent ``p``, the shifts of such a regulator ``h``'s children in ``p``'s
+knockout are explained about as well by direct edges ``p -> child`` (as many edges): the route through ``h`` is
+found only when the edge ``p -> h`` is well determined, which fails when ``h`` is lowly expressed, and ``h``'s
+knockout is then predicted at about zero. Several perturbed parents (the children's shifts are shared across their
+knockouts) or a prior network listing ``h``'s targets make its edges identifiable. A target that is not a measured gene has no incoming edges and no ``direct`` term (its row still
 carries outgoing edges: with no target measured, the block is a sparse one-step target -> gene model).
 
 Scaling with ``R`` regulators, ``G`` genes and ``K = n_steps``: memory ``O(R G)`` (four ``R x G`` tensors in the
@@ -124,6 +125,12 @@ class GRNPrior(PyroModule):
         mean = float(init[known].mean()) if bool(known.any()) else -1.0
         self.direct_mean = nn.Parameter(torch.tensor(mean))
         self.direct_offset = nn.Parameter(torch.where(known, init - mean, torch.zeros_like(init)))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        # a model saved before the prior network was weighed: no learned shift (its prior logits are kept as saved)
+        state_dict.setdefault(prefix + "prior_mask", torch.zeros_like(self.prior_mask))
+        state_dict.setdefault(prefix + "prior_shift", torch.zeros_like(self.prior_shift))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def inclusion_logits(self) -> torch.Tensor:
         """Prior inclusion logit of every pair, ``(R, G)``: the prior network's edges moved by ``prior_shift``."""

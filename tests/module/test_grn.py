@@ -229,6 +229,10 @@ def test_save_load_keeps_network(grn_model, grn_screen, tmp_path):
     grn_model.save(tmp_path / "m")
     loaded = pertpyro.PerturbationModel.load(tmp_path / "m", grn_screen)
     pd.testing.assert_frame_equal(loaded.grn(), grn_model.grn())
+    # a file saved before the prior network was weighed (no prior_mask, prior_shift) still loads
+    state = {k: v for k, v in grn_model.program.grn.state_dict().items() if k not in ("prior_mask", "prior_shift")}
+    loaded.program.grn.load_state_dict(state)
+    assert loaded.program.grn.prior_shift.item() == 0.0
 
 
 def test_network_sites_are_global(tiny_adata):
