@@ -25,14 +25,16 @@ from pertpyro.causal._artifacts import abduct_artifact
 from pertpyro.causal._counterfactual import abduct
 from pertpyro.causal._expected import N_COUNTS, escapers_are_controls, expected_cell_values
 from pertpyro.causal._probability import Recalibration
+from pertpyro.causal._table import UnsupportedProgram, table_label_means
 from pertpyro.data._registry import Registry, design_matrix
 from pertpyro.module._program import PerturbationProgram
 from pertpyro.module._types import GuideLike
 from pertpyro.module.sites import ARTIFACT
 
-Estimator = Literal["simulate", "analytic"]
-"""How the expectation over the count noise is taken: simulated counts, or analytically (:mod:`._analytic`)."""
-ESTIMATORS = ("simulate", "analytic")
+Estimator = Literal["simulate", "analytic", "table"]
+"""How the expectation over the count noise is taken: simulated counts, analytically per cell (:mod:`._analytic`),
+or analytically through a per-gene table of the population (:mod:`._table`)."""
+ESTIMATORS = ("simulate", "analytic", "table")
 
 
 @torch.no_grad()
@@ -76,7 +78,9 @@ def simulate_label_means(
     estimator
         ``"simulate"``: average over simulated counts (:mod:`pertpyro.causal._expected`); ``"analytic"``: the
         expectation over the count noise computed per cell and gene, all labels vectorised
-        (:mod:`pertpyro.causal._analytic`; ``n_counts`` unused).
+        (:mod:`pertpyro.causal._analytic`; ``n_counts`` unused); ``"table"``: the same expectation read from one
+        table per gene of the population (:mod:`pertpyro.causal._table`), for thousands of labels; it falls back to
+        ``"analytic"`` with ``weights`` or for programs whose arms are not a logit offset per label.
 
     Returns
     -------
@@ -88,6 +92,7 @@ def simulate_label_means(
     sets = () if weights is None else tuple(weights.shape[:-2])
     out = torch.empty(n_samples, *sets, n_labels, n_genes)
     escaper_arms = None  # found on the first draw (a property of the program), then reused
+    table_cache: dict[str, object] = {}  # the table estimator's noise table, kept across the draws
     with local_params():
         for s in range(n_samples):
             latents = abduct(guide, population)
@@ -99,7 +104,15 @@ def simulate_label_means(
                 extra = {**extra, **clean}
             if escaper_arms is None and not responders:
                 escaper_arms = not escapers_are_controls(program, latents, cells, designs, extra)
-            if estimator == "analytic":
+            if estimator == "table" and weights is None and not escaper_arms:
+                try:
+                    out[s] = table_label_means(
+                        program, latents, cells, designs, extra, responders=responders, cache=table_cache
+                    )
+                    continue
+                except UnsupportedProgram:
+                    estimator = "analytic"
+            if estimator in ("analytic", "table"):
                 out[s] = analytic_label_means(
                     program,
                     latents,
@@ -277,4 +290,4 @@ def label_shift_draws(
             n_counts=n_counts,
             estimator=estimator,
         )
-    return means[..., 1:, :] - means[..., :1, :]
+    return means[..., 1:, :].sub_(means[..., :1, :])  # in place: all-label tables of draws are large

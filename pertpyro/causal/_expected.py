@@ -36,6 +36,8 @@ from pertpyro.module.sites import COUNTS, EFFICACY, PERTURBATION
 
 N_COUNTS = 4
 """Default count replicates per cell and posterior draw."""
+ESCAPER_CHECK_DESIGNS = 4
+"""Designs on which :func:`escapers_are_controls` checks the program (one trace each)."""
 
 
 def expected_cell_values(
@@ -129,7 +131,8 @@ def escapers_are_controls(
 
     True for a program whose interventions act only through the responders (the current model); then
     :func:`expected_cell_values` can skip the escaper arms (``escaper_arms=False``). Checked on one draw of the
-    latents: the answer is a property of the program's structure.
+    latents and the first :data:`ESCAPER_CHECK_DESIGNS` designs: the answer is a property of the program's
+    structure.
     """
     n = population["idx"].shape[0]
     if n == 0:
@@ -140,7 +143,7 @@ def escapers_are_controls(
     if control[2] is None:  # no efficacy block: no escapers
         return True
     zeros = torch.zeros(n)
-    for design in designs:
+    for design in designs[:ESCAPER_CHECK_DESIGNS]:
         action = {PERTURBATION: design.expand(n, -1), **extra, EFFICACY: zeros}
         if not torch.equal(arm_distribution(program, latents, population, action)[0], control[0]):
             return False

@@ -79,9 +79,11 @@ class EffectsMixin(ModelBase):
         estimator
             How the expectation over the count noise is taken in each posterior draw: ``"simulate"`` averages
             simulated counts (coupled across arms; the reference); ``"analytic"`` computes it per cell and gene
-            (an exact sum over the low counts of the negative binomial, a moment-matched gamma for the rest;
-            :mod:`pertpyro.causal._analytic`), all labels vectorised: no count noise, and much faster for many
-            labels.
+            (a quadrature of the negative binomial's generating function, :mod:`pertpyro.causal._analytic`), all
+            labels vectorised: no count noise; ``"table"`` reads the same expectation from one table per gene of the
+            population (:mod:`pertpyro.causal._table`), at a cost per label of a few operations per gene: the
+            estimator for all-target tables of thousands of targets (with ``match_batches`` or a ``grn`` model it
+            computes ``"analytic"``).
 
         Returns
         -------

@@ -1,0 +1,342 @@
+"""Average treatment effects of thousands of labels from one table per gene of the population's expected expression.
+
+For one posterior draw, the model's mean of cell ``c``, gene ``g`` under label ``l`` (its responders) is
+``D_c exp(lambda_l) * exp(u_cg + e_lg - zeta_cl)``: ``u_cg`` the cell's log expression share in the control arm,
+``D_c`` its depth there, ``e_lg`` the label's offset of the gene logits, ``lambda_l`` its shift of the log depth and
+``zeta_cl = log sum_g exp(u_cg + e_lg)`` the new normaliser. With ``zeta_cl`` replaced by its population mean
+``zeta_l`` (the spread of ``zeta_cl`` across cells is small next to the offsets: the shares of the few genes a
+knockout moves differ little between cells), the population mean of the expected log-normalised expression is
+
+``H_g(w, lambda) = mean_c F_g(u_cg + w, log D_c + lambda)`` at ``w = e_lg - zeta_l``,
+
+where ``F_g(u, log D) = E[log1p(1e4 x / D)]`` for ``x ~ NB(D exp(u), theta_g)``
+(:func:`pertpyro.causal._analytic.expected_log1p`). ``H_g`` depends on the label only through two numbers, so it is
+computed once per draw on a grid of ``(w, lambda)`` and every label reads it by interpolation:
+
+- ``F_g`` is tabulated once per query on a grid of ``(u, log D)`` (``theta`` is a point estimate, the same in every
+  draw);
+- ``H_g`` on the grid is a cross-correlation of that table with the population's histogram of ``(u_cg, log D_c)``
+  (linear binning), one grouped convolution over the genes: its cost does not grow with the population's cells
+  beyond the histogram;
+- each label's value is a bilinear interpolation in ``(w, lambda)``; the control arm sits on a node of the grid.
+
+The labels' offsets come from the drawn effects (``effect * effect_mask``, ``library_effect``, the response rates)
+read the way the program reads them; :func:`check_offsets` compares them with the program's own trace on a few
+labels before they are used. Efficacy is summed out exactly: escapers are the control arm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional
+
+from pertpyro.causal._analytic import TARGET_SITES, expected_log1p
+from pertpyro.causal._expected import arm_distribution
+from pertpyro.data._statistics import TARGET_SUM
+from pertpyro.module._program import PerturbationProgram
+from pertpyro.module._targets import TargetSubsample
+from pertpyro.module.sites import (
+    ARTIFACT_LOCAL_SITES,
+    EFFECT,
+    EFFECT_MASK,
+    EFFICACY,
+    EFFICACY_RATE,
+    LOCAL_SITES,
+    PERTURBATION,
+)
+
+SHARE_STEP = 0.125
+"""Grid step of the log expression share ``u`` (the population's histogram and the table)."""
+SHIFT_STRIDE = 1
+"""Grid step of the label's logit shift ``w``, in steps of ``u`` (bilinear interpolation in ``w`` and ``lambda``)."""
+DEPTH_STEP = 0.25
+"""Grid step of the log depth (the population's histogram, the table and the labels' depth shifts)."""
+SHARE_FLOOR = -25.0
+"""Log shares below this are read at it (the expected log-normalised expression there is below ~1e-6)."""
+SHIFT_LIMIT = 15.0
+"""Logit shifts are read within ``+-SHIFT_LIMIT``."""
+NORMALISER_CELLS = 64
+"""Population cells whose normalisers ``zeta_cl`` are averaged into ``zeta_l``."""
+CHECKED_LABELS = 4
+"""Labels whose offsets :func:`check_offsets` compares with the program's trace."""
+MARGIN = 0.5
+"""Extra range of a new table on each side (in ``u`` and ``log D``), so that later draws reuse it."""
+TABLE_CHUNK = 2**16
+"""Table entries (genes x nodes) computed at once."""
+
+
+class UnsupportedProgram(ValueError):
+    """The program's arms are not a logit offset and a depth shift per label (the ``grn`` block, per-cell ``theta``)."""
+
+
+@dataclass
+class NoiseTable:
+    """``F_g(u, log D)`` on the grid ``u = SHARE_STEP * (u0 + i)``, ``log D = DEPTH_STEP * (d0 + k)``."""
+
+    theta: torch.Tensor
+    u0: int
+    d0: int
+    values: torch.Tensor  # (G, n_u, n_d)
+
+    @classmethod
+    def build(cls, theta: torch.Tensor, u_range: tuple[int, int], d_range: tuple[int, int]) -> NoiseTable:
+        """Table over the grid indices ``u_range`` and ``d_range`` (inclusive) with ``MARGIN`` added."""
+        pad_u, pad_d = math.ceil(MARGIN / SHARE_STEP), math.ceil(MARGIN / DEPTH_STEP)
+        u0, d0 = u_range[0] - pad_u, d_range[0] - pad_d
+        u = SHARE_STEP * torch.arange(u0, u_range[1] + pad_u + 1, dtype=torch.float64)
+        log_depth = DEPTH_STEP * torch.arange(d0, d_range[1] + pad_d + 1, dtype=torch.float64)
+        mean = (u[:, None] + log_depth[None, :]).exp().to(theta.dtype)  # (n_u, n_d)
+        scale = (TARGET_SUM / log_depth.exp()).to(theta.dtype)  # (n_d,)
+        per_chunk = max(1, TABLE_CHUNK // mean.numel())
+        values = torch.cat(
+            [
+                expected_log1p(mean.expand(chunk.shape[0], -1, -1), chunk[:, None, None], scale)
+                for chunk in theta.split(per_chunk)
+            ]
+        )  # (G, n_u, n_d)
+        return cls(theta, u0, d0, values)
+
+    def covers(self, theta: torch.Tensor, u_range: tuple[int, int], d_range: tuple[int, int]) -> bool:
+        """Whether this table holds ``theta`` and the grid indices ``u_range`` x ``d_range``."""
+        n_u, n_d = self.values.shape[1:]
+        return (
+            torch.equal(self.theta, theta)
+            and self.u0 <= u_range[0]
+            and u_range[1] < self.u0 + n_u
+            and self.d0 <= d_range[0]
+            and d_range[1] < self.d0 + n_d
+        )
+
+
+@dataclass
+class LabelOffsets:
+    """Per label: logit offsets ``e`` ``(L, G)``, log-depth shifts ``lam`` ``(L,)``, response probabilities ``p``."""
+
+    logits: torch.Tensor
+    depth: torch.Tensor
+    response: torch.Tensor | None
+
+
+def label_offsets(
+    program: PerturbationProgram, latents: Mapping[str, torch.Tensor], designs: torch.Tensor
+) -> LabelOffsets:
+    """The responders' logit offsets, depth shifts and response probabilities of each design, for one draw.
+
+    Read as the program reads its global sites (``effect * effect_mask``, ``library_effect``, the response rates);
+    :func:`check_offsets` tests the reading against the program's trace.
+    """
+    if getattr(program, "grn", None) is not None or EFFECT not in latents:
+        raise UnsupportedProgram("The table estimator needs free per-target effects (not the grn block).")
+    effect = latents[EFFECT]
+    if EFFECT_MASK in latents:
+        effect = effect * latents[EFFECT_MASK]
+    sparse = designs.to_sparse()
+    logits = torch.sparse.mm(sparse, effect)  # (L, G): a gather for single targets and small combinations
+    depth = designs @ program.library_effect.detach()
+    response = None
+    if program.use_efficacy and EFFICACY_RATE in latents:
+        rate = latents[EFFICACY_RATE]
+        if program.efficacy_targets is not None:
+            rate = torch.where(program.efficacy_targets.unsqueeze(-1), rate, program.one)
+        response = program.response_probability(designs, rate)
+    return LabelOffsets(logits, depth, response)
+
+
+def check_offsets(
+    program: PerturbationProgram,
+    latents: Mapping[str, torch.Tensor],
+    population: dict[str, torch.Tensor],
+    designs: torch.Tensor,
+    extra: Mapping[str, torch.Tensor],
+    control_mean: torch.Tensor,
+    offsets: LabelOffsets,
+) -> None:
+    """Raise :class:`UnsupportedProgram` unless the program's trace gives these offsets for a few labels.
+
+    The first population cell (control-arm means ``control_mean[0]``), under the first :data:`CHECKED_LABELS`
+    designs with ``efficacy = 1``, must have the means ``D exp(lam) softmax(u + e)`` and the response probabilities
+    ``p`` of ``offsets``.
+    """
+    n = population["idx"].shape[0]
+    size = min(CHECKED_LABELS, designs.shape[0])
+    cell = _first_cell(population, n, size, every=True)
+    cell["idx"] = torch.arange(size)
+    action = {PERTURBATION: designs[:size], **_first_cell(extra, n, size), EFFICACY: torch.ones(size)}
+    mean, _, response = arm_distribution(program, _first_cell(latents, n, size), cell, action)
+    reference = control_mean[:1]
+    log_share = torch.log_softmax(reference.log() + offsets.logits[:size], -1)
+    expected = log_share + reference.sum(-1, keepdim=True).log() + offsets.depth[:size, None]
+    if not torch.allclose(mean.log(), expected, atol=1e-3, rtol=0):
+        raise UnsupportedProgram("The program's arms are not a logit offset and a depth shift per label.")
+    if (response is None) != (offsets.response is None):
+        raise UnsupportedProgram("The program's response probabilities differ from the drawn rates'.")
+    if response is not None and offsets.response is not None:
+        if not torch.allclose(response, offsets.response[:size], atol=1e-5, rtol=0):
+            raise UnsupportedProgram("The program's response probabilities differ from the drawn rates'.")
+
+
+def _first_cell(
+    values: Mapping[str, torch.Tensor], n_cells: int, times: int, *, every: bool = False
+) -> dict[str, torch.Tensor]:
+    """Per-cell values of the first cell repeated ``times``; global values unchanged.
+
+    Per-cell: the local sites (or every entry, with ``every``) whose first dimension is ``n_cells``.
+    """
+    local = set(LOCAL_SITES) | set(ARTIFACT_LOCAL_SITES)
+    out = {}
+    for name, value in values.items():
+        per_cell = (every or name in local) and torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == n_cells
+        out[name] = value[:1].repeat(times, *([1] * (value.dim() - 1))) if per_cell else value
+    return out
+
+
+def _bilinear(curve: torch.Tensor, position_w: torch.Tensor, position_m: torch.Tensor) -> torch.Tensor:
+    """Bilinear interpolation of ``curve`` ``(G, n_w, n_m)`` at fractional indices ``(L, G)`` and ``(L,)``."""
+    G, n_w, n_m = curve.shape
+    flat = curve.permute(0, 2, 1).reshape(-1)  # index (g * n_m + m) * n_w + j
+    m0 = position_m.floor().clamp(0, n_m - 2)
+    fm = (position_m - m0).clamp(0.0, 1.0)[:, None]
+    position_w = position_w.clamp(0.0, n_w - 1.0)
+    j0 = position_w.floor().clamp_(max=n_w - 2)
+    fw = position_w.sub_(j0)
+    index = j0.long().add_((torch.arange(G) * (n_m * n_w))[None, :] + (m0.long() * n_w)[:, None])
+    below = flat.take(index)
+    below.add_(fw * (flat.take(index + 1) - below))
+    index.add_(n_w)
+    above = flat.take(index)
+    above.add_(fw * (flat.take(index + 1) - above))
+    return below.add_(fm * (above - below))
+
+
+def _control_arm(
+    program: PerturbationProgram,
+    latents: Mapping[str, torch.Tensor],
+    population: dict[str, torch.Tensor],
+    extra: Mapping[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means and inverse dispersions of the population's control arm, reading only its own targets' rows."""
+    n, n_targets = population["perturbation"].shape
+    rows = population["perturbation"].any(0)
+    rows[0] = True  # at least one row: the targets plate is never empty
+    index = rows.nonzero().squeeze(-1)
+    targets = TargetSubsample(index, torch.ones(index.shape[0]))
+    subset = {name: value[index] if name in TARGET_SITES else value for name, value in latents.items()}
+    action = {PERTURBATION: torch.zeros(n, index.shape[0]), **extra}
+    mean, theta, _ = arm_distribution(program, dict(subset), population, action, targets)
+    return mean, theta
+
+
+def table_label_means(
+    program: PerturbationProgram,
+    latents: dict[str, torch.Tensor],
+    population: dict[str, torch.Tensor],
+    designs: torch.Tensor,
+    extra: Mapping[str, torch.Tensor],
+    *,
+    responders: bool = False,
+    cache: dict[str, object] | None = None,
+) -> torch.Tensor:
+    """Population mean of the expected log-normalised expression under each design, for one posterior draw.
+
+    Parameters
+    ----------
+    program
+        The model (free per-target effects; escapers are the control arm).
+    latents
+        One draw of the latent sites (:func:`pertpyro.causal._counterfactual.abduct`).
+    population
+        The cells' factual data.
+    designs
+        Multi-hot interventions ``(L, T)``.
+    extra
+        Further interventions applied in every arm (per-cell ones have the population's cells first).
+    responders
+        Set ``efficacy = 1`` (the effect among responders) instead of summing over the response.
+    cache
+        A dict kept across the draws of one query: holds the :class:`NoiseTable` and whether the offsets were checked.
+
+    Returns
+    -------
+    Tensor ``(L, G)``.
+
+    Raises
+    ------
+    UnsupportedProgram
+        When the program's arms are not of this form (then use :func:`pertpyro.causal._analytic.analytic_label_means`).
+    """
+    cache = {} if cache is None else cache
+    n = population["idx"].shape[0]
+    control_mean, theta = _control_arm(program, latents, population, extra)
+    theta = theta.expand(control_mean.shape)
+    if not bool((theta == theta[:1]).all()):
+        raise UnsupportedProgram("The table estimator needs one dispersion per gene, the same in every cell.")
+    theta = theta[0].detach()
+    offsets = label_offsets(program, latents, designs)
+    if not cache.get("checked"):
+        check_offsets(program, latents, population, designs, extra, control_mean, offsets)
+        cache["checked"] = True
+    log_depth = control_mean.sum(-1).log()  # (C,)
+    u = (control_mean.log() - log_depth[:, None]).clamp_min(SHARE_FLOOR)  # (C, G)
+    # the labels' normalisers, averaged over a few cells: zeta_l = mean_c log sum_g exp(u_cg + e_lg)
+    top = offsets.logits.max(-1, keepdim=True).values.clamp_min(0.0)
+    shares = u[:NORMALISER_CELLS].exp()
+    zeta = top.squeeze(-1) + torch.log(torch.exp(offsets.logits - top) @ shares.T).mean(-1)  # (L,)
+    w = (offsets.logits - zeta[:, None]).clamp(-SHIFT_LIMIT, SHIFT_LIMIT)  # (L, G)
+    lam = offsets.depth
+    step = SHARE_STEP * SHIFT_STRIDE
+    # grids (integer indices): u per gene from its lowest cell; w per gene in steps of the stride, 0 a node
+    u_index = u / SHARE_STEP  # (C, G)
+    u_low = u_index.min(0).values.floor().long()  # (G,)
+    n_u = int((u_index.max(0).values.floor().long() - u_low).max()) + 2
+    w_low = (torch.minimum(w.min(0).values, torch.zeros(())) / step).floor().long() - 1  # (G,)
+    w_high = (torch.maximum(w.max(0).values, torch.zeros(())) / step).ceil().long() + 1
+    n_w = int((w_high - w_low).max()) + 1
+    d_index = log_depth / DEPTH_STEP
+    d_low = int(d_index.min().floor())
+    n_d = int(d_index.max().floor()) - d_low + 2
+    m_low = int(math.floor(min(float(lam.min()), 0.0) / DEPTH_STEP))
+    n_m = max(int(math.ceil(max(float(lam.max()), 0.0) / DEPTH_STEP)) - m_low + 1, 2)
+    n_in = n_u + SHIFT_STRIDE * (n_w - 1)
+    start = u_low + SHIFT_STRIDE * w_low  # (G,) first u node each gene reads
+    u_range = (int(start.min()), int(start.max()) + n_in - 1)
+    d_range = (d_low + m_low, d_low + m_low + n_d + n_m - 2)
+    table = cache.get("table")
+    if not isinstance(table, NoiseTable) or not table.covers(theta, u_range, d_range):
+        table = NoiseTable.build(theta, u_range, d_range)
+        cache["table"] = table
+    # the population's histogram over (u, log D), linear binning, per gene
+    G = u.shape[1]
+    position = u_index - u_low
+    i0 = position.floor().long().clamp(0, n_u - 2)
+    fu = (position - i0).clamp(0.0, 1.0)
+    k0 = (d_index - d_low).floor().long().clamp(0, n_d - 2)  # (C,)
+    fd = (d_index - d_low - k0).clamp(0.0, 1.0)[:, None]
+    flat = (torch.arange(G) * (n_u * n_d))[None, :] + i0 * n_d + k0[:, None]  # (C, G)
+    kernel = torch.zeros(G * n_u * n_d, dtype=u.dtype)
+    for offset, weight in (
+        (0, (1 - fu) * (1 - fd)),
+        (1, (1 - fu) * fd),
+        (n_d, fu * (1 - fd)),
+        (n_d + 1, fu * fd),
+    ):
+        kernel.index_add_(0, (flat + offset).reshape(-1), weight.reshape(-1) / n)
+    # each gene's slice of the table, then H_g(w_j, lam_m): a grouped cross-correlation
+    rows = (start - table.u0)[:, None] + torch.arange(n_in)[None, :]  # (G, n_in)
+    depth_start = d_low + m_low - table.d0
+    window = table.values[torch.arange(G)[:, None], rows][..., depth_start : depth_start + n_d + n_m - 1]
+    curve = functional.conv2d(
+        window.unsqueeze(0).to(u.dtype),
+        kernel.reshape(G, 1, n_u, n_d),
+        stride=(SHIFT_STRIDE, 1),
+        groups=G,
+    )[0]  # (G, n_w, n_m)
+    control = curve[torch.arange(G), -w_low, -m_low]  # (G,): w = 0, lam = 0 lie on nodes
+    values = _bilinear(curve, w / step - w_low, lam / DEPTH_STEP - m_low)
+    if offsets.response is not None and not responders:
+        p = offsets.response[:, None]
+        values = p * values + (1.0 - p) * control
+    return values
