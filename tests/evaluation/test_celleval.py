@@ -115,13 +115,14 @@ def run(tmp_path_factory):
     return tmp / "run"
 
 
-def test_evaluate_without_cell_eval_says_how_to_get_it(run, monkeypatch, capsys):
+def test_without_cell_eval_the_section_says_how_to_get_it(split, monkeypatch, tmp_path):
+    train, test = split
     monkeypatch.setattr(_celleval, "cell_eval_installed", lambda: False)
-    assert cli.main(["evaluate", str(run), "--cell-eval"]) == 0
-    out = capsys.readouterr().out
-    assert "skipped, cell-eval is not installed" in out
-    assert "pertpyro[eval]" in out
-    assert not (run / "cell_eval").exists()
+    table, text = _celleval.cell_eval_report(CopyGenerator(get_registry(test)), train, test, tmp_path / "ce")
+    assert table is None
+    assert "skipped, cell-eval is not installed" in text
+    assert "pip install 'pertpyro[eval]'" in text
+    assert not (tmp_path / "ce").exists()
 
 
 def test_evaluate_runs_cell_eval(run, capsys):
