@@ -252,7 +252,7 @@ def evaluation_cells(
 
 
 def write_cell_eval_inputs(real: AnnData, preds: Mapping[str, AnnData], folder: str | Path) -> dict[str, Path]:
-    """Write ``real.h5ad`` and ``pred_<method>.h5ad`` to ``folder`` (the files cell-eval's CLI also reads).
+    """Write ``real.h5ad`` and ``pred_<method>.h5ad`` to ``folder`` (the files cell-eval's CLI also reads), sparse.
 
     Returns
     -------
@@ -261,9 +261,10 @@ def write_cell_eval_inputs(real: AnnData, preds: Mapping[str, AnnData], folder: 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"real": folder / "real.h5ad"} | {name: folder / f"pred_{name}.h5ad" for name in preds}
-    real.write_h5ad(paths["real"])
-    for name, pred in preds.items():
-        pred.write_h5ad(paths[name])
+    for name, adata in {"real": real, **preds}.items():  # stored sparse: most counts are zero
+        stored = AnnData(sp.csr_matrix(adata.X), obs=adata.obs, var=adata.var)
+        stored.layers[COUNTS_LAYER] = sp.csr_matrix(adata.layers[COUNTS_LAYER])
+        stored.write_h5ad(paths[name])
     return paths
 
 

@@ -47,19 +47,19 @@ def test_written_cells(split, tmp_path):
     assert list(preds) == ["pertpyro", "training_mean", "shrunk_training_mean", "no_change"]
     paths = write_cell_eval_inputs(real, preds, tmp_path / "ce")
     real = ad.read_h5ad(paths["real"])
-    np.testing.assert_array_equal(real.layers["counts"], _counts(test))
+    np.testing.assert_array_equal(real.layers["counts"].toarray(), _counts(test))
     expected_sizes = test.obs["perturbation"].astype(str).value_counts().sort_index()
     controls = _counts(test)[test.obs["perturbation"].to_numpy() == "control"]
     control_rows = {row.tobytes() for row in controls.astype(np.float32)}
     for name in preds:
         pred = ad.read_h5ad(paths[name])
-        counts = np.asarray(pred.layers["counts"])
+        counts = pred.layers["counts"].toarray()
         assert np.array_equal(counts, np.round(counts))
         assert (counts >= 0).all()
         sizes = pred.obs["perturbation"].astype(str).value_counts().sort_index()
         pd.testing.assert_series_equal(sizes, expected_sizes, check_names=False)
         lognorm = np.log1p(1e4 * counts / counts.sum(1, keepdims=True))
-        np.testing.assert_allclose(pred.X, lognorm, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(pred.X.toarray(), lognorm, rtol=1e-5, atol=1e-5)
         if name in ("pertpyro", "no_change"):  # copies of held-out control cells, nothing else
             assert {row.tobytes() for row in counts} <= control_rows
     assert all(set(call) == set(test.obs["perturbation"].astype(str)) for call in model.calls)
