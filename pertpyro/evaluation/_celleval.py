@@ -34,6 +34,7 @@ from pertpyro.data._registry import Registry, get_registry, perturbation_labels
 from pertpyro.data._statistics import log_normalise
 from pertpyro.evaluation._baselines import BASELINES
 from pertpyro.evaluation._runner import format_table
+from pertpyro.model._cells import take_cells
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,9 @@ def shift_ratios(
     gene) is right for well-detected genes (``e^shift``) and sparse ones (rate-proportional), not in between, nor
     where thinning empties cells. It is refined by bisection on ``log r`` within a factor ``width`` of it: each step
     draws the shifted counts of all ``cells`` (same seed every step) and compares their mean ``log1p`` with the
-    target. A gene never detected in the cells, and a NaN shift, keep ``r = 1``.
+    target, with each cell's depth fixed (so genes do not interact and bisection is sound) at its value times the
+    label's depth factor ``sum_g r_g p_g`` (``p`` the genes' shares of the counts; 1 in a first round, the first
+    round's ratios in a second). A gene never detected in the cells, a zero shift and a NaN shift keep ``r = 1``.
 
     Parameters
     ----------
@@ -126,19 +129,23 @@ def shift_ratios(
     target = np.maximum(base + np.nan_to_num(shifts, nan=0.0), 0.0)  # (L, G)
     active = (base > 0) & np.isfinite(shifts) & (target > 0)
     start = np.log(np.where(active, np.expm1(target) / np.where(base > 0, np.expm1(base), 1.0), 1.0))
-    lo, hi = start - np.log(width), start + np.log(width)
     rates = depth * (counts.sum(0) / depth.sum())[None]
-    for _ in range(n_steps):
-        mid = (lo + hi) / 2
-        rng = np.random.default_rng(seed)
-        for label in range(len(target)):
-            drawn = shifted_counts(counts, np.exp(mid[label]), rates, rng)
-            value = np.log1p(1e4 * drawn / np.maximum(drawn.sum(1, keepdims=True), 1.0)).mean(0)
-            below = value < target[label]
-            lo[label], hi[label] = np.where(below, mid[label], lo[label]), np.where(below, hi[label], mid[label])
-    ratio = np.exp((lo + hi) / 2)
+    share = counts.sum(0) / max(counts.sum(), 1.0)
+    scale = np.ones((len(target), 1))  # each label's depth factor sum_g r_g share_g: 1, then from the first round
+    for _ in range(2):  # within a round the genes are independent (depth fixed), so bisection is sound
+        lo, hi = start - np.log(width), start + np.log(width)
+        for _ in range(n_steps):
+            mid = (lo + hi) / 2
+            rng = np.random.default_rng(seed)
+            for label in range(len(target)):
+                drawn = shifted_counts(counts, np.exp(mid[label]), rates, rng)
+                value = np.log1p(1e4 * drawn / (depth * scale[label])).mean(0)
+                below = value < target[label]
+                lo[label], hi[label] = np.where(below, mid[label], lo[label]), np.where(below, hi[label], mid[label])
+        ratio = np.exp((lo + hi) / 2)
+        scale = (ratio * share).sum(1, keepdims=True)
     ratio = np.where((base > 0) & np.isfinite(shifts) & (target <= 0), 0.0, ratio)
-    return np.where((base > 0) & np.isfinite(shifts), ratio, 1.0)
+    return np.where((base > 0) & np.isfinite(shifts) & (shifts != 0), ratio, 1.0)
 
 
 def shifted_counts(counts: np.ndarray, ratio: np.ndarray, rates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -227,7 +234,7 @@ def evaluation_cells(
 
     preds: dict[str, AnnData] = {}
     if model is not None:
-        generated = model.predict_cells(adata_test[source_rows], cell_labels, seed=seed)
+        generated = model.predict_cells(take_cells(adata_test, source_rows), cell_labels, seed=seed)
         values = generated.X.toarray() if sp.issparse(generated.X) else np.asarray(generated.X)
         preds[model_name] = _scored(values, cell_labels, registry.perturbation_key, genes)
     source = counts_real[control_rows]
@@ -245,7 +252,7 @@ def evaluation_cells(
 
 
 def write_cell_eval_inputs(real: AnnData, preds: Mapping[str, AnnData], folder: str | Path) -> dict[str, Path]:
-    """Write ``real.h5ad`` and ``pred_<method>.h5ad`` to ``folder`` (the files cell-eval's CLI also reads).
+    """Write ``real.h5ad`` and ``pred_<method>.h5ad`` to ``folder`` (the files cell-eval's CLI also reads), sparse.
 
     Returns
     -------
@@ -254,9 +261,10 @@ def write_cell_eval_inputs(real: AnnData, preds: Mapping[str, AnnData], folder: 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"real": folder / "real.h5ad"} | {name: folder / f"pred_{name}.h5ad" for name in preds}
-    real.write_h5ad(paths["real"])
-    for name, pred in preds.items():
-        pred.write_h5ad(paths[name])
+    for name, adata in {"real": real, **preds}.items():  # stored sparse: most counts are zero
+        stored = AnnData(sp.csr_matrix(adata.X), obs=adata.obs, var=adata.var)
+        stored.layers[COUNTS_LAYER] = sp.csr_matrix(adata.layers[COUNTS_LAYER])
+        stored.write_h5ad(paths[name])
     return paths
 
 

@@ -32,6 +32,18 @@ EXPECTED_SAMPLES = 20
 """Posterior draws averaged by :meth:`CellsMixin.predict_cells` with ``expected=True`` (default)."""
 
 
+def take_cells(adata: AnnData, rows: np.ndarray) -> AnnData:
+    """The cells ``rows`` of ``adata`` (repeats allowed) as a new AnnData, named by position, ``uns`` shared.
+
+    ``obs["source_cell"]`` keeps each cell's name in ``adata``.
+    """
+    obs = adata.obs.iloc[rows].copy()
+    obs["source_cell"] = adata.obs_names[rows].to_numpy()
+    obs.index = pd.Index([f"{name}-{i}" for i, name in enumerate(obs["source_cell"])])
+    layers = {key: value[rows] for key, value in adata.layers.items()}
+    return AnnData(adata.X[rows], obs=obs, var=adata.var.copy(), uns=adata.uns, layers=layers)
+
+
 def _cells_and_labels(
     cells: AnnData, perturbations: str | Sequence[str] | Mapping[str, int], seed: int
 ) -> tuple[np.ndarray, list[str]]:
@@ -111,7 +123,7 @@ class CellsMixin(ModelBase):
             )
         rows, labels = _cells_and_labels(cells, perturbations, seed)
         designs = torch.from_numpy(design_matrix(labels, self.registry))  # refuses unknown targets
-        source = cells[rows]
+        source = take_cells(cells, rows)
         data = self._cell_data(source)
         with seeded(seed), local_params():
             values = predict_counts(
@@ -124,9 +136,7 @@ class CellsMixin(ModelBase):
                 batch_size=batch_size,
             ).numpy()
         obs = source.obs.copy()
-        obs["source_cell"] = source.obs_names.to_numpy()
         obs[self.registry.perturbation_key] = pd.Categorical(labels)
-        obs.index = pd.Index([f"{name}-{i}" for i, name in enumerate(source.obs_names)])
         out = AnnData(values.astype(np.float32), obs=obs, var=pd.DataFrame(index=list(self.registry.genes)))
         if expected:
             out.layers[EXPECTED_LAYER] = out.X
