@@ -3,7 +3,7 @@
 A run folder holds ``config.yaml`` (the validated config, defaults filled), ``split.csv`` (train/val/test per
 cell), ``data.json`` (the data's shape and fingerprint), ``checkpoints/`` (``last.ckpt``, ``best.ckpt``), ``logs/``
 and, once training ends, the model (``model.pt``, ``settings.json``); ``evaluate`` adds ``metrics.csv``,
-``metrics.md`` and ``calibration.csv``.
+``metrics.md``, ``calibration.csv``, ``splits.csv`` and ``paired.csv``.
 
 :func:`load_run` opens one: the data the config names, checked against the fingerprint, and the model.
 """
