@@ -81,7 +81,7 @@ def run_one(adata, seed: int, n: int | None, model_kwargs: dict, train_kwargs: d
     return table
 
 
-def report(rows: pd.DataFrame, cells: list[str], config: dict) -> None:
+def report(rows: pd.DataFrame, cells: list[str], config: dict, command: str | None = None) -> None:
     rows = rows[rows["reference"] == "control"]
     rows = rows.assign(cells=pd.Categorical(rows["cells"], categories=cells, ordered=True)).sort_values("cells")
     paired = paired_differences(rows, model=MODEL, baselines=BASELINES, by=("cells", "subset"), split_column="seed")
@@ -119,6 +119,7 @@ def report(rows: pd.DataFrame, cells: list[str], config: dict) -> None:
             frame_table("Paired difference model - baseline over seeds (95% t interval)", paired_table, digits=4),
         ],
         figure=FIGURE,
+        command=command,
     )
 
 
@@ -150,14 +151,18 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="write the result from the CSV, fit nothing")
     parser.add_argument("--csv", default=None, help="table of every fit (default: results/data_efficiency.csv)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--merge", nargs="+", default=None, help="CSVs of --csv runs: merge them, then report")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     csv = Path(args.csv) if args.csv else _results_dir(None) / f"{NAME}.csv"
     if args.threads:
         torch.set_num_threads(args.threads)
     config = {"model": args.model_kwargs, "train": args.train_kwargs}
+    if args.merge:
+        merged = pd.concat([pd.read_csv(p, dtype={"cells": str}) for p in args.merge], ignore_index=True)
+        merged.drop_duplicates(["seed", "cells", "method", "subset", "reference"]).to_csv(csv, index=False)
     rows = pd.read_csv(csv, dtype={"cells": str}) if csv.is_file() else pd.DataFrame()
-    if not args.report_only:
+    if not (args.report_only or args.merge):
         adata = pertpyro.datasets.papalexi2021()
         pertpyro.setup_anndata(adata, perturbation_key="perturbation", control="control", batch_key="bio_rep")
         for seed in args.seeds:
@@ -175,7 +180,10 @@ def main() -> None:
                     flush=True,
                 )
     if args.csv is None:
-        report(rows, args.cells, config)
+        cells = [c for c in args.cells if c in set(rows["cells"])]
+        command = "python benchmarks/data_efficiency.py --seeds S --cells N --threads 1 --csv FILE (one process per "
+        command += "seed and cell count, in parallel), then python benchmarks/data_efficiency.py --merge FILE ..."
+        report(rows, cells, config, command if args.merge else None)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from _results import ROOT, table, write_result
 
-from pertpyro import cli
+from pertpyro import cli, evaluation, runs
 
 CONFIG = "configs/papalexi.yaml"
 RUN = Path("runs/papalexi")
@@ -138,12 +138,54 @@ def report(run: Path, seconds: dict[str, float] | None) -> None:
     )
 
 
+def one_split(seed: int, out: Path) -> None:
+    """One refit of ``evaluate``'s repetition (the split of ``seed``), scored as ``evaluate`` scores it, to ``out``."""
+    config = cli.load_config(ROOT / CONFIG)
+    adata = runs.load_data(config)
+    start = time.perf_counter()
+    per_split, _ = evaluation.repeated_evaluation(
+        adata,
+        lambda s: cli.make_split(adata, {**config, "split": {**config["split"], "seed": s}}),
+        seed=seed,
+        n_splits=1,
+        model_kwargs=config["model"],
+        train_kwargs={**config["train"], "progress_bar": False},
+        n_samples=config["evaluate"]["n_samples"],
+        top_k=config["evaluate"]["top_k"],
+        reference=("control", "perturbed"),
+    )
+    per_split["seconds"] = time.perf_counter() - start
+    per_split.to_csv(out, index=False)
+
+
+def merge(run: Path, parts: list[Path]) -> None:
+    """``splits.csv`` and ``paired.csv`` of ``run`` from its own split (``metrics.csv``) and refits run apart."""
+    first = pd.read_csv(run / "metrics.csv")
+    first.insert(0, "split", 0)
+    per_split = pd.concat([first, *(pd.read_csv(p) for p in parts)], ignore_index=True)
+    parts_ = runs.load_run(run, model=False).subsets()
+    ratio = parts_["test"].n_obs / parts_["train"].n_obs
+    paired = evaluation.paired_differences(per_split, model="PerturbationModel")
+    corrected = evaluation.paired_differences(per_split, model="PerturbationModel", test_train_ratio=ratio)
+    paired["lower_corrected"], paired["upper_corrected"] = corrected["lower"], corrected["upper"]
+    per_split.to_csv(run / "splits.csv", index=False)
+    paired.to_csv(run / "paired.csv", index=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--split", type=int, default=None, help="only refit and score the split of this seed")
+    parser.add_argument("--out", type=Path, default=None, help="CSV of --split")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, help="CSVs of --split runs to merge")
     args = parser.parse_args()
     run = ROOT / RUN
     seconds = None
+    if args.split is not None:
+        one_split(args.split, args.out)
+        return
+    if args.merge:
+        merge(run, args.merge)
     if not args.report_only:
         start = time.perf_counter()
         assert cli.main(["fit", str(ROOT / CONFIG), "--output", str(run), "--overwrite"]) == 0

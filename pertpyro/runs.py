@@ -3,8 +3,8 @@
 A run folder holds ``config.yaml`` (the validated config, defaults filled), ``split.csv`` (train/val/test per
 cell), ``data.json`` (the data's shape and fingerprint), ``checkpoints/`` (``last.ckpt``, ``best.ckpt``), ``logs/``
 and, once training ends, the model (``model.pt``, ``settings.json``); ``evaluate`` adds ``metrics.csv``,
-``metrics.md``, ``calibration.csv`` and, with negative or positive controls, ``controls.csv`` and
-``controls_qq.png``.
+``metrics.md``, ``calibration.csv``, ``splits.csv`` and ``paired.csv`` (repeated splits) and, with negative or
+positive controls, ``controls.csv`` and ``controls_qq.png``; with cell-eval, ``cell_eval/``.
 
 :func:`load_run` opens one: the data the config names, checked against the fingerprint, and the model.
 """
