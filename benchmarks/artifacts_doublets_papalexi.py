@@ -22,7 +22,7 @@ import time
 import numpy as np
 import scipy.stats
 import torch
-from _results import table, write_result
+from _results import command_line, table, write_result
 
 import pertpyro
 from pertpyro import pp
@@ -106,8 +106,10 @@ def main() -> None:
     parser.add_argument("--from-raw", type=str, nargs="+", default=None, help="write the result from --raw files")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    command = None
     if args.from_raw:
         loaded = [json.load(open(path)) for path in args.from_raw]
+        command = " && ".join([raw["command"] for raw in loaded] + [command_line()])
         runs = {int(seed): out for raw in loaded for seed, out in raw["runs"].items()}
         for key in ("cells", "rate", "epochs"):
             setattr(args, key, loaded[0]["args"][key])
@@ -115,14 +117,15 @@ def main() -> None:
         runs = {seed: run(seed, args) for seed in args.seed}
     if args.raw:
         with open(args.raw, "w") as fh:
-            json.dump({"args": vars(args), "runs": runs}, fh, indent=1)
+            json.dump({"args": vars(args), "runs": runs, "command": command_line()}, fh, indent=1)
         return
     columns = [f"seed {s}" for s in runs]
     rows = []
     for metric in ("auroc", "auprc"):
         for label, key in SCORES:
             values = [out.get(f"{key}_{metric}", float("nan")) for out in runs.values()]
-            rows.append([f"{metric.upper()}, {label}", *values])
+            if not np.all(np.isnan(values)):  # (the fit without evidence is skipped with --no-plain)
+                rows.append([f"{metric.upper()}, {label}", *values])
     detection = table(
         f"Doublet detection, {args.cells} cells per seed, {args.rate:.0%} in-silico doublets, no labels; model: "
         f"latent artifact block, {args.epochs} epochs of batch 512",
@@ -136,7 +139,8 @@ def main() -> None:
             diffs = np.array(
                 [out.get(f"{key}_{metric}", float("nan")) - out[f"scrublet_{metric}"] for out in runs.values()]
             )
-            diff_rows.append([f"{metric.upper()}, {label} - Scrublet", *diffs.tolist(), *_interval(diffs)])
+            if not np.all(np.isnan(diffs)):
+                diff_rows.append([f"{metric.upper()}, {label} - Scrublet", *diffs.tolist(), *_interval(diffs)])
     paired = table(
         "Paired differences from Scrublet's score (same cells and doublets per seed), mean and 95% t interval",
         ["difference", *columns, "mean", "low", "high"],
@@ -148,6 +152,7 @@ def main() -> None:
         title="Doublets of real Papalexi cells: the artifact model beside Scrublet",
         summary=SUMMARY,
         tables=[detection, paired],
+        command=command,
     )
 
 
