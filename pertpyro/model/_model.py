@@ -232,8 +232,9 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         )
         if kw["artifacts"] is not None:
             robust_library_init(self.program, np.log(data.library), data.batch_index)
-            if data.artifact_evidence is not None:
-                self.program.artifact_block.init_evidence(data.artifact_evidence)
+            block = self.program.artifact_block
+            if block is not None and data.artifact_evidence is not None:
+                block.init_evidence(data.artifact_evidence)
         effects = initial_effects(stats, float(torch.sigmoid(torch.tensor(EFFICACY_INIT_LOGIT))))
         # Targets without training cells have no data to start from: their effects start at the prior (mean 0,
         # the prior's scale), so that they stay the prior and their intervals say so.
