@@ -128,7 +128,7 @@ def add_negative_controls(
         if cells_per_control < 1:
             raise ValueError(f"Too few control cells ({len(rows)}) for {n_controls} null pseudo-targets.")
         for i in range(n_controls):
-            label = f"{NULL_PREFIX}{i + 1}"
+            label = f"{NULL_PREFIX}{len(adata.uns.get(NEGATIVE_CONTROLS_KEY, {})) + i + 1}"
             labels[rows[i * cells_per_control : (i + 1) * cells_per_control]] = label
             record[label] = int(cells_per_control)
     taken = sorted(set(record) & set(adata.obs[perturbation_key].astype(str)))
@@ -141,7 +141,7 @@ def add_negative_controls(
             f"{MIN_CONTROL_FRACTION:.0%} (fewer or smaller pseudo-targets)."
         )
     adata.obs[perturbation_key] = pd.Categorical(labels)
-    adata.uns[NEGATIVE_CONTROLS_KEY] = record
+    adata.uns[NEGATIVE_CONTROLS_KEY] = {**dict(adata.uns.get(NEGATIVE_CONTROLS_KEY, {})), **record}  # earlier ones stay
     logger.info("Null pseudo-targets %s; %d control cells stay controls.", sorted(record), left)
     return sorted(record)
 

@@ -124,10 +124,8 @@ def control_table(
     rows = []
 
     def exclusion(rows_: list[int], cols: slice | list[int]) -> dict[str, float]:
-        return {
-            f"excludes 0 at {lv:.0%}": float(excludes[lv][np.ix_(rows_, np.arange(len(genes))[cols])].mean())
-            for lv in level_values
-        }
+        r, c = np.asarray(rows_, dtype=np.int64), np.arange(len(genes), dtype=np.int64)[cols]
+        return {f"excludes 0 at {lv:.0%}": float(excludes[lv][np.ix_(r, c)].mean()) for lv in level_values}
 
     null_rows = [index[n] for n in nulls]
     groups = [(n, [index[n]]) for n in nulls] + ([("all nulls", null_rows)] if len(null_rows) > 1 else [])
@@ -205,20 +203,31 @@ def controls_report(
         return pd.DataFrame(), {}
     draws = np.asarray(draws, dtype=np.float64)
     base = model.interval_calibration_
-    kwargs = {"nulls": nulls, "positives": positives, "threshold": threshold, "fdr": fdr, "ci": ci}
+
+    def table_of(calibration: IntervalCalibration | None, nulls_: list[str], positives_: list[str]) -> pd.DataFrame:
+        return control_table(
+            draws,
+            labels,
+            genes,
+            nulls=nulls_,
+            positives=positives_,
+            threshold=threshold,
+            fdr=fdr,
+            ci=ci,
+            calibration=calibration,
+        )
+
     name = "raw" if base is None else "calibrated"
-    tables = [control_table(draws, labels, genes, calibration=base, **kwargs).assign(intervals=name)]
+    tables = [table_of(base, nulls, positives).assign(intervals=name)]
     null_draws = draws[:, [labels.index(n) for n in nulls]]
     pvalues = {name: null_pvalues(null_draws, base)} if nulls else {}
     if len(nulls) > 1:
         full = null_calibration(null_draws, base)
-        table = control_table(draws, labels, genes, calibration=full, **kwargs)
+        table = table_of(full, nulls, positives)
         held_p = []
         for i, null in enumerate(nulls):
             others = null_calibration(np.delete(null_draws, i, axis=1), base)
-            held = control_table(
-                draws, labels, genes, calibration=others, **{**kwargs, "nulls": [null], "positives": []}
-            )
+            held = table_of(others, [null], [])
             table.loc[table["label"] == null] = held[held["label"] == null].to_numpy()
             held_p.append(null_pvalues(null_draws[:, [i]], others))
         each = table[table["label"].isin(nulls)]

@@ -43,6 +43,8 @@ def test_without_guides_random_groups_of_control_cells():
     assert nulls == ["null_1", "null_2"]
     assert adata.uns["pertpyro_negative_controls"] == {"null_1": 40, "null_2": 40}
     assert (adata.obs["perturbation"] == "control").sum() == 300 - 80
+    assert add_negative_controls(adata, 1, cells_per_control=30, seed=1) == ["null_3"]  # numbered on
+    assert negative_control_labels(adata) == ["null_1", "null_2", "null_3"]  # the first ones stay recorded
 
 
 def test_zero_controls_changes_nothing():
