@@ -10,7 +10,8 @@ Run::
     python benchmarks/defaults_papalexi.py fit --seed 0 --name default --options '{}' --records /tmp/defaults
     python benchmarks/defaults_papalexi.py report --records /tmp/defaults
 
-``fit`` writes one record ``NAME_sSEED.json``; ``report`` writes ``benchmarks/results/defaults_papalexi.json`` from
+``fit`` saves the model to ``NAME_sSEED/`` and scores it into the record ``NAME_sSEED.json`` (``score`` redoes the
+scoring of a saved model); ``report`` writes ``benchmarks/results/defaults_papalexi.json`` from
 all records.
 """
 
@@ -38,13 +39,18 @@ def _slope(observed: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.polyfit(observed, predicted, 1)[0])
 
 
-def fit(seed: int, name: str, options: dict, records: Path, epochs: int | None) -> None:
-    torch.set_num_threads(1)
+def _parts(seed: int, options: dict) -> tuple[dict, dict]:
     config = load_config("configs/papalexi.yaml")
     config["split"]["seed"] = seed
     config["model"].update(options)
     adata = load_data(config)
-    parts = subsets(adata, make_split(adata, config))
+    return config, subsets(adata, make_split(adata, config))
+
+
+def fit(seed: int, name: str, options: dict, records: Path, epochs: int | None) -> None:
+    """Train one setting on one split and save the model to ``records/NAME_sSEED/``, then score it."""
+    torch.set_num_threads(1)
+    config, parts = _parts(seed, options)
     train = dict(config["train"], progress_bar=False)
     if epochs is not None:
         train["max_epochs"] = epochs
@@ -52,6 +58,20 @@ def fit(seed: int, name: str, options: dict, records: Path, epochs: int | None) 
     model = PerturbationModel(parts["train"], **config["model"])
     model.train(validation_adata=parts["val"], **train)
     elapsed = time.perf_counter() - start
+    model.save(records / f"{name}_s{seed}", overwrite=True)
+    (records / f"{name}_s{seed}" / "fit.json").write_text(json.dumps({"fit_s": elapsed, "options": options}))
+    score(seed, name, records)
+
+
+def score(seed: int, name: str, records: Path) -> None:
+    """Score the saved model of ``name`` on split ``seed``; writes the record ``NAME_sSEED.json``."""
+    torch.set_num_threads(1)
+    folder = records / f"{name}_s{seed}"
+    fitted = json.loads((folder / "fit.json").read_text())
+    _, parts = _parts(seed, fitted["options"])
+    model = PerturbationModel.load(folder, parts["train"])
+    labels = sorted(set(observed_shift(parts["test"]).index))
+    predicted = model.predict_shift(labels)
     per = evaluation.ate_metrics(
         model,
         parts["test"],
@@ -60,30 +80,29 @@ def fit(seed: int, name: str, options: dict, records: Path, epochs: int | None) 
         iwelbo=False,
         strong=STRONG,
         baselines=BASELINES,
+        predictions=predicted,
     )
     per = per[per["reference"] == "control"]
     observed = observed_shift(parts["test"], labels=STRONG)
     training = observed_shift(parts["train"], labels=STRONG)
-    predicted = model.predict_shift(STRONG)
     record = {
         "name": name,
         "seed": seed,
-        "options": options,
-        "fit_s": elapsed,
-        "epochs": len(model.history_),
+        "options": fitted["options"],
+        "fit_s": fitted["fit_s"],
+        "epochs": len(model.history_) if model.history_ is not None else None,
         "summary": per.groupby("method")[METRICS].mean().to_dict(orient="index"),
         "strong": per[per["perturbation"].isin(STRONG)].groupby("method")[METRICS].mean().to_dict(orient="index"),
         "slope": {t: _slope(observed.loc[t].to_numpy(), predicted.loc[t].to_numpy()) for t in STRONG},
         "training_mean_slope": {t: _slope(observed.loc[t].to_numpy(), training.loc[t].to_numpy()) for t in STRONG},
-        "efficacy": model.efficacy_probability().round(3).to_dict(),
+        "efficacy": {k: float(v) for k, v in model.efficacy_probability().round(3).items()},
     }
-    records.mkdir(parents=True, exist_ok=True)
     (records / f"{name}_s{seed}.json").write_text(json.dumps(record, indent=1))
     print(json.dumps(record, indent=1))
 
 
 def report(records: Path) -> None:
-    fits = [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]
+    fits = [json.loads(p.read_text()) for p in sorted(records.glob("*_s*.json"))]
     rows, diffs = [], []
     seeds = sorted({f["seed"] for f in fits})
     for seed in seeds:
@@ -163,7 +182,7 @@ def report(records: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["fit", "report"])
+    parser.add_argument("mode", choices=["fit", "score", "report"])
     parser.add_argument("--records", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="default")
@@ -172,6 +191,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "fit":
         fit(args.seed, args.name, json.loads(args.options), args.records, args.epochs)
+    elif args.mode == "score":
+        score(args.seed, args.name, args.records)
     else:
         report(args.records)
 
