@@ -222,7 +222,7 @@ def evaluation_cells(
     if len(control_rows) == 0:
         raise ValueError(f"adata_test has no control cells (label {registry.control!r}) to generate cells from.")
     counts_real = _dense_counts(adata_test, registry)
-    real = _scored(counts_real, test_labels, registry.perturbation_key, genes)
+    real = _scored(counts_real, test_labels.tolist(), registry.perturbation_key, genes)
     labels = [lab for lab in dict.fromkeys(test_labels.tolist()) if lab != registry.control]
     if not labels:
         raise ValueError("adata_test has no perturbed cells to evaluate.")
