@@ -9,6 +9,7 @@ population). Per estimator and seed: the Pearson correlation of its means with t
 taken. Run::
 
     python benchmarks/ate_estimators.py --seeds 0 1 2
+    python benchmarks/ate_estimators.py --seeds 1 --name ate_estimators_seed1   # one seed per process
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100, help="posterior draws of each ATE table")
     parser.add_argument("--max-cells", type=int, default=500, help="population cells (model.ate max_cells)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default="ate_estimators", help="result file name (one per seed when run in parallel)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [row for seed in args.seeds for row in run_seed(seed, args)]
@@ -78,7 +80,7 @@ def main() -> None:
         f"{100 * min(overlap['analytic']):.1f}% or more. Seconds are wall time on a shared CPU (one thread)."
     )
     write_result(
-        "ate_estimators",
+        args.name,
         title="ATE estimators: table and analytic against the simulation",
         summary=summary,
         tables=[

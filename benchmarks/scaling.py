@@ -264,9 +264,9 @@ SUMMARY = (
     "resident memory of the training process (rss_peak_mib) and the throughput (cells_per_s). Peak memory is set by "
     "the training step (batch x genes) and grows little with the number of cells, because the counts stay on disk; "
     "throughput on a shared CPU varies with the machine's load. Rows with run 'ate' then time model.ate on the "
-    "trained model in the same process (ate_samples posterior draws over ate_cells population cells): the analytic "
-    "estimator over ate_analytic_labels targets and the simulation over ate_simulate_labels, in milliseconds per "
-    "label, beside the epoch's train_s."
+    "trained model in the same process (ate_samples posterior draws over ate_cells population cells): the table "
+    "estimator over ate_table_labels targets, the analytic one over ate_analytic_labels and the simulation over "
+    "ate_simulate_labels, in milliseconds per label, beside the epoch's train_s."
 )
 CAPTION = (
     "One epoch per run from a backed (or, mode in_memory, loaded) h5ad; times in seconds, memory in MiB; machine and "
