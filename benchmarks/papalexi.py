@@ -186,7 +186,7 @@ def main() -> None:
         return
     if args.merge:
         merge(run, args.merge)
-    if not args.report_only:
+    if not (args.report_only or args.merge):
         start = time.perf_counter()
         assert cli.main(["fit", str(ROOT / CONFIG), "--output", str(run), "--overwrite"]) == 0
         fitted = time.perf_counter()

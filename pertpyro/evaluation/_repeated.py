@@ -105,7 +105,7 @@ def paired_differences(
                 },
                 axis=1,
             ).dropna()
-            groups = pair.groupby(level=list(by), sort=False) if by else [((), pair)]
+            groups = pair.groupby(level=list(by), sort=False, observed=True) if by else [((), pair)]
             for group, values in groups:
                 group = group if isinstance(group, tuple) else (group,)
                 diff = (values["model"] - values["baseline"]).to_numpy()
