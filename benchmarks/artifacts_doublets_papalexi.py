@@ -141,8 +141,15 @@ def main() -> None:
             )
             if not np.all(np.isnan(diffs)):
                 diff_rows.append([f"{metric.upper()}, {label} - Scrublet", *diffs.tolist(), *_interval(diffs)])
+        for label, key in SCORES[3:]:  # the model against depth alone
+            diffs = np.array(
+                [out.get(f"{key}_{metric}", float("nan")) - out[f"library_{metric}"] for out in runs.values()]
+            )
+            if not np.all(np.isnan(diffs)):
+                diff_rows.append([f"{metric.upper()}, {label} - log library size", *diffs.tolist(), *_interval(diffs)])
     paired = table(
-        "Paired differences from Scrublet's score (same cells and doublets per seed), mean and 95% t interval",
+        "Paired differences from Scrublet's score and from the log library size (same cells and doublets per seed), "
+        "mean and 95% t interval",
         ["difference", *columns, "mean", "low", "high"],
         diff_rows,
         digits=3,
