@@ -31,7 +31,7 @@ from pertpyro.model import PerturbationModel
 from pertpyro.runs import load_data, subsets
 
 STRONG = ["STAT1", "JAK2", "IFNGR1", "IFNGR2", "SMAD4", "IRF1"]
-METRICS = ["pearson_all", "pearson_top20", "mse_all"]
+METRICS = ["pearson_all", "pearson_topk", "mse_all"]
 BASELINES = ("training_mean", "shrunk_training_mean")
 
 
@@ -110,7 +110,7 @@ def report(records: Path) -> None:
         for method in BASELINES:
             s, st = first["summary"][method], first["strong"][method]
             slope = np.mean(list(first["training_mean_slope"].values())) if method == "training_mean" else None
-            rows.append([method, seed, s["pearson_all"], s["pearson_top20"], s["mse_all"], st["pearson_top20"], slope])
+            rows.append([method, seed, s["pearson_all"], s["pearson_topk"], s["mse_all"], st["pearson_topk"], slope])
     for f in sorted(fits, key=lambda f: (f["name"], f["seed"])):
         model = next(m for m in f["summary"] if m not in BASELINES)
         s, st = f["summary"][model], f["strong"][model]
@@ -119,9 +119,9 @@ def report(records: Path) -> None:
                 f["name"],
                 f["seed"],
                 s["pearson_all"],
-                s["pearson_top20"],
+                s["pearson_topk"],
                 s["mse_all"],
-                st["pearson_top20"],
+                st["pearson_topk"],
                 float(np.mean(list(f["slope"].values()))),
             ]
         )
@@ -131,9 +131,9 @@ def report(records: Path) -> None:
                 f["name"],
                 f["seed"],
                 s["pearson_all"] - shrunk["pearson_all"],
-                s["pearson_top20"] - shrunk["pearson_top20"],
+                s["pearson_topk"] - shrunk["pearson_topk"],
                 shrunk["mse_all"] - s["mse_all"],
-                st["pearson_top20"] - f["strong"]["training_mean"]["pearson_top20"],
+                st["pearson_topk"] - f["strong"]["training_mean"]["pearson_topk"],
             ]
         )
     write_result(
