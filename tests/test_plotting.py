@@ -210,3 +210,13 @@ def test_grn_graph_errors():
         plotting.grn_graph(edges, top_n=0)
     with pytest.raises(ValueError, match="min_prob"):
         plotting.grn_graph(edges, min_prob=2.0)
+
+
+def test_null_qq_draws_each_series_and_refuses_bad_pvalues(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "qq.png"
+    fig = plotting.null_qq({"raw": rng.random(300) ** 2, "calibrated": rng.random(300)}, save=path)
+    assert path.exists()
+    assert len(fig.axes[0].collections) == 2  # one scatter per series
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        plotting.null_qq(np.array([0.5, 1.5]))

@@ -166,7 +166,7 @@ def test_ate_probability_and_hits_on_the_simulator(fitted):
     same = model.ate_draws(labels[:2], n_samples=5, max_cells=400, seed=1)
     np.testing.assert_allclose(small["probability"], (np.abs(same) > threshold).mean(0).ravel())
     # the fixture's draws are those of ate_probability(labels, n_samples=40, max_cells=400, seed=0)
-    table = exceedance_table(draws, labels, model.registry.genes, threshold=threshold, fdr=0.1)
+    table = exceedance_table(draws, labels, model.registry.genes, threshold=threshold, fdr=0.1, rule="set")
     real = np.abs(truth.to_numpy().ravel()) > threshold
     hit = table["hit"].to_numpy()
     assert real.sum() >= 10
@@ -194,7 +194,7 @@ def test_recalibration_transfers_across_genes(fitted):
     assert 0.8 <= after.loc[0.9] <= 0.97, after  # measured 0.87 (raw: 0.59)
     genes = np.asarray(model.registry.genes)[~fit_half]
     calls = exceedance_table(
-        draws[:, :, ~fit_half], list(truth.index), genes, threshold=0.2, fdr=0.1, calibration=calibration
+        draws[:, :, ~fit_half], list(truth.index), genes, threshold=0.2, fdr=0.1, calibration=calibration, rule="set"
     )
     real = np.abs(values[:, ~fit_half].ravel()) > 0.2
     hit = calls["hit"].to_numpy()
