@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch.nn import functional
@@ -140,8 +141,9 @@ def label_offsets(
     response = None
     if program.use_efficacy and EFFICACY_RATE in latents:
         rate = latents[EFFICACY_RATE]
-        if program.efficacy_targets is not None:
-            rate = torch.where(program.efficacy_targets.unsqueeze(-1), rate, program.one)
+        efficacy_targets = cast(torch.Tensor | None, program.efficacy_targets)  # a buffer (or None)
+        if efficacy_targets is not None:
+            rate = torch.where(efficacy_targets.unsqueeze(-1), rate, torch.ones(()))
         response = program.response_probability(designs, rate)
     return LabelOffsets(logits, depth, response)
 

@@ -68,7 +68,7 @@ def trained_25_targets():
     return model
 
 
-def test_analytic_ate_agrees_with_the_simulation(trained_25_targets):
+def test_analytic_and_table_ate_agree_with_the_simulation(trained_25_targets):
     model = trained_25_targets
     kwargs = {"n_samples": 20, "max_cells": 300, "seed": 0}
     analytic = model.ate(estimator="analytic", **kwargs)
@@ -82,6 +82,10 @@ def test_analytic_ate_agrees_with_the_simulation(trained_25_targets):
     assert strong.sum() > 10
     ratio = analytic.loc[strong, "mean"] / simulated.loc[strong, "mean"]
     assert 0.9 < float(np.median(ratio)) < 1.1
+    table = model.ate(estimator="table", **kwargs)  # the table estimator, against the same simulation
+    assert np.corrcoef(table["mean"], simulated["mean"])[0, 1] >= 0.99
+    overlap = (table["lower"] <= simulated["upper"]) & (simulated["lower"] <= table["upper"])
+    assert overlap.mean() >= 0.99
 
 
 def test_analytic_ate_rejects_an_unknown_estimator(trained_25_targets):
@@ -122,16 +126,6 @@ def test_table_estimator_matches_the_per_cell_expectation(trained_25_targets):
     assert (table_shift - exact_shift).abs().max() < 0.01
     assert (table - exact).abs().max() < 0.01
     assert np.corrcoef(table_shift.flatten(), exact_shift.flatten())[0, 1] > 0.9999
-
-
-def test_table_estimator_agrees_with_the_simulation(trained_25_targets):
-    model = trained_25_targets
-    kwargs = {"n_samples": 20, "max_cells": 300, "seed": 0}
-    table = model.ate(estimator="table", **kwargs)
-    simulated = model.ate(estimator="simulate", **kwargs)
-    assert np.corrcoef(table["mean"], simulated["mean"])[0, 1] >= 0.99
-    overlap = (table["lower"] <= simulated["upper"]) & (simulated["lower"] <= table["upper"])
-    assert overlap.mean() >= 0.99
 
 
 def test_table_estimator_falls_back_for_weighted_arms(trained_25_targets):
