@@ -71,11 +71,11 @@ class ModelSection(_Section):
     latent_dim: PositiveInt = 10
     n_hidden: PositiveInt = 128
     sparse_effects: bool = False
-    efficacy: bool | str | list[str] = "auto"
+    efficacy: bool | str | list[str] = True
     mask_prior: Probability = 0.5
     encode_perturbation: bool = True
     effect_df: PositiveFloat = 4.0
-    independence: NonNegativeFloat = 10.0
+    independence: NonNegativeFloat = 0.0
     artifacts: Literal["observed", "latent"] | None = None
     artifact_key: str = "artifact"
     seed: NonNegativeInt = 0

@@ -246,7 +246,8 @@ class PerturbationProgram(PyroModule):
         self.library_raw_scale = nn.Parameter(inverse_softplus(lib_scale.float().clamp_min(0.05)))
         self.library_effect = nn.Parameter(torch.zeros(n_targets))
         self.mask_prior_logit = nn.Parameter(torch.tensor(math.log(mask_prior / (1 - mask_prior))))
-        self.response_raw_concentration = nn.Parameter(inverse_softplus(torch.tensor(FULL_RESPONSE_INIT - 1.0)))
+        if efficacy_prior == "learned":  # only then: model files of the uniform prior keep their parameters
+            self.response_raw_concentration = nn.Parameter(inverse_softplus(torch.tensor(FULL_RESPONSE_INIT - 1.0)))
         freq = torch.full((n_targets,), 0.5) if target_frequency is None else target_frequency.float()
         self.register_buffer("target_frequency", freq.clamp(1e-4, 1 - 1e-4))
         self.register_buffer("mask_temperature", torch.tensor(float(mask_temperature)))

@@ -48,4 +48,4 @@ def test_efficacy_strong_keeps_escapers_for_targets_with_a_clear_shift(tiny_adat
     loaded = pertpyro.PerturbationModel.load(tmp_path / "m", without_a)  # a reload does not re-rank on its data
     assert loaded.init_kwargs["efficacy"] == ["A"]
     with pytest.raises(ValueError, match="'strong' or a list"):
-        pertpyro.PerturbationModel(tiny_adata, efficacy="auto")
+        pertpyro.PerturbationModel(tiny_adata, efficacy="always")
