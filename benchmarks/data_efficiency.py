@@ -104,7 +104,7 @@ def report(rows: pd.DataFrame, cells: list[str], config: dict, command: str | No
         NAME,
         title="Data efficiency: held-out effects against training cells per knockout (Papalexi 2021)",
         summary=(
-            "Training cells per knockout are subsampled to 10, 25, 50, 100 or all (controls whole) on random 80/20 "
+            f"Training cells per knockout are subsampled to {' / '.join(cells)} (controls whole) on random 80/20 "
             f"splits of the Papalexi screen (seeds {', '.join(str(s) for s in seeds)}); the test cells of a seed are "
             "the same for every subsample. The model (PerturbationModel and train with their defaults) and the "
             "per-knockout training mean and empirical-Bayes shrunk training mean are fitted on the same cells. "
