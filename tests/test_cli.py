@@ -47,7 +47,8 @@ def test_fit_evaluate_query(config, tmp_path, capsys):
     per_split, paired = pd.read_csv(run / "splits.csv"), pd.read_csv(run / "paired.csv")  # the run's split + 1 refit
     assert sorted(per_split["split"].unique()) == [0, 1]
     assert set(paired["baseline_method"]) == {"training_mean", "shrunk_training_mean"}
-    assert (paired["n_splits"] == 2).all() and (paired["lower"] <= paired["upper"]).all()
+    assert (paired["n_splits"] == 2).all()
+    assert (paired["lower"] <= paired["upper"]).all()
     assert "over 2 random splits" in (run / "metrics.md").read_text()
     coverage = pd.read_csv(run / "calibration.csv")  # coverage of the test cells' shifts (no truth: n_truth_cells=0)
     assert set(coverage["reference"]) == {"heldout"}
@@ -63,6 +64,7 @@ def test_fit_with_calibration(config, tmp_path, capsys):
     """``calibrate: {run: true}`` fits the interval calibration after training; evaluate scores both intervals."""
     cfg = yaml.safe_load(config.read_text())
     cfg["calibrate"] = {"run": True, "n_samples": 3}
+    cfg["evaluate"]["n_splits"] = 1
     config.write_text(yaml.safe_dump(cfg))
     assert cli.main(["fit", str(config)]) == 0
     assert "Calibrated the intervals on a replica screen" in capsys.readouterr().out
@@ -78,6 +80,7 @@ def test_fit_evaluate_with_negative_controls(config, tmp_path, capsys):
     """``data.negative_controls``: null pseudo-targets are fitted, kept out of the metrics, reported as controls."""
     cfg = yaml.safe_load(config.read_text())
     cfg["data"]["negative_controls"] = 2
+    cfg["evaluate"]["n_splits"] = 1
     config.write_text(yaml.safe_dump(cfg))
     assert cli.main(["fit", str(config)]) == 0
     run = tmp_path / "run"

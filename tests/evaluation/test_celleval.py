@@ -107,7 +107,7 @@ def run(tmp_path_factory):
         },
         "model": {"latent_dim": 2, "n_hidden": 16},
         "train": {"max_epochs": 2, "batch_size": 128, "progress_bar": False},
-        "evaluate": {"n_samples": 3, "iwelbo_particles": 2},
+        "evaluate": {"n_samples": 3, "iwelbo_particles": 2, "n_splits": 1},
     }
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))

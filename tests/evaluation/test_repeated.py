@@ -24,9 +24,11 @@ def test_paired_differences_hand_computed_t_interval():
     row = out.iloc[0]
     half = stats.t.ppf(0.975, df=2) * 0.1 / np.sqrt(3)
     assert row["n_splits"] == 3
-    assert row["difference"] == pytest.approx(0.2) and row["sd"] == pytest.approx(0.1)
+    assert row["difference"] == pytest.approx(0.2)
+    assert row["sd"] == pytest.approx(0.1)
     assert (row["lower"], row["upper"]) == pytest.approx((0.2 - half, 0.2 + half))
-    assert row["model"] == pytest.approx(1.2) and row["baseline"] == pytest.approx(1.0)
+    assert row["model"] == pytest.approx(1.2)
+    assert row["baseline"] == pytest.approx(1.0)
     wide = paired_differences(
         table, model="model", baselines=["training_mean"], metrics=["mse_all"], test_train_ratio=0.25
     ).iloc[0]
@@ -46,7 +48,9 @@ def test_paired_differences_rejects_unknown_names():
 
 @pytest.fixture(scope="module")
 def screen():
-    adata = pertpyro.datasets.simulate(n_cells=1200, n_genes=40, n_targets=6, n_combinations=0, n_truth_cells=2000, seed=3)
+    adata = pertpyro.datasets.simulate(
+        n_cells=1200, n_genes=40, n_targets=6, n_combinations=0, n_truth_cells=2000, seed=3
+    )
     pertpyro.setup_anndata(adata, perturbation_key="perturbation", control="control")
     return adata
 
@@ -60,10 +64,12 @@ def test_two_splits_pair_each_method_on_the_same_cells(screen):
         return training_mean(parts["train"], labels)
 
     per_split = repeated_metrics(screen, lambda s: split_cells(screen, seed=s), [0, 1], predict, model_name="m")
-    assert len(calls) == 2 and sorted(per_split["split"].unique()) == [0, 1]
+    assert len(calls) == 2
+    assert sorted(per_split["split"].unique()) == [0, 1]
     out = paired_differences(per_split, model="m", baselines=["training_mean", "shrunk_training_mean"])
     tie = out[out["baseline_method"] == "training_mean"]
-    assert np.allclose(tie["difference"], 0) and np.allclose(tie[["lower", "upper"]], 0)
+    assert np.allclose(tie["difference"], 0)
+    assert np.allclose(tie[["lower", "upper"]], 0)
     assert (out["n_splits"] == 2).all()
 
 
