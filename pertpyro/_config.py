@@ -41,9 +41,9 @@ class DataSection(_Section):
     batch_key: str | None = None
     layer: str | None = None
     guide_key: str | None = None
-    # Null pseudo-targets formed from non-targeting guides (pertpyro.data.add_negative_controls); None: 2 when
-    # guide_key names a guide column, else 0.
-    negative_controls: NonNegativeInt | None = None
+    # Null pseudo-targets formed from non-targeting guides (pertpyro.data.add_negative_controls; random groups of
+    # control cells without guide_key). Off by default: they take control cells from the fit.
+    negative_controls: NonNegativeInt = 0
 
     @field_validator("simulate")
     @classmethod

@@ -57,20 +57,14 @@ RUN_FILES = (
 RUN_FOLDERS = (CHECKPOINT_DIR, LOG_DIR)
 
 
-DEFAULT_NEGATIVE_CONTROLS = 2
-"""Null pseudo-targets a run forms from non-targeting guides when the config names a guide column."""
-
-
 def add_config_controls(adata: AnnData, config: dict[str, Any]) -> list[str]:
     """Form the config's null pseudo-targets (``data.negative_controls``) and register ``adata`` again.
 
-    The cells of non-targeting guides become null pseudo-targets (:func:`pertpyro.data.add_negative_controls`;
-    default: two guides when ``data.guide_key`` is set, none without a guide column). Returns their labels.
+    The cells of non-targeting guides become null pseudo-targets (:func:`pertpyro.data.add_negative_controls`; random
+    groups of control cells without ``data.guide_key``); none by default. Returns their labels.
     """
     data = config["data"]
-    n_controls = data.get("negative_controls")
-    if n_controls is None:
-        n_controls = DEFAULT_NEGATIVE_CONTROLS if data["guide_key"] else 0
+    n_controls = data.get("negative_controls") or 0
     if n_controls == 0:
         return []
     keys = {"perturbation_key": data["perturbation_key"], "control": data["control"]}
