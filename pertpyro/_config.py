@@ -78,6 +78,7 @@ class ModelSection(_Section):
     independence: NonNegativeFloat = 0.0
     artifacts: Literal["observed", "latent"] | None = None
     artifact_key: str = "artifact"
+    artifact_evidence: Literal["auto"] | list[str] | None = "auto"
     seed: NonNegativeInt = 0
     grn: bool = False
     grn_prior: str | None = None
