@@ -272,24 +272,39 @@ def network_mask(regulators: Sequence[str], genes: Sequence[str], network: pd.Da
     return out
 
 
-def total_effects(guide: GRNGuide, prior: GRNPrior, *, n_samples: int = 100, seed: int = 0) -> np.ndarray:
-    """Posterior-mean total (propagated) logit shift of every gene under each regulator's knockout, ``(R, G)``.
+def total_effect_summary(
+    guide: GRNGuide, prior: GRNPrior, *, n_samples: int = 100, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and sd of the total (propagated) logit shift of every gene under each knockout, ``(R, G)`` each.
 
-    The knockout's effect through every path of the network (the map of :meth:`GRNPrior.regulator_effects`),
-    averaged over ``n_samples`` draws of the guide's edges (hard 0/1 inclusion) and weights; deterministic under
-    ``seed``. The regulator's own-mRNA term ``direct`` is included in its own gene's column.
+    The knockout's effect through every path of the network (the map of :meth:`GRNPrior.regulator_effects`), over
+    ``n_samples`` draws of the guide's edges (hard 0/1 inclusion) and weights; deterministic under ``seed``. The
+    regulator's own-mRNA term ``direct`` is included in its own gene's column.
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
     generator = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         prob = torch.sigmoid(guide.logit)
-        out = torch.zeros_like(prob)
+        first = torch.zeros_like(prob, dtype=torch.float64)
+        second = torch.zeros_like(first)
         for _ in range(n_samples):
             included = (torch.rand(prob.shape, generator=generator) < prob).float()
             weight = guide.weight_loc + guide.weight_scale() * torch.randn(prob.shape, generator=generator)
-            out += prior.regulator_effects(included * weight)
-    return (out / n_samples).numpy()
+            draw = prior.regulator_effects(included * weight).double()
+            first += draw
+            second += draw**2
+    mean = first / n_samples
+    var = (second / n_samples - mean**2).clamp(min=0.0)
+    return mean.float().numpy(), var.sqrt().float().numpy()
+
+
+def total_effects(guide: GRNGuide, prior: GRNPrior, *, n_samples: int = 100, seed: int = 0) -> np.ndarray:
+    """Posterior-mean total (propagated) logit shift of every gene under each regulator's knockout, ``(R, G)``.
+
+    The mean of :func:`total_effect_summary`.
+    """
+    return total_effect_summary(guide, prior, n_samples=n_samples, seed=seed)[0]
 
 
 def edge_table(
@@ -303,13 +318,13 @@ def edge_table(
     n_samples: int = 100,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Tidy edges ``(source, target, score, prob, weight, ci_lower, ci_upper, total)`` sorted by ``score``.
+    """Tidy edges ``(source, target, score, prob, weight, ci_lower, ci_upper, total, total_sd)`` sorted by ``score``.
 
     ``score = prob * |weight| / sd``: the posterior inclusion probability times the weight's posterior mean in units
     of its posterior sd (the evidence that the edge exists and that its effect is not zero; the inclusion alone
     saturates near 1 and ties, and a weight's size alone favours the noisy large logit changes of lowly expressed
-    genes). ``total`` is the posterior-mean total effect of the source's knockout on the target
-    (:func:`total_effects`).
+    genes). ``total`` and ``total_sd`` are the posterior mean and sd of the total effect of the source's knockout on
+    the target (:func:`total_effect_summary`).
     """
     if not 0 < ci < 1:
         raise ValueError(f"ci must lie strictly between 0 and 1, got {ci}.")
@@ -320,7 +335,7 @@ def edge_table(
         loc = guide.weight_loc.numpy()
         scale = guide.weight_scale().numpy()
         allowed = prior.edge_mask.numpy() > 0
-    total = total_effects(guide, prior, n_samples=n_samples, seed=seed)
+    total, total_sd = total_effect_summary(guide, prior, n_samples=n_samples, seed=seed)
     z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + ci / 2)))
     rows, cols = np.nonzero(allowed)
     p, w, sd = prob[rows, cols], loc[rows, cols], scale[rows, cols]
@@ -334,6 +349,7 @@ def edge_table(
             "ci_lower": w - z * sd,
             "ci_upper": w + z * sd,
             "total": total[rows, cols],
+            "total_sd": total_sd[rows, cols],
         }
     )
     if threshold is not None:
