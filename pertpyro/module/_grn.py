@@ -19,14 +19,18 @@ for the next step. ``pi_rg`` is ``grn_density`` for every pair, or, for pairs li
 CollecTRI), ``prior_inclusion`` moved by a learned log-odds ``prior_shift`` (one point estimate for all listed pairs):
 the prior is weighed by the data, not trusted, and :meth:`GRNPrior.prior_reliability` reports its learned weight. The effects of a target combination add, as in the free-effect model.
 
-Identifiability: an edge ``i -> j`` is seen directly in the knockout of ``i``; an edge out of a regulator that was
-never perturbed is seen only through the second propagation step, in knockouts of its parents (which move its
-expression). With a single perturbed parent ``p``, the shifts of such a regulator ``h``'s children in ``p``'s
-knockout are explained about as well by direct edges ``p -> child`` (as many edges): the route through ``h`` is
-found only when the edge ``p -> h`` is well determined, which fails when ``h`` is lowly expressed, and ``h``'s
-knockout is then predicted at about zero. Several perturbed parents (the children's shifts are shared across their
-knockouts) or a prior network listing ``h``'s targets make its edges identifiable. A target that is not a measured gene has no incoming edges and no ``direct`` term (its row still
-carries outgoing edges: with no target measured, the block is a sparse one-step target -> gene model).
+Identifiability: an edge ``i -> j`` is seen directly in the knockout of ``i``; an edge out of a regulator ``h`` that
+was never perturbed is seen only through later propagation steps, in the knockouts that move ``h``'s expression.
+When a single knockout ``p`` moves ``h`` (one perturbed parent, no other moved parent), the shifts of ``h``'s children
+``c`` in that knockout (``A_ph A_hc``) are fitted exactly as well by direct edges ``p -> c`` (``A_pc = A_ph A_hc``)
+with as many included edges (``p -> h`` is needed either way): only the Normal weight prior tells the two routes
+apart, by ``(1 - 1 / A_ph^2) sum_c A_pc^2 / (2 s_w^2)`` nats in favour of the route through ``h`` (against it when
+``|A_ph| < 1``), which is small when ``|A_ph|`` is near 1; the mean-field guide can then settle on the direct
+edges and ``h``'s knockout is predicted at about zero. Several knockouts that move ``h`` (its children shift in each,
+in proportion to ``h``'s shift) or a prior network listing ``h``'s targets make its edges identifiable.
+
+A target that is not a measured gene has no incoming edges and no ``direct`` term (its row still carries outgoing
+edges: with no target measured, the block is a sparse one-step target -> gene model).
 
 Scaling with ``R`` regulators, ``G`` genes and ``K = n_steps``: memory ``O(R G)`` (four ``R x G`` tensors in the
 guide and model: inclusion logits, weight location and scale, prior logits); time per step
