@@ -6,9 +6,11 @@ Trained without a prior network (uniform-sparse prior), on the 64% training cell
 screen (split seed ``--split-seed``), once per training seed, so that CollecTRI is an independent reference.
 Testable pairs: sources that are targets of the screen *and* CollecTRI TFs, targets among the measured genes.
 Reported per seed: AUROC, AUPRC and precision at the top ``--k`` pairs of the model's two rankings (direct edges by
-``score``, total effects by ``|total|``) beside the |correlation| and |knockout shift| rankings of the same training
+``score``, total effects by ``|total| / total_sd``) beside the |correlation| and |knockout shift| rankings of the same training
 cells and the random ranking; the paired difference of each model ranking to the better naive ranking; the
-enrichment of CollecTRI edges among the edges with posterior inclusion >= ``--threshold``; CausalBench-style
+AUPRC and precision of other posterior summaries of the same fit (inclusion probability, weight, total effect), the
+evidence for the choice of ``score`` as ``model.grn()``'s ranking column; the enrichment of CollecTRI edges among the
+edges with posterior inclusion >= ``--threshold``; CausalBench-style
 statistics on the held-out test cells for the top ``--k`` model edges and for CollecTRI's testable edges; the
 top edges of STAT1.
 """
@@ -35,13 +37,34 @@ SUMMARY = (
     "The GRN model (grn=True, no prior network) is trained on the training cells of a random split of the shipped "
     "Papalexi 2021 screen, once per training seed, so that the CollecTRI TF-target network is an independent "
     "reference. The testable pairs are (knocked-out CollecTRI TF, measured gene). The tables rank them by the "
-    "model's direct-edge score and by its total knockout effect, beside the two naive rankings a user could make "
+    "model's direct-edge score and by its total knockout effect (posterior mean over sd), beside the two naive rankings a user could make "
     "from the same training cells (|correlation| with the TF's expression, |shift of the gene in the TF's knockout "
-    "cells|); give the paired difference to the better naive ranking per seed; the enrichment of CollecTRI edges "
+    "cells|); give the paired difference to the better naive ranking per seed; compare other posterior summaries of "
+    "the same fits as rankings (the evidence for the ranking column of model.grn()); the enrichment of CollecTRI edges "
     "among the confidently included edges; CausalBench-style statistics on the held-out test cells; and STAT1's "
     "top targets."
 )
 METRICS = ("auroc", "auprc", "precision_at_k")
+CI = 0.9
+Z_CI = 1.6448536269514722  # standard-normal quantile at 0.5 + CI / 2: the weight's sd from its credible interval
+
+
+def summary_rankings(edges):
+    """Rankings of the pairs by posterior summaries of a ``model.grn(ci=CI)`` table, the ranking column first."""
+    sd = (edges["ci_upper"] - edges["ci_lower"]).to_numpy() / (2 * Z_CI)
+    prob, weight = edges["prob"].to_numpy(), edges["weight"].abs().to_numpy()
+    total, total_sd = edges["total"].abs().to_numpy(), edges["total_sd"].to_numpy()
+    values = {
+        "score = prob x |weight| / sd (ranking column)": edges["score"].to_numpy(),
+        "prob": prob,
+        "|weight| / sd": weight / sd,
+        "prob x |weight|": prob * weight,
+        "prob^2 x |weight| / sd": prob**2 * weight / sd,
+        "|total| / total_sd": total / np.maximum(total_sd, 1e-12),
+        "|total|": total,
+    }
+    pairs = edges[["source", "target"]]
+    return {name: pairs.assign(score=v) for name, v in values.items()}
 
 
 def main() -> None:
@@ -61,7 +84,7 @@ def main() -> None:
     train, val, test = (adata[split == s].copy() for s in ("train", "val", "test"))
     net = pertpyro.datasets.collectri()
 
-    per_seed, diffs, enr_rows, stat_rows, seconds = [], [], [], [], []
+    per_seed, diffs, summary_rows, enr_rows, stat_rows, seconds = [], [], [], [], [], []
     for seed in args.seeds:
         t0 = time.perf_counter()
         model = pertpyro.PerturbationModel(train, grn=True, latent_dim=10, seed=seed)
@@ -75,7 +98,7 @@ def main() -> None:
             patience=15,
         )
         seconds.append(time.perf_counter() - t0)
-        edges = model.grn()
+        edges = model.grn(ci=CI)
         tfs = sorted(set(model.regulators) & set(net["source"]))
         reference = net[net["source"].isin(tfs) & net["target"].isin(list(adata.var_names))]
         testable = edges[edges["source"].isin(tfs)]
@@ -89,6 +112,10 @@ def main() -> None:
         for name in model_rankings(testable):
             row = result[result["method"] == name].iloc[0]
             diffs.append([seed, name, *(row[m] - naive[m].max() for m in METRICS)])
+        summaries = compare_rankings(summary_rankings(testable), reference, testable_sources=tfs, k=args.k)
+        summary_rows += [
+            [seed, *row] for row in summaries[["method", "auprc", "precision_at_k"]].iloc[:-1].itertuples(index=False)
+        ]
         predicted = testable[testable["prob"] >= args.threshold]
         enr = enrichment(predicted, testable, reference)
         enr_rows.append(
@@ -130,6 +157,13 @@ def main() -> None:
                 f"precision@{args.k} {d[:, 2].min():+.3f}",
                 ["seed", "model ranking", "AUROC", "AUPRC", f"precision@{args.k}"],
                 diffs,
+                digits=3,
+            ),
+            table(
+                "Posterior summaries of the same fits as rankings of the testable pairs against CollecTRI (the first "
+                "is model.grn()'s ranking column; sd: the weight's posterior sd)",
+                ["seed", "posterior summary", "AUPRC", f"precision@{args.k}"],
+                summary_rows,
                 digits=3,
             ),
             table(

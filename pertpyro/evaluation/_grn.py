@@ -137,13 +137,18 @@ def compare_rankings(
 
 
 def model_rankings(edges: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The two rankings of a ``model.grn()`` table: direct edges (``score``) and total effects (``|total|``)."""
-    if not {"source", "target", "score", "total"} <= set(edges.columns):
-        raise ValueError("edges needs the columns of model.grn(): 'source', 'target', 'score', 'total'.")
+    """The two rankings of a ``model.grn()`` table: direct edges (``score``) and total effects (``|total| / sd``).
+
+    The total effect is ranked by its posterior mean in units of its posterior sd (``|total| / total_sd``): the mean
+    alone favours the large, noisy logit changes of lowly expressed genes.
+    """
+    if not {"source", "target", "score", "total", "total_sd"} <= set(edges.columns):
+        raise ValueError("edges needs the columns of model.grn(): 'source', 'target', 'score', 'total', 'total_sd'.")
     pairs = edges[["source", "target"]]
+    total = edges["total"].abs().to_numpy() / np.maximum(edges["total_sd"].to_numpy(), 1e-12)
     return {
         "pertpyro direct (score)": pairs.assign(score=edges["score"].to_numpy()),
-        "pertpyro total (|total|)": pairs.assign(score=edges["total"].abs().to_numpy()),
+        "pertpyro total (|total|/sd)": pairs.assign(score=total),
     }
 
 

@@ -40,7 +40,7 @@ class GRNMixin(ModelBase):
 
         Returns
         -------
-        DataFrame ``source, target, score, prob, weight, ci_lower, ci_upper, total`` sorted by ``score``
+        DataFrame ``source, target, score, prob, weight, ci_lower, ci_upper, total, total_sd`` sorted by ``score``
         (descending).
 
         - ``score`` (the ranking column) is ``prob * |weight| / sd``: the evidence for the direct edge, its
@@ -52,8 +52,10 @@ class GRNMixin(ModelBase):
           activity, given the edge (a knockout removes one unit: negative weight = the knockout raises the target),
           with its credible interval ``ci_lower``, ``ci_upper``.
         - ``total`` is the posterior-mean *total* effect of knocking out ``source`` on ``target`` (logit shift),
-          through every path of the network (direct edge and regulators in between): rank by ``total.abs()`` to
-          ask which genes a knockout moves, by ``score`` to ask which genes the regulator acts on directly.
+          through every path of the network (direct edge and regulators in between), and ``total_sd`` its posterior
+          sd: rank by ``total.abs() / total_sd`` to ask which genes a knockout moves, by ``score`` to ask which
+          genes the regulator acts on directly. ``total.abs()`` alone, like the weight's size alone, favours the
+          noisy changes of lowly expressed genes.
         """
         if self.program.grn is None or self.guide.grn is None or self.regulators is None:
             raise ValueError("This model has no GRN block: build it with PerturbationModel(..., grn=True).")

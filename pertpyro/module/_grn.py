@@ -19,14 +19,18 @@ for the next step. ``pi_rg`` is ``grn_density`` for every pair, or, for pairs li
 CollecTRI), ``prior_inclusion`` moved by a learned log-odds ``prior_shift`` (one point estimate for all listed pairs):
 the prior is weighed by the data, not trusted, and :meth:`GRNPrior.prior_reliability` reports its learned weight. The effects of a target combination add, as in the free-effect model.
 
-Identifiability: an edge ``i -> j`` is seen directly in the knockout of ``i``; an edge out of a regulator that was
-never perturbed is seen only through the second propagation step, in knockouts of its parents (which move its
-expression). With a single perturbed parent ``p``, the shifts of such a regulator ``h``'s children in ``p``'s
-knockout are explained about as well by direct edges ``p -> child`` (as many edges): the route through ``h`` is
-found only when the edge ``p -> h`` is well determined, which fails when ``h`` is lowly expressed, and ``h``'s
-knockout is then predicted at about zero. Several perturbed parents (the children's shifts are shared across their
-knockouts) or a prior network listing ``h``'s targets make its edges identifiable. A target that is not a measured gene has no incoming edges and no ``direct`` term (its row still
-carries outgoing edges: with no target measured, the block is a sparse one-step target -> gene model).
+Identifiability: an edge ``i -> j`` is seen directly in the knockout of ``i``; an edge out of a regulator ``h`` that
+was never perturbed is seen only through later propagation steps, in the knockouts that move ``h``'s expression.
+When a single knockout ``p`` moves ``h`` (one perturbed parent, no other moved parent), the shifts of ``h``'s children
+``c`` in that knockout (``A_ph A_hc``) are fitted exactly as well by direct edges ``p -> c`` (``A_pc = A_ph A_hc``)
+with as many included edges (``p -> h`` is needed either way): only the Normal weight prior tells the two routes
+apart, by ``(1 - 1 / A_ph^2) sum_c A_pc^2 / (2 s_w^2)`` nats in favour of the route through ``h`` (against it when
+``|A_ph| < 1``), which is small when ``|A_ph|`` is near 1; the mean-field guide can then settle on the direct
+edges and ``h``'s knockout is predicted at about zero. Several knockouts that move ``h`` (its children shift in each,
+in proportion to ``h``'s shift) or a prior network listing ``h``'s targets make its edges identifiable.
+
+A target that is not a measured gene has no incoming edges and no ``direct`` term (its row still carries outgoing
+edges: with no target measured, the block is a sparse one-step target -> gene model).
 
 Scaling with ``R`` regulators, ``G`` genes and ``K = n_steps``: memory ``O(R G)`` (four ``R x G`` tensors in the
 guide and model: inclusion logits, weight location and scale, prior logits); time per step
@@ -272,24 +276,39 @@ def network_mask(regulators: Sequence[str], genes: Sequence[str], network: pd.Da
     return out
 
 
-def total_effects(guide: GRNGuide, prior: GRNPrior, *, n_samples: int = 100, seed: int = 0) -> np.ndarray:
-    """Posterior-mean total (propagated) logit shift of every gene under each regulator's knockout, ``(R, G)``.
+def total_effect_summary(
+    guide: GRNGuide, prior: GRNPrior, *, n_samples: int = 100, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and sd of the total (propagated) logit shift of every gene under each knockout, ``(R, G)`` each.
 
-    The knockout's effect through every path of the network (the map of :meth:`GRNPrior.regulator_effects`),
-    averaged over ``n_samples`` draws of the guide's edges (hard 0/1 inclusion) and weights; deterministic under
-    ``seed``. The regulator's own-mRNA term ``direct`` is included in its own gene's column.
+    The knockout's effect through every path of the network (the map of :meth:`GRNPrior.regulator_effects`), over
+    ``n_samples`` draws of the guide's edges (hard 0/1 inclusion) and weights; deterministic under ``seed``. The
+    regulator's own-mRNA term ``direct`` is included in its own gene's column.
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
     generator = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         prob = torch.sigmoid(guide.logit)
-        out = torch.zeros_like(prob)
+        first = torch.zeros_like(prob, dtype=torch.float64)
+        second = torch.zeros_like(first)
         for _ in range(n_samples):
             included = (torch.rand(prob.shape, generator=generator) < prob).float()
             weight = guide.weight_loc + guide.weight_scale() * torch.randn(prob.shape, generator=generator)
-            out += prior.regulator_effects(included * weight)
-    return (out / n_samples).numpy()
+            draw = prior.regulator_effects(included * weight).double()
+            first += draw
+            second += draw**2
+    mean = first / n_samples
+    var = (second / n_samples - mean**2).clamp(min=0.0)
+    return mean.float().numpy(), var.sqrt().float().numpy()
+
+
+def total_effects(guide: GRNGuide, prior: GRNPrior, *, n_samples: int = 100, seed: int = 0) -> np.ndarray:
+    """Posterior-mean total (propagated) logit shift of every gene under each regulator's knockout, ``(R, G)``.
+
+    The mean of :func:`total_effect_summary`.
+    """
+    return total_effect_summary(guide, prior, n_samples=n_samples, seed=seed)[0]
 
 
 def edge_table(
@@ -303,13 +322,13 @@ def edge_table(
     n_samples: int = 100,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Tidy edges ``(source, target, score, prob, weight, ci_lower, ci_upper, total)`` sorted by ``score``.
+    """Tidy edges ``(source, target, score, prob, weight, ci_lower, ci_upper, total, total_sd)`` sorted by ``score``.
 
     ``score = prob * |weight| / sd``: the posterior inclusion probability times the weight's posterior mean in units
     of its posterior sd (the evidence that the edge exists and that its effect is not zero; the inclusion alone
     saturates near 1 and ties, and a weight's size alone favours the noisy large logit changes of lowly expressed
-    genes). ``total`` is the posterior-mean total effect of the source's knockout on the target
-    (:func:`total_effects`).
+    genes). ``total`` and ``total_sd`` are the posterior mean and sd of the total effect of the source's knockout on
+    the target (:func:`total_effect_summary`).
     """
     if not 0 < ci < 1:
         raise ValueError(f"ci must lie strictly between 0 and 1, got {ci}.")
@@ -320,7 +339,7 @@ def edge_table(
         loc = guide.weight_loc.numpy()
         scale = guide.weight_scale().numpy()
         allowed = prior.edge_mask.numpy() > 0
-    total = total_effects(guide, prior, n_samples=n_samples, seed=seed)
+    total, total_sd = total_effect_summary(guide, prior, n_samples=n_samples, seed=seed)
     z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + ci / 2)))
     rows, cols = np.nonzero(allowed)
     p, w, sd = prob[rows, cols], loc[rows, cols], scale[rows, cols]
@@ -334,6 +353,7 @@ def edge_table(
             "ci_lower": w - z * sd,
             "ci_upper": w + z * sd,
             "total": total[rows, cols],
+            "total_sd": total_sd[rows, cols],
         }
     )
     if threshold is not None:

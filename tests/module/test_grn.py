@@ -22,7 +22,15 @@ from pertpyro.evaluation import (
     naive_rankings,
     random_baseline,
 )
-from pertpyro.module._grn import GRNGuide, GRNPrior, adjacency_action, edge_intervention, edge_table, total_effects
+from pertpyro.module._grn import (
+    GRNGuide,
+    GRNPrior,
+    adjacency_action,
+    edge_intervention,
+    edge_table,
+    total_effect_summary,
+    total_effects,
+)
 from pertpyro.module.sites import ADJACENCY, ADJACENCY_WEIGHT, COUNTS, EFFICACY, PERTURBATION
 
 
@@ -117,7 +125,17 @@ def test_recovers_network_above_baselines(grn_model, grn_screen):
 
 def test_grn_table_format_and_varp(grn_model, grn_screen):
     edges = grn_model.grn()
-    assert list(edges.columns) == ["source", "target", "score", "prob", "weight", "ci_lower", "ci_upper", "total"]
+    assert list(edges.columns) == [
+        "source",
+        "target",
+        "score",
+        "prob",
+        "weight",
+        "ci_lower",
+        "ci_upper",
+        "total",
+        "total_sd",
+    ]
     assert len(edges) == 8 * 40 - 8  # regulators x genes without self edges
     assert not (edges["source"] == edges["target"]).any()
     assert edges["score"].is_monotonic_decreasing
@@ -276,6 +294,31 @@ def test_total_effect_is_the_propagated_knockout_and_differs_from_the_direct_edg
     assert table.loc[("G00", "G01"), "score"] > 1e4  # a certain edge of weight 1: the evidence is overwhelming
     with pytest.raises(ValueError, match="n_samples"):
         total_effects(guide, prior, n_samples=0)
+
+
+def test_total_sd_is_the_posterior_sd_of_the_propagated_knockout():
+    """One uncertain edge 0 -> 2 (inclusion p, weight N(m, s^2)): the total effect -incl * w has a known mean and sd."""
+    prior = GRNPrior(torch.tensor([0, 1]), 3, 2, torch.zeros(2, 3), n_steps=2, direct_init=torch.full((2,), -1.0))
+    guide = GRNGuide(prior)
+    p, m, s = 0.6, 0.8, 0.5
+    with torch.no_grad():
+        guide.logit.fill_(-30.0)
+        guide.logit[0, 2] = float(np.log(p / (1 - p)))
+        guide.weight_loc.zero_()
+        guide.weight_loc[0, 2] = m
+        guide.weight_raw_scale.fill_(-30.0)
+        guide.weight_raw_scale[0, 2] = float(np.log(np.expm1(s)))  # softplus^-1(s)
+    mean, sd = total_effect_summary(guide, prior, n_samples=4000, seed=0)
+    exact_sd = np.sqrt(p * (s**2 + m**2) - (p * m) ** 2)
+    # Monte Carlo error of 4,000 draws: ~1.6% of the sd for the mean and ~1.5% for the sd; tolerances 4x that
+    assert mean[0, 2] == pytest.approx(-p * m, abs=0.06 * exact_sd)
+    assert sd[0, 2] == pytest.approx(exact_sd, rel=0.06)
+    assert sd[1, 0] == pytest.approx(0.0, abs=1e-4)  # no edge out of regulator 1: its total effect is certain
+    table = edge_table(guide, prior, ["G0", "G1"], ["G0", "G1", "G2"], ci=0.9, threshold=None, n_samples=4000)
+    row = table.set_index(["source", "target"]).loc[("G0", "G2")]
+    assert row["total_sd"] == pytest.approx(sd[0, 2], rel=1e-5)
+    ranked = model_rankings(table)["pertpyro total (|total|/sd)"].set_index(["source", "target"])["score"]
+    assert ranked.loc[("G0", "G2")] == pytest.approx(abs(mean[0, 2]) / sd[0, 2], rel=1e-5)
 
 
 def test_model_rankings_beat_both_naive_rankings_on_the_simulator(grn_model, grn_screen):
