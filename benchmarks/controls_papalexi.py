@@ -3,7 +3,7 @@
 For each split seed the shipped Papalexi 2021 screen is split 64/16/20 (stratified by perturbation) and fitted
 with the settings of ``configs/papalexi.yaml`` twice on the same cells: as shipped, and with null pseudo-targets
 (``pertpyro.data.add_negative_controls``: the cells of two non-targeting guides given fake target labels, as
-``pertpyro fit`` does by default when the config names a guide column). Reported:
+``pertpyro fit`` does with ``data.negative_controls: 2`` and a guide column in the config). Reported:
 
 - the held-out ATE metrics of the 25 real knockouts for both fits (do the pseudo-targets cost the real effects?);
 - the control table (``pertpyro.evaluation.control_table``): for each null pseudo-target the share of genes whose
