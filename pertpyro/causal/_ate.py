@@ -80,8 +80,10 @@ def simulate_label_means(
         ``"simulate"``: average over simulated counts (:mod:`pertpyro.causal._expected`); ``"analytic"``: the
         expectation over the count noise computed per cell and gene, all labels vectorised
         (:mod:`pertpyro.causal._analytic`; ``n_counts`` unused); ``"table"``: the same expectation read from one
-        table per gene of the population (:mod:`pertpyro.causal._table`), for thousands of labels; it falls back to
-        ``"analytic"`` with ``weights`` or for programs whose arms are not a logit offset per label.
+        table per gene of the population (:mod:`pertpyro.causal._table`), for thousands of labels: every draw reads
+        one set of population curves (:mod:`pertpyro.causal._table_draws`; per draw with ``global_action`` or an
+        artifact block); it falls back to ``"analytic"`` with ``weights`` or for programs whose arms are not a
+        logit offset per label.
 
     Returns
     -------

@@ -1,6 +1,7 @@
 """The analytic ATE estimator: the expectation over negative binomial counts, and agreement with the simulation."""
 
 import numpy as np
+import pyro
 import pytest
 import torch
 
@@ -180,7 +181,7 @@ def test_table_draws_agree_with_per_draw_populations(trained_25_targets):
     """Every draw from one population's curves: the first draw is the per-draw table's; all draws agree with
     per-draw populations (abducted anew for every draw) in means and interval widths."""
     model = trained_25_targets
-    population = model._population(None, 300, 0)
+    population = model._population(None, 200, 0)
     labels = list(model.registry.targets)
     designs = torch.cat([torch.zeros(1, len(labels)), torch.eye(len(labels))])
     n_samples = 50
@@ -223,3 +224,24 @@ def test_table_draws_widen_their_curves(trained_25_targets, monkeypatch):
     alone = label_shift_draws(model.program, model.guide, population, labels, model.registry, **kwargs)
     assert len(builds) > 1
     torch.testing.assert_close(alone, together, atol=1e-5, rtol=0)
+
+
+def test_global_sampler_draws_the_guides_distributions(trained_25_targets):
+    """Mean-field sites: drawn from the guide's own distributions (their mean is the guide's loc); sites whose
+    distribution depends on another draw: no sampler (the guide is run for every draw)."""
+    model = trained_25_targets
+    one_cell = model._population(None, 1, 0)
+    with local_params(), torch.no_grad():
+        sampler = _table_draws.global_sampler(model.guide, one_cell)
+        assert sampler is not None
+        draws = torch.stack([sampler()["effect"] for _ in range(400)])
+    scale = model.guide.effect_scale().detach()
+    # 400 draws: the mean's error is scale / 20
+    assert ((draws.mean(0) - model.guide.effect_loc.detach()).abs() < 5 * scale / 20).all()
+    torch.testing.assert_close(draws.std(0).median(), scale.median(), rtol=0.1, atol=0)
+
+    def dependent_guide(*args):
+        rate = pyro.sample("efficacy_rate", pyro.distributions.Normal(0.0, 1.0))
+        pyro.sample("effect", pyro.distributions.Normal(rate, 1.0))
+
+    assert _table_draws.global_sampler(dependent_guide, one_cell) is None
