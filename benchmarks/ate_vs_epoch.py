@@ -29,7 +29,8 @@ from pertpyro.inference._lightning import SVIModule
 
 
 def plant_effects(model: pertpyro.PerturbationModel, share: float, seed: int) -> None:
-    """Sparse effects of a fitted screen's size in the guide (N(0, 1), masks on) and library effects N(0, 0.1)."""
+    """Sparse effect means of a fitted screen's size in the guide (N(0, 1); masks, if any, on there and off elsewhere)
+    and library effects N(0, 0.1)."""
     generator = torch.Generator().manual_seed(seed)
     guide, program = model.guide, model.program
     with torch.no_grad():
@@ -111,8 +112,8 @@ def main() -> None:
             f"estimator's ATE table of all {args.targets} targets (model.ate's computation: {args.samples} posterior "
             f"draws over {args.max_cells} population cells, then the means and 90% intervals) takes {ate_s:.1f} s: "
             f"{ate_s / epoch_s:.2f} epochs. The model is untrained, with effects planted in its guide (a share "
-            f"{args.effect_share} of target x gene effects drawn from N(0, 1) and switched on, the rest masked off; "
-            "library effects N(0, 0.1)) so that the table's grids span the ranges of a fitted screen. The epoch "
+            f"{args.effect_share} of the target x gene effect means drawn from N(0, 1), the rest 0; library effects "
+            "N(0, 0.1)) so that the table's grids span the ranges of a fitted screen. The epoch "
             f"extrapolates from {args.steps} steps timed in the same process."
         ),
         tables=[
