@@ -93,8 +93,8 @@ def table_mean_draws(
     n = population["idx"].shape[0]
     latents = abduct(guide, population)
     if not responders:
-        cells, cell_latents = _first_cells(population, n, CHECK_CELLS), _first_cells(latents, n, CHECK_CELLS)
-        if not escapers_are_controls(program, cell_latents, cells, designs, {}):
+        few, few_latents = _first_cells(population, n, CHECK_CELLS), _first_cells(latents, n, CHECK_CELLS)
+        if not escapers_are_controls(program, few_latents, few, designs, {}):
             raise UnsupportedProgram("The program's escapers differ from its control arm.")
     control_mean, theta = _control_arm(program, latents, population, {})
     cells = Population.from_control(control_mean, control_dispersion(control_mean, theta))
