@@ -11,14 +11,16 @@ knockout moves differ little between cells), the population mean of the expected
 
 where ``F_g(u, log D) = E[log1p(1e4 x / D)]`` for ``x ~ NB(D exp(u), theta_g)``
 (:func:`pertpyro.causal._analytic.expected_log1p`). ``H_g`` depends on the label only through two numbers, so it is
-computed once per draw on a grid of ``(w, lambda)`` and every label reads it by interpolation:
+computed once on a grid of ``(w, lambda)`` (per draw here; once per query for all draws in
+:mod:`pertpyro.causal._table_draws`) and every label reads it by interpolation:
 
 - ``F_g`` is tabulated once per query on a grid of ``(u, log D)`` (``theta`` is a point estimate, the same in every
   draw);
 - ``H_g`` on the grid is a cross-correlation of that table with the population's histogram of ``(u_cg, log D_c)``
   (linear binning), one grouped convolution over the genes: its cost does not grow with the population's cells
   beyond the histogram;
-- each label's value is a bilinear interpolation in ``(w, lambda)``; the control arm sits on a node of the grid.
+- each label's value is a bilinear interpolation in ``(w, lambda)`` (:class:`CurveReader`, ``grid_sample``); the
+  control arm sits on a node of the grid.
 
 The labels' offsets come from the drawn effects (``effect * effect_mask``, ``library_effect``, the response rates)
 read the way the program reads them; :func:`check_offsets` compares them with the program's own trace on a few
