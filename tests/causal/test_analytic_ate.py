@@ -13,6 +13,7 @@ from pertpyro.causal._ate import draw_quantiles, label_shift_draws
 from pertpyro.causal._counterfactual import abduct
 from pertpyro.causal._table import Curves, table_label_means
 from pertpyro.causal._table_draws import table_mean_draws
+from pertpyro.data._simulate import truth_shift_frame
 from pertpyro.data._statistics import log_normalise
 
 
@@ -245,3 +246,23 @@ def test_global_sampler_draws_the_guides_distributions(trained_25_targets):
         pyro.sample("effect", pyro.distributions.Normal(rate, 1.0))
 
     assert _table_draws.global_sampler(dependent_guide, one_cell) is None
+
+
+def test_table_draws_among_responders_agree_with_the_per_cell_expectation(trained_25_targets):
+    """``responders=True`` (no mixing with the escapers): the table's draws agree with the per-cell analytic ones."""
+    model = trained_25_targets
+    population = model._population(None, 40, 0)
+    truth = truth_shift_frame(model.adata)
+    labels = list(truth.abs().max(axis=1).sort_values(ascending=False).index[:5])  # the five strongest knockouts
+    args = (model.program, model.guide, population, labels, model.registry)
+    kwargs = {"n_samples": 20, "seed": 2, "responders": True}
+    table = label_shift_draws(*args, estimator="table", **kwargs)
+    exact = label_shift_draws(*args, estimator="analytic", **kwargs)  # 5 labels x 40 cells: cheap
+    strong = exact.mean(0).abs() > 0.3
+    assert strong.sum() > 10
+    # independent draws: the means differ by Monte-Carlo error, sd sqrt(2 / 20) of a draw's spread
+    error = exact.std(0) * (2 / 20) ** 0.5
+    assert ((table.mean(0) - exact.mean(0)).abs() < 4 * error + 0.01).float().mean() > 0.99
+    # among responders the strong effects are larger than over all cells that received the guide
+    intent = label_shift_draws(*args, estimator="table", n_samples=20, seed=2)
+    assert float((table.mean(0)[strong].abs() / intent.mean(0)[strong].abs()).median()) > 1.05
