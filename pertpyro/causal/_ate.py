@@ -26,6 +26,7 @@ from pertpyro.causal._counterfactual import abduct
 from pertpyro.causal._expected import N_COUNTS, escapers_are_controls, expected_cell_values
 from pertpyro.causal._probability import Recalibration
 from pertpyro.causal._table import UnsupportedProgram, table_label_means
+from pertpyro.causal._table_draws import table_mean_draws
 from pertpyro.data._registry import Registry, design_matrix
 from pertpyro.module._program import PerturbationProgram
 from pertpyro.module._types import GuideLike
@@ -79,8 +80,10 @@ def simulate_label_means(
         ``"simulate"``: average over simulated counts (:mod:`pertpyro.causal._expected`); ``"analytic"``: the
         expectation over the count noise computed per cell and gene, all labels vectorised
         (:mod:`pertpyro.causal._analytic`; ``n_counts`` unused); ``"table"``: the same expectation read from one
-        table per gene of the population (:mod:`pertpyro.causal._table`), for thousands of labels; it falls back to
-        ``"analytic"`` with ``weights`` or for programs whose arms are not a logit offset per label.
+        table per gene of the population (:mod:`pertpyro.causal._table`), for thousands of labels: every draw reads
+        one set of population curves (:mod:`pertpyro.causal._table_draws`; per draw with ``global_action`` or an
+        artifact block); it falls back to ``"analytic"`` with ``weights`` or for programs whose arms are not a
+        logit offset per label.
 
     Returns
     -------
@@ -94,6 +97,11 @@ def simulate_label_means(
     escaper_arms = None  # found on the first draw (a property of the program), then reused
     table_cache: dict[str, object] = {}  # the table estimator's noise table, kept across the draws
     with local_params():
+        if estimator == "table" and weights is None and global_action is None:
+            try:  # every draw from one set of population curves
+                return table_mean_draws(program, guide, population, designs, out, responders=responders)
+            except UnsupportedProgram:
+                pass  # the per-draw table (artifact models) or the per-cell analytic estimator below
         for s in range(n_samples):
             latents = abduct(guide, population)
             extra = {} if global_action is None else global_action(latents)
@@ -141,6 +149,32 @@ def simulate_label_means(
     return out
 
 
+QUANTILE_CHUNK = 2**12
+"""Columns of draws sorted at once by :func:`draw_quantiles`."""
+
+
+def draw_quantiles(draws: np.ndarray, probs: Sequence[float]) -> list[np.ndarray]:
+    """``np.quantile(draws, probs, axis=0)`` (linear interpolation), one array per probability.
+
+    The draws of each column are sorted contiguously, a chunk of columns at a time: numpy's quantile along the
+    first axis of millions of columns selects in strided memory and is an order of magnitude slower.
+    """
+    n, shape = draws.shape[0], draws.shape[1:]
+    flat = draws.reshape(n, -1)
+    out = [np.empty(flat.shape[1], dtype=np.result_type(draws.dtype, np.float64)) for _ in probs]
+    positions = [(n - 1) * float(p) for p in probs]
+    for start in range(0, flat.shape[1], QUANTILE_CHUNK):
+        block = np.ascontiguousarray(flat[:, start : start + QUANTILE_CHUNK].T)  # (columns, draws)
+        block.sort(axis=-1)
+        for values, position in zip(out, positions, strict=True):
+            low = min(int(np.floor(position)), n - 1)
+            high, t = min(low + 1, n - 1), position - low
+            a, b = block[:, low].astype(out[0].dtype), block[:, high].astype(out[0].dtype)
+            diff = b - a  # numpy's lerp: from the nearer end, so that t = 0 and t = 1 are exact
+            values[start : start + block.shape[0]] = b - diff * (1 - t) if t >= 0.5 else a + diff * t
+    return [values.reshape(shape) for values in out]
+
+
 def ate_table(
     draws: torch.Tensor,
     labels: Sequence[str],
@@ -157,7 +191,7 @@ def ate_table(
     arr = draws.numpy()
     mean = arr.mean(0)
     if calibration is None:
-        lower, upper = np.quantile(arr, [(1 - ci) / 2, 1 - (1 - ci) / 2], axis=0)
+        lower, upper = draw_quantiles(arr, ((1 - ci) / 2, 1 - (1 - ci) / 2))
     else:
         lower, upper = calibration.bounds(arr, ci)
     n_labels, n_genes = mean.shape

@@ -81,9 +81,9 @@ class EffectsMixin(ModelBase):
             simulated counts (coupled across arms; the reference); ``"analytic"`` computes it per cell and gene
             (a quadrature of the negative binomial's generating function, :mod:`pertpyro.causal._analytic`), all
             labels vectorised: no count noise; ``"table"`` reads the same expectation from one table per gene of the
-            population (:mod:`pertpyro.causal._table`), at a cost per label of a few operations per gene: the
-            estimator for all-target tables of thousands of targets (with ``match_batches`` or a ``grn`` model it
-            computes ``"analytic"``).
+            population (:mod:`pertpyro.causal._table`), built once per query, at a cost per label and draw of a
+            few operations per gene: the estimator for all-target tables of thousands of targets (with
+            ``match_batches`` or a ``grn`` model it computes ``"analytic"``).
 
         Returns
         -------
