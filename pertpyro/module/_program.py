@@ -566,6 +566,13 @@ class PerturbationGuide(PyroModule):
         """Posterior median of the per-target response rates, ``(T,)``."""
         return torch.sigmoid(self.efficacy_loc)
 
+    def basal_mean(self, counts: torch.Tensor, batch_index: torch.Tensor, perturbation: torch.Tensor) -> torch.Tensor:
+        """Posterior mean of ``z_basal`` of cells ``(B, K)``: the encoder's location, less the mean latent shift."""
+        loc, _ = self.encoder(counts, batch_index, perturbation)
+        if self.latent_effects:
+            loc = loc - perturbation.to(loc.dtype) @ self.latent_effect_loc
+        return loc
+
     def effect_scale(self) -> torch.Tensor:
         """Posterior scale of the effects, ``(T, G)``."""
         return nn.functional.softplus(self.effect_raw_scale) + EFFECT_SCALE_FLOOR

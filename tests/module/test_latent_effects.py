@@ -110,6 +110,8 @@ def test_guide_reads_the_basal_state_without_the_targets_latent_shift():
         trace = poutine.trace(poutine.condition(guide, data={LATENT_EFFECT: shift})).get_trace(*args)
         loc, _ = guide.encoder(args[0], args[2], d)
     torch.testing.assert_close(trace.nodes[Z_BASAL]["fn"].base_dist.loc, loc - d @ shift)
+    with torch.no_grad():  # the posterior mean of z_basal (get_latent_representation): less the mean shift
+        torch.testing.assert_close(guide.basal_mean(args[0], args[2], d), loc - d @ guide.latent_effect_loc)
 
 
 def test_save_load_round_trip_and_table_estimator(tiny_adata, tmp_path):
