@@ -76,6 +76,7 @@ class ModelSection(_Section):
     encode_perturbation: bool = True
     effect_df: PositiveFloat = 4.0
     independence: NonNegativeFloat = 0.0
+    latent_effects: bool = False
     artifacts: Literal["observed", "latent"] | None = None
     artifact_key: str = "artifact"
     artifact_evidence: Literal["auto"] | list[str] | None = "auto"

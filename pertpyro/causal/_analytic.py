@@ -29,11 +29,12 @@ from pertpyro.module.sites import (
     EFFECT_MASK,
     EFFICACY,
     EFFICACY_RATE,
+    LATENT_EFFECT,
     LOCAL_SITES,
     PERTURBATION,
 )
 
-TARGET_SITES = (EFFECT, EFFECT_MASK, EFFICACY_RATE)
+TARGET_SITES = (EFFECT, EFFECT_MASK, EFFICACY_RATE, LATENT_EFFECT)
 """Global sites with one row per target."""
 
 QUADRATURE_STEP = 1.0

@@ -83,7 +83,7 @@ def simulate_label_means(
         table per gene of the population (:mod:`pertpyro.causal._table`), for thousands of labels: every draw reads
         one set of population curves (:mod:`pertpyro.causal._table_draws`; per draw with ``global_action`` or an
         artifact block); it falls back to ``"analytic"`` with ``weights`` or for programs whose arms are not a
-        logit offset per label.
+        logit offset per label (the ``grn`` block, ``latent_effects``).
 
     Returns
     -------
@@ -91,6 +91,8 @@ def simulate_label_means(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}.")
+    if estimator == "table" and getattr(program, "latent_effects", False):  # a latent shift is no logit offset
+        estimator = "analytic"
     n_labels, n_genes = designs.shape[0], population["counts"].shape[1]
     sets = () if weights is None else tuple(weights.shape[:-2])
     out = torch.empty(n_samples, *sets, n_labels, n_genes)

@@ -26,6 +26,7 @@ from pertpyro.module.sites import (
     EFFECT_MASK,
     EFFICACY,
     EFFICACY_RATE,
+    LATENT_EFFECT,
     PERTURBATION,
     Z_BASAL,
 )
@@ -37,7 +38,16 @@ INTERVENABLE_SITES = (PERTURBATION, EFFICACY, ARTIFACT, ADJACENCY)
 def abduct(guide: GuideLike, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One posterior draw of the latent sites given the cells' factual data: ``z_basal`` and the global sites."""
     trace = poutine.trace(guide).get_trace(*standalone_args(batch))
-    names = (Z_BASAL, EFFICACY_RATE, EFFECT, EFFECT_MASK, ADJACENCY, ADJACENCY_WEIGHT, ARTIFACT_EMBEDDING)
+    names = (
+        Z_BASAL,
+        EFFICACY_RATE,
+        EFFECT,
+        EFFECT_MASK,
+        LATENT_EFFECT,
+        ADJACENCY,
+        ADJACENCY_WEIGHT,
+        ARTIFACT_EMBEDDING,
+    )
     return {name: torch.as_tensor(trace.nodes[name]["value"]) for name in names if name in trace.nodes}
 
 

@@ -256,7 +256,7 @@ class CellsMixin(ModelBase):
         data = self.cell_data if adata is None else self._cell_data(adata, artifact_labels=False)
         out = []
         for batch in make_loader(data, batch_size=batch_size, shuffle=False):
-            loc, _ = self.guide.encoder(batch["counts"], batch["batch_index"], batch["perturbation"])
+            loc = self.guide.basal_mean(batch["counts"], batch["batch_index"], batch["perturbation"])
             out.append(loc)
         return torch.cat(out).numpy()
 

@@ -95,6 +95,11 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         control cells (:mod:`pertpyro.module._independence`), so that a knockout's effect is held by ``effect``
         (and reaches every prediction, which draws basal states from control cells) rather than by ``z_basal``;
         0: off.
+    latent_effects
+        Each target also shifts the latent state the decoder reads (site ``latent_effect``, SAMS-VAE's latent
+        perturbation embeddings), besides its gene-space ``effect``: a knockout that moves cells along a program of
+        basal variation is held by one vector per target rather than by the perturbed cells' basal states, so that
+        queries, which draw basal states from control cells, carry it. Not with ``grn``.
     artifacts
         Technical-artifact block (:class:`pertpyro.module.ArtifactBlock`): ``None`` (off); ``"observed"``: the boolean
         labels ``obs[artifact_key]`` (e.g. from :func:`pertpyro.pp.qc`) are the ``artifact`` site's values;
@@ -142,6 +147,7 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         encode_perturbation: bool = True,
         effect_df: float = 4.0,
         independence: float = 0.0,
+        latent_effects: bool = False,
         artifacts: ArtifactMode | None = None,
         artifact_key: str = "artifact",
         artifact_evidence: Sequence[str] | Sequence[tuple[str, str]] | Literal["auto"] | None = "auto",
@@ -175,6 +181,7 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
             "encode_perturbation": encode_perturbation,
             "effect_df": effect_df,
             "independence": independence,
+            "latent_effects": latent_effects,
             "artifacts": artifacts,
             "artifact_key": artifact_key,
             "artifact_evidence": evidence_columns(adata, artifact_evidence) if artifacts is not None else [],
@@ -226,6 +233,7 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
             mask_prior=kw["mask_prior"],
             effect_df=kw["effect_df"],
             independence=kw.get("independence", 0.0),  # models saved without the setting trained without it
+            latent_effects=kw.get("latent_effects", False),
             library_init=library_moments(data, n_batches),
             grn=grn_block,
             artifacts=kw["artifacts"],

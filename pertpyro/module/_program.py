@@ -10,12 +10,14 @@ Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k
     effect_mask[t, g] ~ RelaxedBernoulli(pi)   (hard 0/1 forward)  targets x genes plate (``sparse_effects``)
     (``grn``: instead, effect[t] = the knockout of t propagated through adjacency * adjacency_weight, regulators x
      genes plate; see pertpyro.module._grn)
+    latent_effect[t, k] ~ StudentT(df, 0, tau_k)                   targets x latent plate (``latent_effects``)
     for each cell n (plate "cells", subsampled):
         z_basal[n]      ~ Normal(0, I_K)
         perturbation[n] ~ Bernoulli(freq_t)    observed multi-hot d_n (so ``poutine.do`` can set it)
         efficacy[n]     ~ Bernoulli(prod_t rho_t ** d_nt)   enumerated in training (``efficacy``)
         library[n]      ~ Normal(loc_b + efficacy[n] * d_n @ lambda, scale_b)   observed log total counts
-        logits[n]       = decoder(z_basal[n], batch_n) + efficacy[n] * d_n @ (effect * effect_mask)
+        z[n]            = z_basal[n] + efficacy[n] * d_n @ latent_effect          (``latent_effects``; else z_basal[n])
+        logits[n]       = decoder(z[n], batch_n) + efficacy[n] * d_n @ (effect * effect_mask)
         x[n]            ~ NegativeBinomial(mean = exp(library[n]) * softmax(logits[n]), dispersion theta_g)
 
 With ``artifacts`` set, the sites ``artifact``, ``artifact_kind``, ``artifact_label`` (cells) and
@@ -33,6 +35,13 @@ gene g is read off directly, the basal latent cannot absorb it through the decod
 per-gene Student-t prior of scale ``sigma_g`` shares strength across targets (empirical-Bayes shrinkage toward no change,
 with the scale learned per gene). ``efficacy`` is the Mixscape idea as a latent: many cells that received a guide
 escaped the knockout and look like controls.
+
+With ``latent_effects`` a knockout also moves the state the decoder reads (SAMS-VAE's latent perturbation
+embeddings): a shift along the decoder's programs of basal variation (e.g. the interferon response that the
+strongest Papalexi knockouts remove) is one latent vector per target instead of a per-cell displacement of
+``z_basal``, which stays ``N(0, I)`` in every cell. The guide of ``z_basal`` subtracts the drawn shift of a cell's
+targets from the encoder's output, so a perturbed cell's basal state is read off the same scale as a control cell's;
+``do(perturbation=...)`` on control cells then carries the latent part of the effect as well as the gene part.
 
 The effect mask uses a relaxed (concrete) Bernoulli in the model *and* the guide, so that the KL term of the
 ELBO compares two densities on the same space (Maddison et al. 2017); its forward value is hard 0/1
@@ -74,6 +83,8 @@ from pertpyro.module.sites import (
     EFFICACY_RATE,
     GENES_PLATE,
     INDEPENDENCE,
+    LATENT_EFFECT,
+    LATENT_PLATE,
     LIBRARY,
     PERTURBATION,
     TARGETS_PLATE,
@@ -90,8 +101,17 @@ median 0.87; ``a`` is learned across targets."""
 EFFECT_SCALE_FLOOR = 1e-5
 """Smallest posterior scale of an effect."""
 
-SPARSE_GUIDE_PARAMETERS = ("effect_loc", "effect_raw_scale", "mask_logit")
+SPARSE_GUIDE_PARAMETERS = (
+    "effect_loc",
+    "effect_raw_scale",
+    "mask_logit",
+    "latent_effect_loc",
+    "latent_effect_raw_scale",
+)
 """The guide's targets x genes parameters: read row-wise with sparse gradients when a step gives ``targets``."""
+
+LATENT_EFFECT_PRIOR_INIT = 0.5
+"""Initial prior scale ``tau_k`` of the latent effects (learned per latent dimension)."""
 
 EFFICACY_PRIORS = ("learned", "uniform")
 """Priors of the per-target response rates (:meth:`PerturbationProgram.response_rate_prior`)."""
@@ -114,6 +134,16 @@ def global_plates(owner: nn.Module, n_targets: int, n_genes: int) -> tuple[Abstr
             cached = ((n_targets, n_genes), targets, pyro.plate(GENES_PLATE, n_genes, dim=-1))
         owner.__dict__["_global_plates"] = cached
     return cached[1], cached[2]
+
+
+def latent_plate(owner: nn.Module, latent_dim: int) -> pyro.plate:
+    """The ``latent`` plate of the ``latent_effect`` site (dim -1, beside the ``targets`` plate), built once per module."""
+    cached = owner.__dict__.get("_latent_plate")
+    if cached is None or cached[0] != latent_dim:
+        with poutine.block():  # as global_plates: its subsample site stays out of every trace
+            cached = (latent_dim, pyro.plate(LATENT_PLATE, latent_dim, dim=-1))
+        owner.__dict__["_latent_plate"] = cached
+    return cached[1]
 
 
 def subsampled_target_plate(n_targets: int, targets: TargetSubsample) -> Callable[[], AbstractContextManager]:
@@ -198,6 +228,10 @@ class PerturbationProgram(PyroModule):
         Weight of the penalty on the dependence of ``z_basal`` on the perturbation
         (:func:`~pertpyro.module._independence.basal_dependence`), a factor site ``independence`` in the
         ``cells`` plate while the program trains (``training`` mode with gradients on); 0: off.
+    latent_effects
+        Whether each target also shifts the latent state the decoder reads (site ``latent_effect``, targets x
+        latent, prior of scale ``tau_k`` learned per latent dimension, Student-t with ``effect_df`` degrees of
+        freedom); not with ``grn``.
     """
 
     def __init__(
@@ -222,8 +256,15 @@ class PerturbationProgram(PyroModule):
         n_artifact_evidence: int = 0,
         independence: float = 0.0,
         efficacy_prior: str = "uniform",
+        latent_effects: bool = False,
     ) -> None:
         super().__init__()
+        if latent_effects and grn is not None:
+            raise ValueError(
+                "latent_effects is not available with the grn block: a knockout's effect there is its propagation "
+                "through the network, with no latent part."
+            )
+        self.latent_effects = bool(latent_effects)
         if efficacy_prior not in EFFICACY_PRIORS:
             raise ValueError(f"efficacy_prior must be one of {EFFICACY_PRIORS}, got {efficacy_prior!r}.")
         self.efficacy_prior = efficacy_prior
@@ -246,6 +287,10 @@ class PerturbationProgram(PyroModule):
         self.library_raw_scale = nn.Parameter(inverse_softplus(lib_scale.float().clamp_min(0.05)))
         self.library_effect = nn.Parameter(torch.zeros(n_targets))
         self.mask_prior_logit = nn.Parameter(torch.tensor(math.log(mask_prior / (1 - mask_prior))))
+        if latent_effects:  # only then: model files without the block keep their parameters
+            self.latent_effect_prior_raw_scale = nn.Parameter(
+                torch.full((latent_dim,), inverse_softplus(LATENT_EFFECT_PRIOR_INIT))
+            )
         if efficacy_prior == "learned":  # only then: model files of the uniform prior keep their parameters
             self.response_raw_concentration = nn.Parameter(inverse_softplus(torch.tensor(FULL_RESPONSE_INIT - 1.0)))
         freq = torch.full((n_targets,), 0.5) if target_frequency is None else target_frequency.float()
@@ -267,6 +312,13 @@ class PerturbationProgram(PyroModule):
         if self.effect_df > 0:
             return SharedScaleStudentT(self.effect_df, self.zero, self.effect_prior_scale())
         return dist.Normal(self.zero, self.effect_prior_scale())
+
+    def latent_effect_prior(self) -> dist.Distribution:
+        """Prior of one target's latent effects: scale ``tau_k`` per latent dimension, Normal or Student-t."""
+        scale = nn.functional.softplus(self.latent_effect_prior_raw_scale) + 1e-3
+        if self.effect_df > 0:
+            return SharedScaleStudentT(self.effect_df, self.zero, scale)
+        return dist.Normal(self.zero, scale)
 
     def response_rate_prior(self, n_rows: int) -> dist.Distribution:
         """Prior of ``n_rows`` per-target response rates, batch shape ``(n_rows, 1)`` (targets plate)."""
@@ -391,6 +443,10 @@ class PerturbationProgram(PyroModule):
                         ),
                     )  # (R, G), hard 0/1 values
                     effect = effect * mask
+        latent_shift = None
+        if self.latent_effects and T:
+            with rows(), latent_plate(self, self.latent_dim):
+                latent_shift = pyro.sample(LATENT_EFFECT, self.latent_effect_prior().expand([R, self.latent_dim]))
         artifacts = self.artifact_block
         embedding = artifacts.sample_embedding() if artifacts is not None else None  # (2, G)
         # ---- local sites (scale n_cells / B) ----
@@ -403,7 +459,10 @@ class PerturbationProgram(PyroModule):
             if a is not None and artifacts.n_evidence and artifact_evidence is not None:
                 artifacts.observe_evidence(a, kind, artifact_evidence)
             base = self.decoder(z, batch_index)  # (B, G)
-            shifted = base + d @ effect  # (B, G): logits if the knockout took
+            if latent_shift is None:
+                shifted = base + d @ effect  # (B, G): logits if the knockout took
+            else:  # the knockout also moves the decoder's input
+                shifted = self.decoder(z + d @ latent_shift, batch_index) + d @ effect  # (B, G)
             library_shift = d @ library_effect  # (B,)
             factual = d is observed  # not intervened (poutine.do hands back another tensor): no depth change
             factual_library_shift = library_shift if factual else observed @ library_effect  # (B,)
@@ -438,7 +497,8 @@ class PerturbationProgram(PyroModule):
 class PerturbationGuide(PyroModule):
     """Variational family of :class:`PerturbationProgram`.
 
-    Amortised Normal for ``z_basal``; logit-normal for ``efficacy_rate``; mean-field Normal for ``effect``; relaxed Bernoulli (straight-through) for
+    Amortised Normal for ``z_basal`` (with ``latent_effects``: the encoder's location minus the drawn latent shift
+    of the cell's targets); logit-normal for ``efficacy_rate``; mean-field Normal for ``effect`` and ``latent_effect``; relaxed Bernoulli (straight-through) for
     ``effect_mask``. ``efficacy`` has no guide: it is summed out exactly by enumeration.
 
     Parameters
@@ -478,6 +538,10 @@ class PerturbationGuide(PyroModule):
         self.effect_loc = nn.Parameter(torch.zeros(T, G))
         self.effect_raw_scale = nn.Parameter(torch.full((T, G), inverse_softplus(0.05)))
         self.mask_logit = nn.Parameter(torch.full((T, G), 2.0))
+        self.latent_effects = program.latent_effects
+        if program.latent_effects:  # only then: model files without the block keep their parameters
+            self.latent_effect_loc = nn.Parameter(torch.zeros(T, program.latent_dim))
+            self.latent_effect_raw_scale = nn.Parameter(torch.full((T, program.latent_dim), inverse_softplus(0.05)))
         self.use_efficacy = program.use_efficacy
         self.efficacy_loc = nn.Parameter(torch.full((T,), EFFICACY_INIT_LOGIT))
         self.efficacy_raw_scale = nn.Parameter(torch.full((T,), inverse_softplus(0.1)))
@@ -501,6 +565,13 @@ class PerturbationGuide(PyroModule):
     def efficacy_median(self) -> torch.Tensor:
         """Posterior median of the per-target response rates, ``(T,)``."""
         return torch.sigmoid(self.efficacy_loc)
+
+    def basal_mean(self, counts: torch.Tensor, batch_index: torch.Tensor, perturbation: torch.Tensor) -> torch.Tensor:
+        """Posterior mean of ``z_basal`` of cells ``(B, K)``: the encoder's location, less the mean latent shift."""
+        loc, _ = self.encoder(counts, batch_index, perturbation)
+        if self.latent_effects:
+            loc = loc - perturbation.to(loc.dtype) @ self.latent_effect_loc
+        return loc
 
     def effect_scale(self) -> torch.Tensor:
         """Posterior scale of the effects, ``(T, G)``."""
@@ -548,9 +619,17 @@ class PerturbationGuide(PyroModule):
                             self.mask_temperature, logits=_rows(self.mask_logit, index)
                         ),
                     )
+        latent_shift = None
+        if self.latent_effects and T:
+            with rows(), latent_plate(self, self.latent_effect_loc.shape[1]):
+                loc, raw_scale = _rows(self.latent_effect_loc, index), _rows(self.latent_effect_raw_scale, index)
+                scale = nn.functional.softplus(raw_scale) + EFFECT_SCALE_FLOOR
+                latent_shift = pyro.sample(LATENT_EFFECT, dist.Normal(loc, scale))  # (R, K)
         if self.artifact_guide is not None:
             self.artifact_guide()
         with pyro.plate(CELLS_PLATE, n_cells, subsample=idx, dim=-1):
             design = perturbation if index is None else perturbation[:, index]
             loc, scale = self.encoder(counts, batch_index, design, index)
+            if latent_shift is not None:  # the encoder reads the cell's state; its basal state lacks the shift
+                loc = loc - design.to(loc.dtype) @ latent_shift
             pyro.sample(Z_BASAL, dist.Normal(loc, scale).to_event(1))

@@ -10,6 +10,8 @@ EFFICACY_RATE = "efficacy_rate"
 """Per-target probability that a cell carrying the guide responds, shape ``(targets, 1)`` (uniform prior)."""
 EFFECT = "effect"
 """Per-target effect on the decoder's gene logits, shape ``(targets, genes)``."""
+LATENT_EFFECT = "latent_effect"
+"""Per-target shift of the latent state fed to the decoder (``latent_effects``), shape ``(targets, latent_dim)``."""
 EFFECT_MASK = "effect_mask"
 """Per-target, per-gene inclusion of the effect (spike-and-slab), shape ``(targets, genes)``."""
 ADJACENCY = "adjacency"
@@ -36,11 +38,12 @@ COUNTS = "x"
 CELLS_PLATE = "cells"
 TARGETS_PLATE = "targets"
 GENES_PLATE = "genes"
+LATENT_PLATE = "latent"
 REGULATORS_PLATE = "regulators"
 
 LOCAL_SITES = (Z_BASAL, PERTURBATION, EFFICACY, LIBRARY, COUNTS)
 """Sites inside the ``cells`` plate (scaled by ``n_cells / batch_size`` under subsampling)."""
-GLOBAL_SITES = (EFFICACY_RATE, EFFECT, EFFECT_MASK, ADJACENCY, ADJACENCY_WEIGHT)
+GLOBAL_SITES = (EFFICACY_RATE, EFFECT, EFFECT_MASK, LATENT_EFFECT, ADJACENCY, ADJACENCY_WEIGHT)
 """Sites outside the ``cells`` plate (counted once per step)."""
 ARTIFACT_LOCAL_SITES = (ARTIFACT, ARTIFACT_KIND, ARTIFACT_LABEL, ARTIFACT_EVIDENCE)
 """Local sites of the artifact block (``artifact_label`` only in the latent mode with labels, ``artifact_evidence``

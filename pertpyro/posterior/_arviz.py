@@ -3,7 +3,8 @@
 Groups and variables (dims in brackets; the draws of the guide are independent, split into ``chains`` chains):
 
 - ``posterior``: ``effect`` [target, gene] (the logit effect of each target on each gene), ``effect_mask``
-  [target, gene] when the model has sparse effects, optionally ``ate`` [perturbation, gene] (draws of
+  [target, gene] when the model has sparse effects, ``latent_effect`` [target, latent] when it has latent effects,
+  optionally ``ate`` [perturbation, gene] (draws of
   ``model.ate``) and ``z_basal`` [cell, latent] (basal states of the checked cells);
 - ``constant_data``: point-estimated (empirical-Bayes) parameters, not sampled: ``efficacy_rate`` [target] (posterior
   median of the fraction of cells in which the knockout takes), ``library_effect`` [target], ``effect_prior_scale`` [gene],
@@ -31,7 +32,7 @@ from pertpyro.causal._counterfactual import abduct, intervene
 from pertpyro.causal._population import subsample_rows, subset_batch
 from pertpyro.data._loader import CellData, standalone_args
 from pertpyro.data._statistics import log_normalise
-from pertpyro.module.sites import EFFECT, EFFECT_MASK, Z_BASAL
+from pertpyro.module.sites import EFFECT, EFFECT_MASK, LATENT_EFFECT, Z_BASAL
 from pertpyro.posterior._protocol import FittedModel, require_trained
 
 PPC_VARIABLES = ("gene_mean", "zero_fraction")
@@ -97,9 +98,9 @@ def _global_draws(model: FittedModel, n_samples: int, cells: dict[str, torch.Ten
     if cells is None:  # the global sites do not depend on the cells: any one cell makes the guide run
         cells = model.cell_data[np.array([0])]
         cells["idx"] = torch.arange(1)
-        names: tuple[str, ...] = (EFFECT, EFFECT_MASK)
+        names: tuple[str, ...] = (EFFECT, EFFECT_MASK, LATENT_EFFECT)
     else:
-        names = (EFFECT, EFFECT_MASK, Z_BASAL)
+        names = (EFFECT, EFFECT_MASK, LATENT_EFFECT, Z_BASAL)
     args = standalone_args(cells)
     out: dict[str, list[np.ndarray]] = {}
     with local_params():
@@ -167,6 +168,7 @@ def to_inference_data(
     dims: dict[str, list[str]] = {
         EFFECT: ["target", "gene"],
         EFFECT_MASK: ["target", "gene"],
+        LATENT_EFFECT: ["target", "latent"],
         Z_BASAL: ["cell", "latent"],
         "ate": ["perturbation", "gene"],
         "efficacy_rate": ["target"],
