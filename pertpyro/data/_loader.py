@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,34 @@ class ProgramArgs(NamedTuple):
     artifact: torch.Tensor | None = None
     targets: TargetSubsample | None = None
     artifact_evidence: torch.Tensor | None = None
+
+
+class SparseRows(NamedTuple):
+    """Rows of counts in CSR form (``indptr``, ``indices``, ``values``), moved between processes and devices sparse.
+
+    Lightning and the DataLoader move the tensors of a named tuple like those of a dict; :meth:`to_dense` builds the
+    dense rows where they are used (on the device).
+    """
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    values: torch.Tensor
+    n_genes: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, genes)``."""
+        return self.indptr.shape[0] - 1, self.n_genes
+
+    def to_dense(self) -> torch.Tensor:
+        """The dense rows, on the device of the tensors."""
+        n_rows, n_genes = self.shape
+        rows = torch.repeat_interleave(
+            torch.arange(n_rows, device=self.indptr.device), self.indptr.diff(), output_size=self.values.shape[0]
+        )
+        dense = torch.zeros(n_rows, n_genes, dtype=self.values.dtype, device=self.values.device)
+        dense[rows, self.indices] = self.values
+        return dense
 
 
 class CellData(Dataset):
@@ -128,8 +156,11 @@ class CellData(Dataset):
 
     def __getitem__(self, idx: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
         idx = np.sort(np.asarray(idx, dtype=np.int64))
+        return {"counts": torch.from_numpy(read_rows(self.counts, idx))} | self.cell_fields(idx)
+
+    def cell_fields(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """Every per-cell entry of a minibatch but the counts, for the cells ``idx`` (in that order)."""
         batch = {
-            "counts": torch.from_numpy(read_rows(self.counts, idx)),
             "perturbation": torch.from_numpy(self.label_design[self.label_codes[idx]]),
             "batch_index": torch.from_numpy(self.batch_index[idx]),
             "library": torch.from_numpy(self.library[idx]),
@@ -278,7 +309,7 @@ def shard_loader(loader: DataLoader) -> DataLoader:
 
 
 def program_args(
-    batch: dict[str, torch.Tensor],
+    batch: dict[str, Any],
     n_cells: int,
     *,
     with_counts: bool = True,
@@ -289,8 +320,11 @@ def program_args(
     ``targets``: the minibatch's targets and their weights, for a step that reads only their global sites
     (:func:`pertpyro.module._targets.present_targets`); ``None``: every target.
     """
+    counts = batch["counts"] if with_counts else None
+    if isinstance(counts, SparseRows):  # rows read sparse stay sparse up to the device
+        counts = counts.to_dense()
     return ProgramArgs(
-        batch["counts"] if with_counts else None,
+        counts,
         batch["perturbation"],
         batch["batch_index"],
         batch["library"],
