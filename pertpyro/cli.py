@@ -1,5 +1,7 @@
-"""Command line: ``pertpyro fit CONFIG``, ``pertpyro evaluate RUN_DIR``, ``pertpyro query RUN_DIR --do ...``,
-``pertpyro shuffle SRC DST``."""
+"""Command line: ``pertpyro fit CONFIG``, ``pertpyro evaluate RUN_DIR``, ``pertpyro query RUN_DIR --do ...``.
+
+``pertpyro shuffle SRC DST`` converts an h5ad file for fast training from disk (:func:`pertpyro.data.shuffle_h5ad`).
+"""
 
 from __future__ import annotations
 

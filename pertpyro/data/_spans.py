@@ -14,9 +14,11 @@ afresh, shuffles the spans, and makes each minibatch of ``batch_size / span_size
 
 A minibatch then costs ``batch_size / span_size`` contiguous reads (anndata's
 :func:`anndata.io.sparse_dataset` slices: ``indptr``, ``data`` and ``indices`` of each span) instead of a few reads per
-cell. :class:`SpanData` does those reads and returns the counts in CSR form (:class:`~pertpyro.data._loader.SparseRows`), which cross from
-the worker process to the training process and to the device sparse (a few times smaller than dense rows) and are
-densified there (:func:`pertpyro.data._loader.program_args`). With ``num_workers`` worker processes
+cell. :class:`SpanData` does those reads. For a GPU it returns the counts in CSR form
+(:class:`~pertpyro.data._loader.SparseRows`), which cross from the worker process to the training process and to the
+device sparse (a few times smaller than dense rows) and are densified there
+(:func:`pertpyro.data._loader.program_args`); for the CPU the worker densifies them, which takes that work off the
+training process. With ``num_workers`` worker processes
 (:func:`make_span_loader`; persistent across epochs, each reading ahead ``prefetch_factor`` minibatches), the reads
 run while the training process computes the step. Each worker opens the file itself (h5py handles are not shared
 across processes).
@@ -135,9 +137,12 @@ class SpanData(Dataset):
     rows
         The rows of ``data`` this dataset holds (sorted; default: all). Items are arrays of ``[start, stop)`` spans of
         positions in ``rows`` (:class:`SpanBatchSampler`); ``"idx"`` of a minibatch holds these positions.
+    sparse
+        Return sparse counts as :class:`~pertpyro.data._loader.SparseRows` (for a GPU: less to copy), else dense.
     """
 
-    def __init__(self, data: CellData, rows: np.ndarray | None = None) -> None:
+    def __init__(self, data: CellData, rows: np.ndarray | None = None, *, sparse: bool = False) -> None:
+        self.sparse = sparse
         self.rows = np.arange(len(data)) if rows is None else np.asarray(rows, dtype=np.int64)
         if self.rows.size and np.any(np.diff(self.rows) <= 0):
             raise ValueError("rows must be sorted and unique.")
@@ -188,7 +193,7 @@ class SpanData(Dataset):
         pieces = self.store_spans(spans)
         matrix = self._matrix()
         blocks = [matrix[a:b] for a, b in pieces]
-        if any(sp.issparse(b) for b in blocks):
+        if self.sparse and any(sp.issparse(b) for b in blocks):
             csr = sp.vstack(blocks, format="csr", dtype=np.float32)
             counts: SparseRows | torch.Tensor = SparseRows(
                 torch.from_numpy(csr.indptr.astype(np.int64)),
@@ -197,7 +202,8 @@ class SpanData(Dataset):
                 int(csr.shape[1]),
             )
         else:
-            counts = torch.from_numpy(np.concatenate(blocks).astype(np.float32, copy=False))
+            dense = [b.toarray() if sp.issparse(b) else np.asarray(b) for b in blocks]
+            counts = torch.from_numpy(np.concatenate(dense).astype(np.float32, copy=False))
         cells = self.rows[positions]
         return {"counts": counts} | self.cells.cell_fields(cells) | {"idx": torch.from_numpy(positions)}
 

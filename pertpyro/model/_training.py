@@ -163,9 +163,16 @@ class TrainingMixin(ModelBase):
         if span_size > 1:  # contiguous reads of a shuffled store, in worker processes
             spans = {"span_size": span_size, "num_workers": num_workers, "pin_memory": pin}
             train_loader = make_span_loader(
-                SpanData(self.cell_data, subset_rows), batch_size=batch_size, shuffle=True, seed=seed, **spans
+                SpanData(self.cell_data, subset_rows, sparse=pin),
+                batch_size=batch_size,
+                shuffle=True,
+                seed=seed,
+                **spans,
             )
-            val_spans = SpanData(val_data.data, val_data.rows) if isinstance(val_data, _RowSubset) else SpanData(val_data)
+            val_cells, val_rows_ = (
+                (val_data.data, val_data.rows) if isinstance(val_data, _RowSubset) else (val_data, None)
+            )
+            val_spans = SpanData(val_cells, val_rows_, sparse=pin)  # counts sparse up to a GPU, dense for the CPU
             val_loader = make_span_loader(val_spans, batch_size=max(batch_size, 2048), shuffle=False, **spans)
         else:
             train_loader = make_loader(
