@@ -30,7 +30,8 @@ def test_every_epoch_visits_each_cell_once_and_epochs_differ():
         visited = np.concatenate([_cells(b) for b in batches])
         np.testing.assert_array_equal(np.sort(visited), np.arange(1003))  # each cell exactly once
         epochs.append({frozenset(_cells(b)) for b in batches})
-    assert not epochs[0] & epochs[1] and not epochs[1] & epochs[2]  # no minibatch repeats across epochs
+    assert not epochs[0] & epochs[1]
+    assert not epochs[1] & epochs[2]
     sampler.set_epoch(1)
     again = {frozenset(_cells(b)) for b in sampler}
     assert again == epochs[1]  # an epoch's minibatches follow (seed, epoch)
@@ -52,7 +53,8 @@ def test_bad_sampler_arguments():
 
 def test_holdout_is_a_window():
     train, val = span_holdout(1000, 0.1, seed=3)
-    assert len(val) == 100 and np.all(np.diff(val) == 1)
+    assert len(val) == 100
+    assert np.all(np.diff(val) == 1)
     np.testing.assert_array_equal(np.sort(np.r_[train, val]), np.arange(1000))
     assert span_holdout(1000, 0.1, seed=4)[1][0] != val[0]
 
