@@ -8,8 +8,10 @@ of that mode; the modes alternate, ``--repeats`` times:
 - ``memory``: the file loaded into memory (``anndata.read_h5ad(path)``), cells drawn at random;
 - ``spans``: the file opened backed (``backed="r"``), trained with ``train``'s defaults for a shuffled file: spans of
   ``SPAN_SIZE`` consecutive cells read by one DataLoader worker process ahead of the step;
-- ``backed``: the same backed file read cell by cell at random in the training process (``span_size=1``), the
-  loader a backed AnnData gets when its file is not shuffled.
+- ``random``: the same backed file, cells drawn one by one at random (``span_size=1``) but read by a worker
+  (``num_workers=1``), each minibatch's rows read directly with h5py;
+- ``backed``: the same backed file, cells drawn one by one at random and read in the training process by anndata
+  (``span_size=1``, ``num_workers=0``: the loader a backed AnnData gets when its file is not shuffled).
 
 Each process trains with one torch thread; the ``spans`` worker is a second process (on a 2-core machine it can use
 the other core). An epoch of a large screen takes longer than a benchmark should, so each run trains ``--steps``
@@ -37,7 +39,8 @@ from _results import table, write_result
 from scaling import _rss_mib, write_screen
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("memory", "spans", "backed")
+MODES = ("memory", "spans", "random", "backed")
+OPTIONS = {"memory": {}, "spans": {}, "random": {"span_size": 1, "num_workers": 1}, "backed": {"span_size": 1}}
 
 
 def _worker_peaks_mib() -> list[float]:
@@ -97,11 +100,11 @@ def train_child(path: str, mode: str, batch_size: int, steps: int, warmup: int) 
     pertpyro.setup_anndata(adata)
     model = pertpyro.PerturbationModel(adata)
     setup_s = time.perf_counter() - t0
-    options = {"span_size": 1} if mode == "backed" else {}
+    options = OPTIONS[mode]
     t0 = time.perf_counter()
     model.train(max_epochs=1, batch_size=batch_size, early_stopping=False, progress_bar=False, seed=0, **options)
     train_s = time.perf_counter() - t0
-    span_size, num_workers = model._span_settings(options.get("span_size"), None, 1)  # what train resolved
+    span_size, num_workers = model._span_settings(options.get("span_size"), options.get("num_workers"), 1)
     start, end = marks["start"], marks["end"]
     timed = len(end) - warmup
     waits = [start[k] - end[k - 1] for k in range(warmup, len(end))]
@@ -197,8 +200,9 @@ def main() -> None:
             f"A simulated screen of {size} is converted once with pertpyro.data.shuffle_h5ad "
             f"({conversion['shuffle_s']:.0f} s, peak RSS {conversion['shuffle_rss_mib']:.0f} MiB). Fresh processes "
             "then train from it, the modes alternating: in memory (memory), backed with the default loader of a "
-            "shuffled file (spans of consecutive cells read by a DataLoader worker ahead of the step), and backed "
-            "with cells read one by one at random (backed). Each trains a fixed number of minibatches through "
+            "shuffled file (spans: spans of consecutive cells read by a DataLoader worker ahead of the step), backed "
+            "with cells drawn one by one at random and read by a worker (random), and backed with cells drawn one by "
+            "one and read by anndata in the training process (backed, the loader of a file that is not shuffled). Each trains a fixed number of minibatches through "
             "model.train with one torch thread; cells_per_s runs from the end of the warm-up steps to the end of the "
             "last step, waits for data included, vs_memory is its ratio to the memory run of the same repeat, "
             "loader_wait_s the mean time per step spent between steps. Peak RSS of the training process and of its "

@@ -32,6 +32,9 @@ from pertpyro.data._stream import (
 )
 from pertpyro.module._targets import TargetSubsample
 
+PREFETCH_FACTOR = 4
+"""Minibatches each DataLoader worker process reads ahead."""
+
 
 class ProgramArgs(NamedTuple):
     """Positional arguments of the model and the guide (``_get_fn_args_from_batch`` in scvi's terms)."""
@@ -246,6 +249,36 @@ class DistributedBatchSampler(Sampler[list[int]]):
             yield batch.tolist()
 
 
+class RunBatchSampler(Sampler[np.ndarray]):
+    """The minibatches of a batch sampler, each sorted and given as runs ``[start, stop)`` of consecutive cells.
+
+    For datasets that read runs of rows (:class:`pertpyro.data._spans.SpanData`): the same minibatches as
+    ``batches`` yields, in the order :class:`CellData` puts their cells in.
+    """
+
+    def __init__(self, batches: Sampler[list[int]]) -> None:
+        self.batches = batches
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The generator that shuffles the cells, if any (saved with checkpoints)."""
+        return getattr(getattr(self.batches, "sampler", None), "generator", None)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch on to the batch sampler (when it takes one)."""
+        if hasattr(self.batches, "set_epoch"):
+            self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for batch in self.batches:
+            cells = np.sort(np.asarray(batch, dtype=np.int64))
+            cuts = np.flatnonzero(np.diff(cells) != 1) + 1
+            yield np.stack([cells[np.r_[0, cuts]], cells[np.r_[cuts - 1, cells.size - 1]] + 1], axis=1)
+
+
 def make_loader(
     data: CellData | torch.utils.data.Dataset,
     *,
@@ -255,12 +288,16 @@ def make_loader(
     pin_memory: bool = False,
     distributed: bool = False,
     block_size: int = 1,
+    runs: bool = False,
+    num_workers: int = 0,
 ) -> DataLoader:
     """Minibatch loader over ``data``: one sampler draw is a whole batch, sliced in one vectorised call.
 
     ``distributed=True`` gives each process of a multi-process run its own shard of the cells
     (:class:`DistributedBatchSampler`). ``block_size > 1`` (with ``shuffle``) makes minibatches of shuffled blocks of
     consecutive cells, for fast reads from a backed AnnData (:class:`~pertpyro.data._blocks.BlockBatchSampler`).
+    ``runs=True`` hands ``data`` each minibatch as runs of cells (:class:`RunBatchSampler`), read by ``num_workers``
+    persistent worker processes (0: in this process).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -277,7 +314,19 @@ def make_loader(
             RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(data)
         )
         sampler = BatchSampler(base, batch_size=batch_size, drop_last=False)
-    return DataLoader(data, sampler=sampler, batch_size=None, pin_memory=pin_memory)
+    if runs:
+        sampler = RunBatchSampler(sampler)
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be non-negative, got {num_workers}.")
+    return DataLoader(
+        data,
+        sampler=sampler,
+        batch_size=None,
+        pin_memory=pin_memory,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=PREFETCH_FACTOR if num_workers > 0 else None,
+    )
 
 
 def shard_loader(loader: DataLoader) -> DataLoader:
@@ -286,13 +335,16 @@ def shard_loader(loader: DataLoader) -> DataLoader:
     Same dataset, batch size, order (shuffled or not) and seed.
     """
     sampler = loader.sampler
+    runs = isinstance(sampler, RunBatchSampler)
+    if runs:
+        sampler = sampler.batches
     if isinstance(sampler, DistributedBatchSampler):
         return loader
     if isinstance(sampler, BlockBatchSampler):
         raise ValueError("block_size > 1 is not supported with several processes (DDP); use block_size=1.")
     if not (isinstance(sampler, BatchSampler) and isinstance(sampler.sampler, (RandomSampler, SequentialSampler))):
         raise TypeError(
-            "Multi-process training needs loaders made by pertpyro's make_loader (or with a "
+            "Multi-process training needs loaders made by pertpyro's make_loader (not span minibatches; or with a "
             f"DistributedBatchSampler as sampler), got a sampler of type {type(sampler).__name__}."
         )
     shuffle = isinstance(sampler.sampler, RandomSampler)
@@ -305,6 +357,8 @@ def shard_loader(loader: DataLoader) -> DataLoader:
         seed=seed,
         pin_memory=loader.pin_memory,
         distributed=True,
+        runs=runs,
+        num_workers=loader.num_workers,
     )
 
 

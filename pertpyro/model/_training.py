@@ -100,10 +100,13 @@ class TrainingMixin(ModelBase):
             every epoch, read in a few contiguous reads each (:mod:`pertpyro.data._spans`); every epoch still visits
             each cell once, and each minibatch is a uniformly random set of cells. ``None``:
             :data:`~pertpyro.data._spans.SPAN_SIZE` for such a file opened backed, else 1 (cells drawn one by one).
-            Values above 1 need such a file; not with several processes (DDP).
+            Values above 1 need such a file. Not with several processes (DDP).
         num_workers
-            Worker processes that read span minibatches ahead of the training step (persistent across epochs).
-            ``None``: 1 with spans from a backed file, else 0. Only with ``span_size > 1``.
+            DataLoader worker processes that read minibatches ahead of the training step (persistent across epochs;
+            the span loader of :mod:`pertpyro.data._spans`, also with ``span_size=1``); 0 reads them in the training
+            process. ``None``: 1 with spans from a backed AnnData, else 0. With ``span_size=1`` and ``num_workers=0``
+            the minibatches of a backed AnnData are read in the training process by anndata (the fit is then the
+            in-memory fit, bit for bit).
 
         Returns
         -------
@@ -160,7 +163,7 @@ class TrainingMixin(ModelBase):
             sparse_targets=sparse_targets if block_size == 1 else False,
         )
         pin = pin_memory_for(accelerator)  # page-locked batches, copied asynchronously, only for a CUDA GPU
-        if span_size > 1:  # contiguous reads of a shuffled store, in worker processes
+        if span_size > 1 or num_workers > 0:  # runs of cells read by worker processes
             spans = {"span_size": span_size, "num_workers": num_workers, "pin_memory": pin}
             train_loader = make_span_loader(
                 SpanData(self.cell_data, subset_rows, sparse=pin),
@@ -205,10 +208,13 @@ class TrainingMixin(ModelBase):
         return history
 
     def _span_settings(self, span_size: int | None, num_workers: int | None, block_size: int) -> tuple[int, int]:
-        """``span_size`` and ``num_workers`` of :meth:`train`, their defaults filled in and checked."""
-        shuffled = is_shuffled(self.adata)
+        """``span_size`` and ``num_workers`` of :meth:`train`, their defaults filled in and checked.
+
+        The span loader (:mod:`pertpyro.data._spans`) runs when ``span_size > 1`` or ``num_workers > 0``.
+        """
+        shuffled, backed = is_shuffled(self.adata), is_backed(self.cell_data.counts)
         if span_size is None:
-            span_size = SPAN_SIZE if shuffled and is_backed(self.cell_data.counts) and block_size == 1 else 1
+            span_size = SPAN_SIZE if shuffled and backed and block_size == 1 else 1
         if span_size < 1:
             raise ValueError(f"span_size must be positive, got {span_size}.")
         if span_size > 1 and not shuffled:
@@ -217,14 +223,12 @@ class TrainingMixin(ModelBase):
                 "cells are in random order: convert the file once with pertpyro.data.shuffle_h5ad(src, dst) "
                 "(or `pertpyro shuffle SRC DST`) and train from dst."
             )
-        if span_size > 1 and block_size > 1:
-            raise ValueError("Give span_size or block_size, not both (spans replace blocks for a shuffled file).")
         if num_workers is None:
-            num_workers = 1 if span_size > 1 and is_backed(self.cell_data.counts) else 0
+            num_workers = 1 if backed and span_size > 1 else 0
         if num_workers < 0:
             raise ValueError(f"num_workers must be non-negative, got {num_workers}.")
-        if num_workers > 0 and span_size == 1:
-            raise ValueError("num_workers reads span minibatches ahead; it needs span_size > 1 (a shuffled file).")
+        if block_size > 1 and (span_size > 1 or num_workers > 0):
+            raise ValueError("block_size > 1 goes with span_size=1 and num_workers=0 (spans replace blocks).")
         return span_size, num_workers
 
     def _record_history(self, history: pd.DataFrame | None) -> None:

@@ -56,14 +56,14 @@ def test_span_options_are_checked(screen):
     model = pertpyro.PerturbationModel(adata, latent_dim=2, n_hidden=8, seed=0)
     with pytest.raises(ValueError, match="shuffle_h5ad"):
         model.train(max_epochs=1, span_size=8)  # not a shuffled file: runs of cells are not random sets
-    with pytest.raises(ValueError, match="span_size > 1"):
-        model.train(max_epochs=1, num_workers=1)
+    with pytest.raises(ValueError, match="num_workers must be non-negative"):
+        model.train(max_epochs=1, num_workers=-1)
     backed = ad.read_h5ad(folder / "shuffled.h5ad", backed="r")
     pertpyro.setup_anndata(backed, batch_key="batch")
     model = pertpyro.PerturbationModel(backed, latent_dim=2, n_hidden=8, seed=0)
-    with pytest.raises(ValueError, match="not both"):
+    assert model._span_settings(None, None, 1) == (SPAN_SIZE, 1)
+    assert model._span_settings(1, None, 1) == (1, 0)  # cells one by one, read in the training process
+    with pytest.raises(ValueError, match="block_size > 1 goes with"):
         model.train(max_epochs=1, span_size=8, block_size=4)
     with pytest.raises(ValueError, match="span_size must be positive"):
         model.train(max_epochs=1, span_size=0)
-    with pytest.raises(ValueError, match="num_workers"):
-        model.train(max_epochs=1, num_workers=-1)
