@@ -132,6 +132,35 @@ def _child(args: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def plot(rows: list[dict], path: Path, size: str) -> None:
+    """Throughput (each repeat a dot, bars at the mean) and peak RSS per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for i, mode in enumerate(modes):
+        mine = [r for r in rows if r["mode"] == mode]
+        speeds = [r["cells_per_s"] for r in mine]
+        left.bar(i, sum(speeds) / len(speeds), color=f"C{i}", alpha=0.6)
+        left.plot([i] * len(speeds), speeds, "ko", ms=4)
+        right.bar(i - 0.2, max(r["rss_peak_mib"] for r in mine) / 1024, 0.4, color=f"C{i}", alpha=0.6)
+        right.bar(
+            i + 0.2, max(r["worker_rss_peak_mib"] for r in mine) / 1024, 0.4, color=f"C{i}", alpha=0.3, hatch="//"
+        )
+    for ax in (left, right):
+        ax.set_xticks(range(len(modes)), modes)
+    left.set_ylabel("cells/s (dots: repeats)")
+    right.set_ylabel("peak RSS, GiB (hatched: worker)")
+    right.axhline(4, color="grey", lw=0.8, ls="--")
+    fig.suptitle(f"Training from memory and from disk, {size}; shared 2-core CPU, one torch thread", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cells", type=int, default=200_000)
@@ -144,6 +173,8 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--tmp", default="/tmp", help="folder for the h5ad files (kept for later runs)")
     parser.add_argument("--name", default="disk_vs_memory", help="result file name")
+    parser.add_argument("--figure", help="also draw the throughputs and peak memory to this image (under docs/figures)")
+    parser.add_argument("--convert-only", action="store_true", help="write and shuffle the screen, train nothing")
     parser.add_argument("--child", nargs=2, metavar=("PATH", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--shuffle-child", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -168,9 +199,11 @@ def main() -> None:
         conversion = _child(["--shuffle-child", str(src), str(dst)])
         record.write_text(json.dumps(conversion))
     print(json.dumps(conversion), flush=True)
+    if args.convert_only:
+        return
     rows = []
     for repeat in range(args.repeats):
-        for mode in args.modes:
+        for mode in args.modes if repeat % 2 == 0 else args.modes[::-1]:  # each mode first in turn
             common = ["--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
             row = {"repeat": repeat} | _child(["--child", str(dst), mode, *common])
             print(json.dumps(row), flush=True)
@@ -193,8 +226,11 @@ def main() -> None:
     for row in rows:
         row["vs_memory"] = row["cells_per_s"] / memory[row["repeat"]] if row["repeat"] in memory else None
     size = f"{args.cells:,} cells x {args.genes:,} genes, {args.targets} targets, batch {args.batch_size}"
+    if args.figure:
+        plot(rows, ROOT / args.figure, size)
     write_result(
         args.name,
+        figure=args.figure,
         title=f"Training from disk against in memory ({size})",
         summary=(
             f"A simulated screen of {size} is converted once with pertpyro.data.shuffle_h5ad "

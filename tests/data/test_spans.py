@@ -8,9 +8,10 @@ import torch
 
 import pertpyro
 from pertpyro.data import shuffle_h5ad
-from pertpyro.data._loader import CellData, SparseRows, program_args
+from pertpyro.data._loader import CellData, SparseRows, make_loader, program_args
 from pertpyro.data._registry import get_registry
 from pertpyro.data._spans import SpanBatchSampler, SpanData, make_span_loader, span_holdout
+from pertpyro.model._training import _RowSubset
 
 
 def _cells(spans: np.ndarray) -> np.ndarray:
@@ -99,3 +100,19 @@ def test_loader_with_a_worker_reads_each_cell_once(shuffled):
         total += float(batch["counts"].sum())
     np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(300))
     assert total == pytest.approx(float(memory.library.sum()))
+
+
+def test_cells_one_by_one_give_the_in_memory_minibatches(shuffled):
+    """span_size=1: make_loader's seeded minibatches, read as runs of rows, whether by a worker or not."""
+    backed, memory = shuffled
+    rows = np.random.default_rng(2).permutation(300)[:250]  # a random hold-out's training rows, unsorted
+    reference = list(make_loader(_RowSubset(memory, rows), batch_size=64, shuffle=True, seed=5))
+    for workers in (0, 1):
+        loader = make_span_loader(
+            SpanData(backed, rows), batch_size=64, span_size=1, shuffle=True, seed=5, num_workers=workers
+        )
+        batches = list(loader)
+        assert len(batches) == len(reference)
+        for got, want in zip(batches, reference, strict=True):
+            for key in ("counts", "perturbation", "library", "idx"):
+                torch.testing.assert_close(program_args(got, 250).counts if key == "counts" else got[key], want[key])
