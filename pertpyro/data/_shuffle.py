@@ -6,10 +6,12 @@ consecutive rows *is* a uniformly random set of cells, so minibatches made of a 
 the draw of the order, the uniformly random subsets an epoch of a fully shuffled loader would give
 (:mod:`pertpyro.data._spans`). :func:`shuffle_h5ad` writes that copy once.
 
-The copy is an external two-pass shuffle of every cells x genes matrix (``X`` and ``layers``), so memory is bounded
-by ``chunk_cells`` rows whatever the file's size: the first pass reads the source in consecutive chunks and appends
-each chunk's rows to the bucket of their destination (a temporary file beside the output), the second reads one
-bucket at a time, puts its rows in their final order and appends them to the output. Each matrix is read twice and
+The copy is an external two-pass shuffle of every cells x genes matrix (``X`` and ``layers``), so that the matrices
+are held in memory ``chunk_cells`` rows at a time whatever the file's size: the first pass reads the source in
+consecutive chunks and writes each chunk's rows to the bucket of their destination (a temporary file beside the
+output), the second reads one bucket at a time, puts its rows in their final order and writes them to the output.
+Every target is allocated at its final size (the stored values of each row are known from the source's row
+pointers), so the writes are plain writes at offsets; the row pointers (8 bytes per cell) stay in memory. Each matrix is read twice and
 written twice, sequentially. The per-cell tables (``obs``, ``obsm``, ``obsp``) are permuted in memory; ``var``,
 ``varm``, ``varp`` and ``uns`` are copied. ``uns["pertpyro_shuffle"]`` records the seed, and marks the file as one
 whose consecutive cells may be read together.
@@ -17,7 +19,6 @@ whose consecutive cells may be read together.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from anndata.io import read_elem, sparse_dataset, write_elem
+from anndata.io import read_elem
 
 SHUFFLE_KEY = "pertpyro_shuffle"
 """``uns`` key of a file written by :func:`shuffle_h5ad` (its value: ``{"seed": seed}``)."""
@@ -162,28 +163,69 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-class _RowSink:
-    """Appends blocks of rows to a new CSR or dense element of an open h5 group."""
+class _Rows:
+    """Reads runs of rows of a CSR (h5 group) or dense (h5 dataset) matrix; ``row_nnz`` per row for CSR."""
 
-    def __init__(self, group: h5py.Group, key: str, like: h5py.Group | h5py.Dataset, n_rows: int) -> None:
-        self.sparse = isinstance(like, h5py.Group)
+    def __init__(self, element: h5py.Group | h5py.Dataset) -> None:
+        self.element, self.sparse = element, isinstance(element, h5py.Group)
         if self.sparse:
-            n_genes = int(like.attrs["shape"][1])
-            write_elem(group, key, sp.csr_matrix((0, n_genes), dtype=like["data"].dtype))
-            self.target: Any = sparse_dataset(group[key])
+            self.indptr = element["indptr"][()].astype(np.int64)
+            self.shape = tuple(int(v) for v in element.attrs["shape"])
+            self.row_nnz = np.diff(self.indptr)
         else:
-            self.target = group.create_dataset(key, shape=(n_rows, *like.shape[1:]), dtype=like.dtype)
+            self.shape = tuple(element.shape)
+
+    def read(self, start: int, stop: int) -> Any:
+        if not self.sparse:
+            return self.element[start:stop]
+        lo, hi = self.indptr[start], self.indptr[stop]
+        data, indices = self.element["data"][lo:hi], self.element["indices"][lo:hi]
+        return sp.csr_matrix((data, indices, self.indptr[start : stop + 1] - lo), shape=(stop - start, self.shape[1]))
+
+
+class _RowSink:
+    """A new CSR or dense element of an open h5 group, allocated whole and filled by blocks of rows in order.
+
+    Allocated at its final size (for CSR from the number of stored values of each row), so that filling it is plain
+    writes at offsets: no resizing, and memory does not grow with the matrix.
+    """
+
+    def __init__(self, group: h5py.Group, key: str, like: _Rows, row_nnz: np.ndarray | None, n_rows: int) -> None:
+        self.sparse = like.sparse
+        if self.sparse:
+            assert row_nnz is not None
+            target = group.create_group(key)
+            target.attrs.update(
+                {"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": (n_rows, like.shape[1])}
+            )
+            nnz = int(row_nnz.sum())
+            target.create_dataset("data", shape=(nnz,), dtype=like.element["data"].dtype)
+            target.create_dataset("indices", shape=(nnz,), dtype=like.element["indices"].dtype)
+            target.create_dataset("indptr", data=np.r_[0, np.cumsum(row_nnz)].astype(np.int64))
+            self.target: Any = target
+        else:
+            self.target = group.create_dataset(key, shape=(n_rows, *like.shape[1:]), dtype=like.element.dtype)
             self.target.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-        self.cursor = 0
+        self.cursor = self.nnz = 0
 
     def append(self, block: Any) -> None:
         if block.shape[0] == 0:
             return
         if self.sparse:
-            self.target.append(sp.csr_matrix(block))
+            block = sp.csr_matrix(block)
+            self.target["data"][self.nnz : self.nnz + block.nnz] = block.data
+            self.target["indices"][self.nnz : self.nnz + block.nnz] = block.indices
+            self.nnz += block.nnz
         else:
             self.target[self.cursor : self.cursor + block.shape[0]] = block
         self.cursor += block.shape[0]
+
+    def read_all(self) -> Any:
+        if not self.sparse:
+            return self.target[()]
+        indptr = self.target["indptr"][()]
+        shape = tuple(int(v) for v in self.target.attrs["shape"])
+        return sp.csr_matrix((self.target["data"][()], self.target["indices"][()], indptr), shape=shape)
 
 
 def _shuffle_matrix(
@@ -196,23 +238,28 @@ def _shuffle_matrix(
 ) -> None:
     """Write ``element``'s rows in ``order`` to ``out[key]`` by way of buckets of ``chunk_cells`` destination rows."""
     n_cells = order.shape[0]
-    reader = sparse_dataset(element) if isinstance(element, h5py.Group) else element
+    reader = _Rows(element)
     if int(reader.shape[0]) != n_cells:
         raise ValueError(f"{key} has {reader.shape[0]} rows but obs has {n_cells} cells.")
+    row_nnz = reader.row_nnz if reader.sparse else None
     destination = np.empty(n_cells, dtype=np.int64)
     destination[order] = np.arange(n_cells)
     bucket_of = destination // chunk_cells
-    n_buckets = max(1, math.ceil(n_cells / chunk_cells))
+    bounds = _chunks(n_cells, chunk_cells)
     with h5py.File(tmp_path, "w") as tmp:
-        buckets = [_RowSink(tmp, str(b), element, int(np.sum(bucket_of == b))) for b in range(n_buckets)]
-        for start, stop in _chunks(n_cells, chunk_cells):  # pass 1: source order -> destination buckets
-            block = reader[start:stop]
+        buckets = []
+        for b, (start, stop) in enumerate(bounds):
+            members = np.sort(order[start:stop])  # the bucket's source rows, in source order
+            nnz = None if row_nnz is None else row_nnz[members]
+            buckets.append(_RowSink(tmp, str(b), reader, nnz, stop - start))
+        for start, stop in bounds:  # pass 1: source order -> destination buckets
+            block = reader.read(start, stop)
             codes = bucket_of[start:stop]
             for b in np.unique(codes):
                 buckets[b].append(block[np.flatnonzero(codes == b)])
         group, name = out.require_group(os.path.dirname(key) or "/"), os.path.basename(key)
-        sink = _RowSink(group, name, element, n_cells)
-        for b, (start, stop) in enumerate(_chunks(n_cells, chunk_cells)):  # pass 2: each bucket in final order
-            block = buckets[b].target[:] if buckets[b].sparse else buckets[b].target[()]
-            sources = order[start:stop]  # the bucket holds these source rows, in source order
+        sink = _RowSink(group, name, reader, None if row_nnz is None else row_nnz[order], n_cells)
+        for b, (start, stop) in enumerate(bounds):  # pass 2: each bucket in final order
+            block = buckets[b].read_all()
+            sources = order[start:stop]
             sink.append(block[np.searchsorted(np.sort(sources), sources)])
