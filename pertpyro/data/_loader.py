@@ -27,6 +27,7 @@ from pertpyro.data._stream import (
     check_row_readable,
     count_statistics,
     is_backed,
+    matching_index_dtypes,
     read_rows,
     row_totals,
 )
@@ -114,7 +115,9 @@ class CellData(Dataset):
         counts = get_counts(adata, registry)
         check_row_readable(counts, name="the registered count matrix")
         # A backed (on-disk) matrix stays on disk: minibatches read their rows, statistics read blocks of rows.
-        self.counts = counts if sp.issparse(counts) or is_backed(counts) else np.asarray(counts)
+        self.counts = counts if is_backed(counts) else matching_index_dtypes(counts)
+        if not (sp.issparse(counts) or is_backed(counts)):
+            self.counts = np.asarray(counts)
         # Targets as one code per cell and one design row per distinct label: memory O(cells + labels x targets).
         codes, labels = pd.factorize(perturbation_labels(adata, registry))
         self.label_codes = codes.astype(np.int64)
