@@ -164,19 +164,27 @@ class TrainingMixin(ModelBase):
         )
         pin = pin_memory_for(accelerator)  # page-locked batches, copied asynchronously, only for a CUDA GPU
         if span_size > 1 or num_workers > 0:  # runs of cells read by worker processes
-            spans = {"span_size": span_size, "num_workers": num_workers, "pin_memory": pin}
             train_loader = make_span_loader(
                 SpanData(self.cell_data, subset_rows, sparse=pin),
                 batch_size=batch_size,
+                span_size=span_size,
                 shuffle=True,
                 seed=seed,
-                **spans,
+                num_workers=num_workers,
+                pin_memory=pin,
             )
             val_cells, val_rows_ = (
                 (val_data.data, val_data.rows) if isinstance(val_data, _RowSubset) else (val_data, None)
             )
             val_spans = SpanData(val_cells, val_rows_, sparse=pin)  # counts sparse up to a GPU, dense for the CPU
-            val_loader = make_span_loader(val_spans, batch_size=max(batch_size, 2048), shuffle=False, **spans)
+            val_loader = make_span_loader(
+                val_spans,
+                batch_size=max(batch_size, 2048),
+                span_size=span_size,
+                shuffle=False,
+                num_workers=num_workers,
+                pin_memory=pin,
+            )
         else:
             train_loader = make_loader(
                 train_data, batch_size=batch_size, shuffle=True, seed=seed, pin_memory=pin, block_size=block_size
