@@ -104,6 +104,8 @@ class TrainSection(_Section):
     progress_bar: bool = True
     block_size: PositiveInt = 1
     sparse_targets: bool | None = None
+    span_size: PositiveInt | None = None
+    num_workers: NonNegativeInt | None = None
 
 
 class EvaluateSection(_Section):

@@ -1,4 +1,7 @@
-"""Command line: ``pertpyro fit CONFIG``, ``pertpyro evaluate RUN_DIR``, ``pertpyro query RUN_DIR --do ...``."""
+"""Command line: ``pertpyro fit CONFIG``, ``pertpyro evaluate RUN_DIR``, ``pertpyro query RUN_DIR --do ...``.
+
+``pertpyro shuffle SRC DST`` converts an h5ad file for fast training from disk (:func:`pertpyro.data.shuffle_h5ad`).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from pertpyro._config import read_config, validate_config
 from pertpyro._io import atomic_write_text
 from pertpyro.data._controls import negative_control_labels, restore_controls
 from pertpyro.data._registry import perturbation_labels
+from pertpyro.data._shuffle import shuffle_h5ad
 from pertpyro.evaluation._draws import heldout_draws
 from pertpyro.inference._memory import keep_freed_memory
 from pertpyro.model import PerturbationModel
@@ -273,6 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     p_query.add_argument("--do", action="append", required=True, help="perturbation=LABEL (repeatable)")
     p_query.add_argument("--out", default=None, help="CSV file for the table (default: print)")
     p_query.add_argument("--n-samples", type=int, default=100)
+    p_shuffle = sub.add_parser(
+        "shuffle", help="copy an h5ad file with its cells in random order, for fast training from disk"
+    )
+    p_shuffle.add_argument("src")
+    p_shuffle.add_argument("dst")
+    p_shuffle.add_argument("--seed", type=int, default=0)
+    p_shuffle.add_argument("--overwrite", action="store_true", help="replace dst")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     keep_freed_memory()  # training and the queries allocate the same large tensors over and over
@@ -285,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                 overwrite=args.overwrite,
                 resume=args.resume,
             )
+        elif args.command == "shuffle":
+            shuffle_h5ad(args.src, args.dst, seed=args.seed, overwrite=args.overwrite)
         elif args.command == "evaluate":
             evaluate(args.run_dir, cell_eval=args.cell_eval)
         else:

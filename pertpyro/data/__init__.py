@@ -6,6 +6,7 @@ from pertpyro.data._insilico_doublets import add_doublets
 from pertpyro.data._loader import CellData
 from pertpyro.data._registry import Registry, batch_codes, design_matrix, get_counts, get_registry
 from pertpyro.data._setup import setup_anndata, validate_counts
+from pertpyro.data._shuffle import shuffle_h5ad
 from pertpyro.data._statistics import (
     TARGET_SUM,
     LabelMoments,
@@ -33,6 +34,7 @@ __all__ = [
     "observed_shift",
     "papalexi2021",
     "restore_controls",
+    "shuffle_h5ad",
     "strong_perturbations",
     "validate_counts",
 ]

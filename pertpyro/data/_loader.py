@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,10 +27,14 @@ from pertpyro.data._stream import (
     check_row_readable,
     count_statistics,
     is_backed,
+    matching_index_dtypes,
     read_rows,
     row_totals,
 )
 from pertpyro.module._targets import TargetSubsample
+
+PREFETCH_FACTOR = 4
+"""Minibatches each DataLoader worker process reads ahead."""
 
 
 class ProgramArgs(NamedTuple):
@@ -45,6 +49,34 @@ class ProgramArgs(NamedTuple):
     artifact: torch.Tensor | None = None
     targets: TargetSubsample | None = None
     artifact_evidence: torch.Tensor | None = None
+
+
+class SparseRows(NamedTuple):
+    """Rows of counts in CSR form (``indptr``, ``indices``, ``values``), moved between processes and devices sparse.
+
+    Lightning and the DataLoader move the tensors of a named tuple like those of a dict; :meth:`to_dense` builds the
+    dense rows where they are used (on the device).
+    """
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    values: torch.Tensor
+    n_genes: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, genes)``."""
+        return self.indptr.shape[0] - 1, self.n_genes
+
+    def to_dense(self) -> torch.Tensor:
+        """The dense rows, on the device of the tensors."""
+        n_rows, n_genes = self.shape
+        rows = torch.repeat_interleave(
+            torch.arange(n_rows, device=self.indptr.device), self.indptr.diff(), output_size=self.values.shape[0]
+        )
+        dense = torch.zeros(n_rows, n_genes, dtype=self.values.dtype, device=self.values.device)
+        dense[rows, self.indices] = self.values
+        return dense
 
 
 class CellData(Dataset):
@@ -83,7 +115,9 @@ class CellData(Dataset):
         counts = get_counts(adata, registry)
         check_row_readable(counts, name="the registered count matrix")
         # A backed (on-disk) matrix stays on disk: minibatches read their rows, statistics read blocks of rows.
-        self.counts = counts if sp.issparse(counts) or is_backed(counts) else np.asarray(counts)
+        self.counts = counts if is_backed(counts) else matching_index_dtypes(counts)
+        if not (sp.issparse(counts) or is_backed(counts)):
+            self.counts = np.asarray(counts)
         # Targets as one code per cell and one design row per distinct label: memory O(cells + labels x targets).
         codes, labels = pd.factorize(perturbation_labels(adata, registry))
         self.label_codes = codes.astype(np.int64)
@@ -128,8 +162,11 @@ class CellData(Dataset):
 
     def __getitem__(self, idx: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
         idx = np.sort(np.asarray(idx, dtype=np.int64))
+        return {"counts": torch.from_numpy(read_rows(self.counts, idx))} | self.cell_fields(idx)
+
+    def cell_fields(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """Every per-cell entry of a minibatch but the counts, for the cells ``idx`` (in that order)."""
         batch = {
-            "counts": torch.from_numpy(read_rows(self.counts, idx)),
             "perturbation": torch.from_numpy(self.label_design[self.label_codes[idx]]),
             "batch_index": torch.from_numpy(self.batch_index[idx]),
             "library": torch.from_numpy(self.library[idx]),
@@ -215,6 +252,36 @@ class DistributedBatchSampler(Sampler[list[int]]):
             yield batch.tolist()
 
 
+class RunBatchSampler(Sampler[np.ndarray]):
+    """The minibatches of a batch sampler, each sorted and given as runs ``[start, stop)`` of consecutive cells.
+
+    For datasets that read runs of rows (:class:`pertpyro.data._spans.SpanData`): the same minibatches as
+    ``batches`` yields, in the order :class:`CellData` puts their cells in.
+    """
+
+    def __init__(self, batches: Sampler[list[int]]) -> None:
+        self.batches = batches
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The generator that shuffles the cells, if any (saved with checkpoints)."""
+        return getattr(getattr(self.batches, "sampler", None), "generator", None)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch on to the batch sampler (when it takes one)."""
+        if hasattr(self.batches, "set_epoch"):
+            self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for batch in self.batches:
+            cells = np.sort(np.asarray(batch, dtype=np.int64))
+            cuts = np.flatnonzero(np.diff(cells) != 1) + 1
+            yield np.stack([cells[np.r_[0, cuts]], cells[np.r_[cuts - 1, cells.size - 1]] + 1], axis=1)
+
+
 def make_loader(
     data: CellData | torch.utils.data.Dataset,
     *,
@@ -224,12 +291,16 @@ def make_loader(
     pin_memory: bool = False,
     distributed: bool = False,
     block_size: int = 1,
+    runs: bool = False,
+    num_workers: int = 0,
 ) -> DataLoader:
     """Minibatch loader over ``data``: one sampler draw is a whole batch, sliced in one vectorised call.
 
     ``distributed=True`` gives each process of a multi-process run its own shard of the cells
     (:class:`DistributedBatchSampler`). ``block_size > 1`` (with ``shuffle``) makes minibatches of shuffled blocks of
     consecutive cells, for fast reads from a backed AnnData (:class:`~pertpyro.data._blocks.BlockBatchSampler`).
+    ``runs=True`` hands ``data`` each minibatch as runs of cells (:class:`RunBatchSampler`), read by ``num_workers``
+    persistent worker processes (0: in this process).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -246,7 +317,19 @@ def make_loader(
             RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(data)
         )
         sampler = BatchSampler(base, batch_size=batch_size, drop_last=False)
-    return DataLoader(data, sampler=sampler, batch_size=None, pin_memory=pin_memory)
+    if runs:
+        sampler = RunBatchSampler(sampler)
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be non-negative, got {num_workers}.")
+    return DataLoader(
+        data,
+        sampler=sampler,
+        batch_size=None,
+        pin_memory=pin_memory,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=PREFETCH_FACTOR if num_workers > 0 else None,
+    )
 
 
 def shard_loader(loader: DataLoader) -> DataLoader:
@@ -255,13 +338,16 @@ def shard_loader(loader: DataLoader) -> DataLoader:
     Same dataset, batch size, order (shuffled or not) and seed.
     """
     sampler = loader.sampler
+    runs = isinstance(sampler, RunBatchSampler)
+    if runs:
+        sampler = sampler.batches
     if isinstance(sampler, DistributedBatchSampler):
         return loader
     if isinstance(sampler, BlockBatchSampler):
         raise ValueError("block_size > 1 is not supported with several processes (DDP); use block_size=1.")
     if not (isinstance(sampler, BatchSampler) and isinstance(sampler.sampler, (RandomSampler, SequentialSampler))):
         raise TypeError(
-            "Multi-process training needs loaders made by pertpyro's make_loader (or with a "
+            "Multi-process training needs loaders made by pertpyro's make_loader (not span minibatches; or with a "
             f"DistributedBatchSampler as sampler), got a sampler of type {type(sampler).__name__}."
         )
     shuffle = isinstance(sampler.sampler, RandomSampler)
@@ -274,11 +360,13 @@ def shard_loader(loader: DataLoader) -> DataLoader:
         seed=seed,
         pin_memory=loader.pin_memory,
         distributed=True,
+        runs=runs,
+        num_workers=loader.num_workers,
     )
 
 
 def program_args(
-    batch: dict[str, torch.Tensor],
+    batch: dict[str, Any],
     n_cells: int,
     *,
     with_counts: bool = True,
@@ -289,8 +377,11 @@ def program_args(
     ``targets``: the minibatch's targets and their weights, for a step that reads only their global sites
     (:func:`pertpyro.module._targets.present_targets`); ``None``: every target.
     """
+    counts = batch["counts"] if with_counts else None
+    if isinstance(counts, SparseRows):  # rows read sparse stay sparse up to the device
+        counts = counts.to_dense()
     return ProgramArgs(
-        batch["counts"] if with_counts else None,
+        counts,
         batch["perturbation"],
         batch["batch_index"],
         batch["library"],

@@ -13,6 +13,9 @@ from anndata import AnnData
 from pertpyro._settings import seeded_by_argument
 from pertpyro.data._blocks import holdout_rows
 from pertpyro.data._loader import CellData, make_loader
+from pertpyro.data._shuffle import is_shuffled
+from pertpyro.data._spans import SPAN_SIZE, SpanData, make_span_loader, span_holdout
+from pertpyro.data._stream import is_backed
 from pertpyro.inference._device import pin_memory_for
 from pertpyro.inference._lightning import SVIModule, fit
 from pertpyro.inference._memory import kept_freed_memory
@@ -47,6 +50,8 @@ class TrainingMixin(ModelBase):
         checkpoint_dir: str | Path | None = None,
         ckpt_path: str | Path | None = None,
         sparse_targets: bool | None = None,
+        span_size: int | None = None,
+        num_workers: int | None = None,
     ) -> pd.DataFrame:
         """Fit model and guide by stochastic variational inference (Lightning underneath).
 
@@ -89,6 +94,19 @@ class TrainingMixin(ModelBase):
             not grow with the screen's other targets (the loss stays an unbiased estimate of the ELBO; see
             :class:`pertpyro.inference.SVIModule`). ``None``: on from
             :data:`pertpyro.inference._lightning.SPARSE_TARGETS_MIN` targets, with ``block_size=1``, without ``grn``.
+        span_size
+            For an AnnData read from a file written by :func:`pertpyro.data.shuffle_h5ad` (cells in random order):
+            minibatches made of spans of ``span_size`` consecutive cells, with span boundaries and order re-drawn
+            every epoch, read in a few contiguous reads each (:mod:`pertpyro.data._spans`); every epoch still visits
+            each cell once, and each minibatch is a uniformly random set of cells. ``None``:
+            :data:`~pertpyro.data._spans.SPAN_SIZE` for such a file opened backed, else 1 (cells drawn one by one).
+            Values above 1 need such a file. Not with several processes (DDP).
+        num_workers
+            DataLoader worker processes that read minibatches ahead of the training step (persistent across epochs;
+            the span loader of :mod:`pertpyro.data._spans`, also with ``span_size=1``); 0 reads them in the training
+            process. ``None``: 1 with spans from a backed AnnData, else 0. With ``span_size=1`` and ``num_workers=0``
+            the minibatches of a backed AnnData are read in the training process by anndata (the fit is then the
+            in-memory fit, bit for bit).
 
         Returns
         -------
@@ -103,6 +121,8 @@ class TrainingMixin(ModelBase):
         """
         if sparse_targets and block_size != 1:
             raise ValueError("sparse_targets needs block_size=1 (minibatches that are uniformly random cell subsets).")
+        given_spans = {"span_size": span_size, "num_workers": num_workers}  # re-resolved on every call
+        span_size, num_workers = self._span_settings(span_size, num_workers, block_size)
         self.train_settings_ = {
             "max_epochs": max_epochs,
             "batch_size": batch_size,
@@ -113,12 +133,16 @@ class TrainingMixin(ModelBase):
             "seed": seed,
             "progress_bar": progress_bar,
             "sparse_targets": sparse_targets,
+            **given_spans,
         }
         self._validation_adata = validation_adata
         n = len(self.cell_data)
         train_data: CellData | _RowSubset
         val_data: CellData | _RowSubset
-        if validation_adata is None:
+        if validation_adata is None and span_size > 1:
+            train_rows, val_rows = span_holdout(n, validation_fraction, seed)
+            train_data, val_data = _RowSubset(self.cell_data, train_rows), _RowSubset(self.cell_data, val_rows)
+        elif validation_adata is None:
             train_rows, val_rows = holdout_rows(n, validation_fraction, seed, block_size)
             train_data, val_data = _RowSubset(self.cell_data, train_rows), _RowSubset(self.cell_data, val_rows)
         else:
@@ -139,10 +163,33 @@ class TrainingMixin(ModelBase):
             sparse_targets=sparse_targets if block_size == 1 else False,
         )
         pin = pin_memory_for(accelerator)  # page-locked batches, copied asynchronously, only for a CUDA GPU
-        train_loader = make_loader(
-            train_data, batch_size=batch_size, shuffle=True, seed=seed, pin_memory=pin, block_size=block_size
-        )
-        val_loader = make_loader(val_data, batch_size=max(batch_size, 2048), shuffle=False, pin_memory=pin)
+        if span_size > 1 or num_workers > 0:  # runs of cells read by worker processes
+            train_loader = make_span_loader(
+                SpanData(self.cell_data, subset_rows, sparse=pin),
+                batch_size=batch_size,
+                span_size=span_size,
+                shuffle=True,
+                seed=seed,
+                num_workers=num_workers,
+                pin_memory=pin,
+            )
+            val_cells, val_rows_ = (
+                (val_data.data, val_data.rows) if isinstance(val_data, _RowSubset) else (val_data, None)
+            )
+            val_spans = SpanData(val_cells, val_rows_, sparse=pin)  # counts sparse up to a GPU, dense for the CPU
+            val_loader = make_span_loader(
+                val_spans,
+                batch_size=max(batch_size, 2048),
+                span_size=span_size,
+                shuffle=False,
+                num_workers=num_workers,
+                pin_memory=pin,
+            )
+        else:
+            train_loader = make_loader(
+                train_data, batch_size=batch_size, shuffle=True, seed=seed, pin_memory=pin, block_size=block_size
+            )
+            val_loader = make_loader(val_data, batch_size=max(batch_size, 2048), shuffle=False, pin_memory=pin)
         logger.info(
             "Training on %d cells, validating on %d, for at most %d epochs.", len(train_data), len(val_data), max_epochs
         )
@@ -167,6 +214,30 @@ class TrainingMixin(ModelBase):
             raise
         self._record_history(history)
         return history
+
+    def _span_settings(self, span_size: int | None, num_workers: int | None, block_size: int) -> tuple[int, int]:
+        """``span_size`` and ``num_workers`` of :meth:`train`, their defaults filled in and checked.
+
+        The span loader (:mod:`pertpyro.data._spans`) runs when ``span_size > 1`` or ``num_workers > 0``.
+        """
+        shuffled, backed = is_shuffled(self.adata), is_backed(self.cell_data.counts)
+        if span_size is None:
+            span_size = SPAN_SIZE if shuffled and backed and block_size == 1 else 1
+        if span_size < 1:
+            raise ValueError(f"span_size must be positive, got {span_size}.")
+        if span_size > 1 and not shuffled:
+            raise ValueError(
+                "span_size > 1 reads runs of consecutive cells, which are random sets of cells only in a file whose "
+                "cells are in random order: convert the file once with pertpyro.data.shuffle_h5ad(src, dst) "
+                "(or `pertpyro shuffle SRC DST`) and train from dst."
+            )
+        if num_workers is None:
+            num_workers = 1 if backed and span_size > 1 else 0
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be non-negative, got {num_workers}.")
+        if block_size > 1 and (span_size > 1 or num_workers > 0):
+            raise ValueError("block_size > 1 goes with span_size=1 and num_workers=0 (spans replace blocks).")
+        return span_size, num_workers
 
     def _record_history(self, history: pd.DataFrame | None) -> None:
         if history is not None:

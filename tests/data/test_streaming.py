@@ -185,3 +185,19 @@ def test_block_training_from_disk(screen_file):
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     rows = np.array([0, 1, 2, 3, 40, 41, 42, 300])  # runs and a single row: read through the mask
     np.testing.assert_array_equal(model.cell_data[rows]["counts"].numpy(), adata.X[rows].toarray())
+
+
+def test_in_memory_row_pointers_match_the_indices():
+    """Wider row pointers than indices (files written by appending) make SciPy cast the whole matrix per minibatch."""
+    counts = sp.random(50, 8, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    dense = np.ceil(counts.toarray() * 5)
+    dense[:, 0] += 1  # no empty cell
+    counts = sp.csr_matrix(dense)
+    counts.indptr = counts.indptr.astype(np.int64)  # int32 indices, int64 row pointers
+    adata = ad.AnnData(counts)
+    adata.obs["perturbation"] = ["control"] * 25 + ["A"] * 25
+    pertpyro.setup_anndata(adata)
+    data = CellData(adata, get_registry(adata))
+    assert data.counts.indptr.dtype == data.counts.indices.dtype
+    assert np.shares_memory(data.counts.data, adata.X.data)  # no copy of the counts
+    np.testing.assert_array_equal(data[np.arange(50)]["counts"].numpy(), adata.X.toarray())
