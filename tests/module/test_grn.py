@@ -33,14 +33,7 @@ from pertpyro.module._grn import (
 )
 from pertpyro.module.sites import ADJACENCY, ADJACENCY_WEIGHT, COUNTS, EFFICACY, PERTURBATION
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: two threads on a loaded 2-core machine were many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

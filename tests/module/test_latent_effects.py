@@ -16,13 +16,7 @@ N_GENES = 30
 LATENT_SHIFT = -2.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: two threads on a loaded 2-core machine were many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _switch_screen(n_per_arm: int, seed: int) -> tuple[ad.AnnData, np.ndarray]:
