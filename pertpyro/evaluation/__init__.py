@@ -34,6 +34,7 @@ from pertpyro.evaluation._metrics import METRIC_COLUMNS, shift_metrics, summaris
 from pertpyro.evaluation._repeated import format_paired, paired_differences, repeated_evaluation, repeated_metrics
 from pertpyro.evaluation._runner import ShiftPredictor, ate_metrics, format_table, to_perturbed_reference
 from pertpyro.evaluation._splits import split_cells, split_heldout_combinations, split_heldout_perturbations
+from pertpyro.evaluation._strength import corrected_slope, effect_strength
 
 __all__ = [
     "artifact_detection",
@@ -45,6 +46,8 @@ __all__ = [
     "additive",
     "ate_metrics",
     "causalbench_stats",
+    "corrected_slope",
+    "effect_strength",
     "compare_rankings",
     "correlation_baseline",
     "edge_scores",
