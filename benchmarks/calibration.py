@@ -75,7 +75,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> tuple[list, list]:
     truth_frame = truth_shift_frame(adata)
     labels, truth = list(truth_frame.index), truth_frame.to_numpy()
     draws = model.ate_draws(labels, n_samples=args.samples, seed=0)
-    replica = model.calibrate(labels, n_samples=args.samples)
+    replica = model.calibrate(labels, n_samples=args.samples, n_replicas=args.replicas)
     calibration = model.interval_calibration_
     rows, hits = [], []
     for name, cal in (("raw", None), ("calibrated", calibration)):
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--replicas", type=int, default=2, help="replica screens of model.calibrate()")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--threshold", type=float, default=0.1)
     parser.add_argument("--fdr", type=float, nargs="+", default=[0.05, 0.1])

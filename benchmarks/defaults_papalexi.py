@@ -7,8 +7,8 @@ held-out shifts over all genes (and the training mean's slope, the ceiling set b
 
 Run::
 
-    python benchmarks/defaults_papalexi.py fit --seed 0 --name default --options '{}' --records /tmp/defaults
-    python benchmarks/defaults_papalexi.py report --records /tmp/defaults
+    python benchmarks/defaults_papalexi.py fit --seed 0 --name default --options '{}' --records runs/defaults_papalexi
+    python benchmarks/defaults_papalexi.py report --records runs/defaults_papalexi
 
 ``fit`` saves the model to ``NAME_sSEED/`` and scores it into the record ``NAME_sSEED.json`` (``score`` redoes the
 scoring of a saved model); ``report`` writes ``benchmarks/results/defaults_papalexi.json`` from
@@ -37,6 +37,15 @@ BASELINES = ("training_mean", "shrunk_training_mean")
 
 def _slope(observed: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.polyfit(observed, predicted, 1)[0])
+
+
+def _corrected(predicted, test) -> dict[str, float]:
+    """Slopes of the strong six corrected for the held-out noise (:func:`pertpyro.evaluation.effect_strength`)."""
+    return evaluation.effect_strength(predicted, test, labels=STRONG)["corrected_slope"].to_dict()
+
+
+def _mean_of(record: dict, key: str) -> float | None:
+    return float(np.mean(list(record[key].values()))) if key in record else None
 
 
 def _parts(seed: int, options: dict) -> tuple[dict, dict]:
@@ -95,6 +104,8 @@ def score(seed: int, name: str, records: Path) -> None:
         "strong": per[per["perturbation"].isin(STRONG)].groupby("method")[METRICS].mean().to_dict(orient="index"),
         "slope": {t: _slope(observed.loc[t].to_numpy(), predicted.loc[t].to_numpy()) for t in STRONG},
         "training_mean_slope": {t: _slope(observed.loc[t].to_numpy(), training.loc[t].to_numpy()) for t in STRONG},
+        "corrected_slope": _corrected(predicted, parts["test"]),
+        "training_mean_corrected_slope": _corrected(training, parts["test"]),
         "efficacy": {k: float(v) for k, v in model.efficacy_probability().round(3).items()},
     }
     (records / f"{name}_s{seed}.json").write_text(json.dumps(record, indent=1))
@@ -106,11 +117,14 @@ def report(records: Path) -> None:
     rows, diffs = [], []
     seeds = sorted({f["seed"] for f in fits})
     for seed in seeds:
-        first = next(f for f in fits if f["seed"] == seed)
+        same = [f for f in fits if f["seed"] == seed]
+        first = next((f for f in same if "training_mean_corrected_slope" in f), same[0])
         for method in BASELINES:
             s, st = first["summary"][method], first["strong"][method]
-            slope = np.mean(list(first["training_mean_slope"].values())) if method == "training_mean" else None
-            rows.append([method, seed, s["pearson_all"], s["pearson_topk"], s["mse_all"], st["pearson_topk"], slope])
+            slopes = [None, None]
+            if method == "training_mean":
+                slopes = [_mean_of(first, "training_mean_slope"), _mean_of(first, "training_mean_corrected_slope")]
+            rows.append([method, seed, s["pearson_all"], s["pearson_topk"], s["mse_all"], st["pearson_topk"], *slopes])
     for f in sorted(fits, key=lambda f: (f["name"], f["seed"])):
         label = ", ".join(f"{k}={v}" for k, v in f["options"].items()) or "defaults"
         model = next(m for m in f["summary"] if m not in BASELINES)
@@ -123,7 +137,8 @@ def report(records: Path) -> None:
                 s["pearson_topk"],
                 s["mse_all"],
                 st["pearson_topk"],
-                float(np.mean(list(f["slope"].values()))),
+                _mean_of(f, "slope"),
+                _mean_of(f, "corrected_slope"),
             ]
         )
         shrunk = f["summary"]["shrunk_training_mean"]
@@ -145,18 +160,18 @@ def report(records: Path) -> None:
             "configs/papalexi.yaml with the model options of each row. Held-out shifts versus control cells: Pearson "
             "over all genes and over the 20 largest observed shifts, MSE, each averaged over the 25 knockouts; top-20 "
             "Pearson over the six strong knockouts; and the slope of predicted on observed shifts over all genes, "
-            "averaged over the six (for the training mean: the ceiling that the held-out cells' noise sets). The "
-            "second table gives each fit's margins over the baselines of the same split (positive: the model is "
-            "better). 'defaults' is the config as it is (efficacy='strong'). With efficacy='auto' the weak knockouts' "
+            "averaged over the six, raw and corrected for the held-out cells' sampling noise "
+            "(pertpyro.evaluation.effect_strength; the raw slope is diluted by that noise, the corrected one is 1 for "
+            "a prediction at the effect's full size, and the training mean scores 1.05 and 0.93 on it). The second "
+            "table gives each fit's margins over the baselines of the same split (positive: the model is better). "
+            "'defaults' is the config as it is (efficacy='strong'). With efficacy='auto' the weak knockouts' "
             "response rates settle between 0.09 and 0.43: their escaper mixtures fit basal heterogeneity, which costs "
             "Pearson over all knockouts. The independence penalty (weight 10) with efficacy='strong' is ahead of "
             "the config on both splits in every column. latent_effects is ahead of the config on split 0 in every "
             "column and behind it on split 1 in Pearson all, top-20 and MSE; beside the penalty it is ahead on split "
             "0 in every column and behind on split 1 in three of the five, so it adds no consistent gain. No setting "
-            "reaches the training mean's top-20 Pearson on the strong six, and the strong six's slopes stay between "
-            "0.74 and 0.86 of the training mean's. The "
-            "held-out slope of the training mean is below 1 because the held-out shifts "
-            "carry sampling noise (regression dilution); it bounds what any predictor reaches on this measure."
+            "reaches the training mean's top-20 Pearson on the strong six, and every setting predicts the strong six "
+            "short of their full size: corrected slopes 0.71 to 0.85."
         ),
         tables=[
             table(
@@ -169,6 +184,7 @@ def report(records: Path) -> None:
                     "MSE",
                     "strong six top-20",
                     "strong six slope",
+                    "strong six corrected slope",
                 ],
                 rows,
                 digits=4,
