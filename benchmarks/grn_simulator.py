@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--density", type=float, default=0.05, help="prior inclusion probability of an edge")
+    parser.add_argument("--weight-scale", type=float, default=1.0, help="prior sd of the edge weights")
     parser.add_argument("--k", type=int, default=50, help="precision at the top k edges")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -98,7 +99,13 @@ def main() -> None:
 
     t0 = time.perf_counter()
     model = pertpyro.PerturbationModel(
-        train, grn=True, grn_steps=args.steps, grn_density=args.density, latent_dim=5, seed=args.seed
+        train,
+        grn=True,
+        grn_steps=args.steps,
+        grn_density=args.density,
+        grn_weight_scale=args.weight_scale,
+        latent_dim=5,
+        seed=args.seed,
     )
     model.train(
         max_epochs=args.epochs, batch_size=512, lr=args.lr, validation_adata=val, seed=args.seed, progress_bar=False
