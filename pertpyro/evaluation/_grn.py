@@ -4,7 +4,8 @@
   *testable* pairs (by default the scored pairs whose source is a source of the reference: a TF the reference
   knows nothing about cannot be scored against it).
 - Baselines scored the same way: :func:`correlation_baseline` (``|corr|`` of log-normalised expression of source
-  and target gene over all cells: needs the source to be a measured gene), :func:`knockout_shift_baseline`
+  and target gene over all cells, or over control cells only: the natural variation without the knockouts; needs
+  the source to be a measured gene), :func:`knockout_shift_baseline`
   (``|mean shift|`` of the target in the source's knockout cells: needs the source to be perturbed) and
   :func:`random_baseline` (expected AUPRC = prevalence of true edges).
 - :func:`compare_rankings`: those metrics and precision at the top ``k`` pairs for several rankings side by side
@@ -173,13 +174,27 @@ def _pairs_frame(sources: Sequence[str], genes: Sequence[str], values: np.ndarra
     return frame[frame["source"] != frame["target"]].reset_index(drop=True)
 
 
-def correlation_baseline(adata: AnnData, sources: Sequence[str]) -> pd.DataFrame:
+def correlation_baseline(adata: AnnData, sources: Sequence[str], *, control_only: bool = False) -> pd.DataFrame:
     """``|Pearson correlation|`` of log-normalised expression of each source gene with every gene, over all cells.
 
-    Sources that are not measured genes get NaN scores (they cannot be scored from expression).
+    Parameters
+    ----------
+    adata
+        Cells set up with :func:`pertpyro.setup_anndata`.
+    sources
+        Source genes; sources that are not measured genes get NaN scores (they cannot be scored from expression).
+    control_only
+        Correlate over the control cells only: the genes' natural covariation, without the covariation that the
+        knockouts of other genes induce (over all cells, a knockout that moves a regulator and its targets
+        together makes them correlate).
     """
-    genes = list(get_registry(adata).genes)
+    registry = get_registry(adata)
+    genes = list(registry.genes)
     x = _log_normalised(adata)
+    if control_only:
+        x = x[perturbation_labels(adata, registry) == registry.control]
+        if len(x) < 3:
+            raise ValueError("correlation_baseline(control_only=True) needs at least 3 control cells.")
     x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-12)
     index = pd.Index(genes).get_indexer(list(sources))
     corr = np.full((len(sources), len(genes)), np.nan)

@@ -27,7 +27,9 @@ with as many included edges (``p -> h`` is needed either way): only the Normal w
 apart, by ``(1 - 1 / A_ph^2) sum_c A_pc^2 / (2 s_w^2)`` nats in favour of the route through ``h`` (against it when
 ``|A_ph| < 1``), which is small when ``|A_ph|`` is near 1; the mean-field guide can then settle on the direct
 edges and ``h``'s knockout is predicted at about zero. Several knockouts that move ``h`` (its children shift in each,
-in proportion to ``h``'s shift) or a prior network listing ``h``'s targets make its edges identifiable.
+in proportion to ``h``'s shift) or a prior network listing ``h``'s targets make its edges identifiable. The network
+acts on the knockouts' effects only: the covariation of genes among unperturbed cells is the basal state's (the
+decoder's latent programs), so a regulator's natural variation in control cells does not inform its edges.
 
 A target that is not a measured gene has no incoming edges and no ``direct`` term (its row still carries outgoing
 edges: with no target measured, the block is a sparse one-step target -> gene model).
