@@ -74,9 +74,10 @@ def test_cell_posterior_is_calibrated(escaper_screen):
 
 def test_cell_posterior_options(escaper_screen):
     adata, model, _ = escaper_screen
-    first = model.efficacy_probability(per="cell", adata=adata[:300], n_samples=3, batch_size=64, seed=1)
-    again = model.efficacy_probability(per="cell", adata=adata[:300], n_samples=3, batch_size=64, seed=1)
-    assert first.index.equals(adata.obs_names[:300])
+    cells = adata[:200].copy()
+    first = model.efficacy_probability(per="cell", adata=cells, n_samples=2, batch_size=64, seed=1)
+    again = model.efficacy_probability(per="cell", adata=cells, n_samples=2, batch_size=64, seed=1)
+    assert first.index.equals(cells.obs_names)
     pd.testing.assert_series_equal(first, again)  # deterministic under seed
     rates = model.efficacy_probability()  # default: per target
     assert list(rates.index) == list(model.registry.targets)
@@ -96,7 +97,7 @@ def test_guide_rates_recover_a_weak_and_a_strong_guide(escaper_screen):
     strong, weak = table.loc["G0000_g1", "median"], table.loc["G0000_g2", "median"]
     assert truth["G0000_g1"] > 0.95
     assert truth["G0000_g2"] < 0.65
-    # ~200 cells per guide: a rate's sampling sd is <= 0.035, and responders are told from escapers almost surely
+    # ~160 cells per guide: a rate's sampling sd is <= 0.04, and responders are told from escapers almost surely
     assert abs(strong - truth["G0000_g1"]) < 0.1
     assert abs(weak - truth["G0000_g2"]) < 0.1
     assert strong > weak + 0.25  # one rate per target (the model without guides) cannot tell them apart
