@@ -20,8 +20,7 @@ from pertpyro.module.sites import EFFICACY
 def escaper_screen():
     """Three strong knockouts (effect sd 1, own gene at -2), two guides each whose logit rates spread by 1.5.
 
-    With seed 0 the guides of G0000 respond in 99% and 60% of their cells. The model is the default one on a
-    screen with a guide column: per-guide rates.
+    With seed 0 the guides of G0000 respond in 99% and 60% of their cells. The model has per-guide rates.
     """
     pertpyro.set_seed(0)
     adata = pertpyro.datasets.simulate(
@@ -38,7 +37,7 @@ def escaper_screen():
         guide_spread=1.5,
     )
     pertpyro.setup_anndata(adata, batch_key="batch", guide_key="guide")
-    model = pertpyro.PerturbationModel(adata, latent_dim=3, n_hidden=32, seed=0)
+    model = pertpyro.PerturbationModel(adata, latent_dim=3, n_hidden=32, seed=0, efficacy_per_guide=True)
     model.train(max_epochs=40, batch_size=256, lr=2e-2, seed=0, progress_bar=False, early_stopping=False)
     return adata, model, model.efficacy_probability(per="cell", n_samples=10)
 
@@ -142,7 +141,7 @@ def test_guide_rates_save_load_and_refusals(escaper_screen, tmp_path):
     pd.testing.assert_frame_equal(loaded.ate("G0001", n_samples=3), model.ate("G0001", n_samples=3))
     with pytest.raises(ValueError, match="sparse_targets"):
         model.train(max_epochs=1, sparse_targets=True, progress_bar=False)
-    off = pertpyro.PerturbationModel(adata, latent_dim=3, n_hidden=8, efficacy_per_guide=False)
+    off = pertpyro.PerturbationModel(adata, latent_dim=3, n_hidden=8)  # per-guide rates are an option
     with pytest.raises(ValueError, match="no per-guide response rates"):
         off.efficacy_probability(per="guide")
     with pytest.raises(ValueError, match="needs the efficacy block"):
