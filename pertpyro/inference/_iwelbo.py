@@ -32,7 +32,7 @@ def iwelbo_per_cell(
     Tensor ``(B,)`` in nats per cell.
     """
     args = standalone_args(batch)
-    sites = enumerated_sites(program, labels_observed=args[-1] is not None)
+    sites = enumerated_sites(program, labels_observed=args.artifact is not None)
     weights = []
     with local_params():
         for _ in range(n_samples):
