@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,7 @@ from pertpyro._settings import local_params, seeded
 from pertpyro._validate import check_query_args
 from pertpyro.causal._artifacts import abduct_artifact, artifact_probabilities
 from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, intervene, predict_counts
+from pertpyro.causal._efficacy import efficacy_probabilities
 from pertpyro.causal._population import subset_batch
 from pertpyro.data._loader import make_loader
 from pertpyro.data._registry import design_matrix
@@ -24,6 +25,10 @@ from pertpyro.model._base import ModelBase
 from pertpyro.module._artifacts import ARTIFACT_KINDS, ArtifactKind, artifact_action
 from pertpyro.posterior._arviz import to_inference_data
 from pertpyro.posterior._protocol import FittedModel
+
+EfficacyLevel = Literal["target", "cell"]
+EFFICACY_LEVELS: tuple[EfficacyLevel, ...] = ("target", "cell")
+"""Levels of :meth:`CellsMixin.efficacy_probability`."""
 
 EXPECTED_LAYER = "expected_counts"
 """Layer of :meth:`CellsMixin.predict_cells` with ``expected=True``: posterior-mean counts, not a sample."""
@@ -320,12 +325,57 @@ class CellsMixin(ModelBase):
             target.obs[ARTIFACT_PROB_KEY] = probs.to_numpy()
         return probs
 
-    def efficacy_probability(self) -> pd.Series:
-        """Estimated fraction of cells per target in which the knockout took effect (posterior median)."""
-        rho = self.guide.efficacy_median().detach().numpy()
-        if self.program.efficacy_targets is not None:  # targets without escapers respond in every cell
-            rho = np.where(self.program.efficacy_targets.numpy(), rho, 1.0)
-        return pd.Series(rho, index=list(self.registry.targets), name="efficacy")
+    def efficacy_probability(
+        self,
+        per: EfficacyLevel = "target",
+        adata: AnnData | None = None,
+        *,
+        n_samples: int = 30,
+        batch_size: int = 2048,
+        seed: int = 0,
+    ) -> pd.Series:
+        """Probability that a knockout took effect: per target (response rate) or per cell (posterior).
+
+        Parameters
+        ----------
+        per
+            ``"target"``: the posterior median of each target's response rate ``rho_t``, the fraction of its cells
+            in which the knockout takes (1 for targets without escapers). ``"cell"``: each cell's posterior
+            ``P(efficacy = 1 | counts, depth)``, exact in the efficacy state, the basal state integrated by
+            importance sampling (:func:`pertpyro.module._efficacy.efficacy_posterior`); ``NaN`` for control cells.
+        adata
+            Cells to score with ``per="cell"`` (default: the training data); ignored per target.
+        n_samples
+            Importance samples of the basal state per cell (``per="cell"``).
+        batch_size
+            Cells per chunk (``per="cell"``).
+        seed
+            Seed of the draws (``per="cell"``).
+
+        Returns
+        -------
+        Series named ``"efficacy"``, indexed by target or by ``obs_names``.
+        """
+        if per not in EFFICACY_LEVELS:
+            raise ValueError(f"per must be one of {EFFICACY_LEVELS}, got {per!r}.")
+        if per == "target":
+            if not self.program.use_efficacy:  # no escapers: every cell responds
+                return pd.Series(1.0, index=list(self.registry.targets), name="efficacy")
+            rho = self.guide.efficacy_median().detach().numpy()
+            if self.program.efficacy_targets is not None:  # targets without escapers respond in every cell
+                rho = np.where(self.program.efficacy_targets.numpy(), rho, 1.0)
+            return pd.Series(rho, index=list(self.registry.targets), name="efficacy")
+        check_query_args(n_samples=n_samples, batch_size=batch_size, seed=seed)
+        self._check_trained()
+        target = self.adata if adata is None else adata
+        data = self._cell_data(target)
+        if self.program.use_efficacy:
+            values = efficacy_probabilities(
+                self.program, self.guide, data, n_samples=n_samples, batch_size=batch_size, seed=seed
+            )
+        else:  # no escapers: every perturbed cell responds
+            values = np.where(data.is_control, np.nan, 1.0)
+        return pd.Series(values, index=target.obs_names.copy(), name="efficacy")
 
     def to_inference_data(self, n_samples: int = 200, **kwargs: Any) -> Any:
         """Posterior of the global sites (and optionally a posterior predictive check) as ``arviz.InferenceData``.
