@@ -93,8 +93,8 @@ def _check_calls(calls: pd.Series, cells: pd.Index, perturbed: np.ndarray, what:
 
 
 def _kappa(a: np.ndarray, b: np.ndarray) -> float:
-    """Cohen's kappa; NaN when chance agreement is 1 (both methods give every cell the same call)."""
-    if len(a) == 0 or (a.all() and b.all()) or (not a.any() and not b.any()):
+    """Cohen's kappa; NaN when each method gives every cell one call (then kappa says nothing about cells)."""
+    if len(a) == 0 or (len(set(a.tolist())) == 1 and len(set(b.tolist())) == 1):
         return np.nan
     return float(cohen_kappa_score(a, b))
 
@@ -125,7 +125,8 @@ def call_agreement(
     -------
     DataFrame indexed by perturbation (sorted, then the row ``"all"`` pooling every perturbed cell) with
     :data:`AGREEMENT_COLUMNS` and ``responders_<name>`` per method: cells, fraction called alike, Cohen's kappa
-    (NaN when both methods give every cell the same call, where chance agreement is 1), responder fractions.
+    (NaN when each method gives every cell of the target one call: then the calls separate no cells, and kappa is
+    1, 0 or undefined by whether those calls coincide), responder fractions.
 
     Raises
     ------

@@ -43,6 +43,9 @@ def test_agreement_counts_and_kappa():
     assert table.loc["A", "responders_x"] == pytest.approx(0.6)
     assert table.loc["A", "responders_y"] == pytest.approx(0.4)
     assert np.isnan(table.loc["B", "kappa"])  # every cell a responder for both: chance agreement is 1
+    b.iloc[-4:] = False  # B: one method calls every cell a responder, the other none
+    assert np.isnan(call_agreement(a, b, labels, control="control").loc["B", "kappa"])
+    assert call_agreement(a, b, labels, control="control").loc["B", "agreement"] == 0.0
     assert table.loc["all", "n_cells"] == 14
 
 
