@@ -16,6 +16,7 @@ Typical use::
     plotting.volcano(ate, "IFNGR1")
     plotting.grn_graph(model.grn(), top_n=30)  # with grn=True
     plotting.null_qq(pertpyro.evaluation.null_pvalues(null_draws))  # negative controls
+    plotting.efficacy_cells(model, "STAT1")  # per-cell posterior that the knockout took
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import pandas as pd
 
+from pertpyro.data._registry import get_counts, perturbation_labels
+from pertpyro.data._stream import row_totals
 from pertpyro.posterior import import_arviz
 
 if TYPE_CHECKING:
+    from anndata import AnnData
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["ate_dotplot", "ate_forest", "grn_graph", "ppc", "training_curves", "volcano"]
+    from pertpyro.model import PerturbationModel
+
+__all__ = ["ate_dotplot", "ate_forest", "efficacy_cells", "grn_graph", "null_qq", "ppc", "training_curves", "volcano"]
 
 ATE_COLUMNS = ("perturbation", "gene", "mean", "lower", "upper")
 HISTORY_COLUMNS = ("epoch", "train_loss")
@@ -529,6 +535,87 @@ def null_qq(
     ax.set_ylabel("observed -log10 p")
     ax.set_title("null pseudo-targets")
     ax.legend(frameon=False, fontsize=8)
+    return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------------------------------- efficacy
+def efficacy_cells(
+    model: PerturbationModel,
+    target: str,
+    *,
+    adata: AnnData | None = None,
+    probabilities: pd.Series | None = None,
+    n_samples: int = 30,
+    seed: int = 0,
+    figsize: tuple[float, float] | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """Each cell's posterior that the knockout of ``target`` took, against its depth and its target gene's expression.
+
+    One point per cell labelled ``target``, coloured by guide when a guide column is registered. Left: the total
+    counts of the cell (log scale); right (when ``target`` is a measured gene): its ``log1p(1e4 x / sum x)`` of the
+    target gene. Responders of a knockout that lowers its own gene sit low on the right panel; a posterior that
+    follows depth alone would show as a trend on the left one.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~pertpyro.PerturbationModel` with the ``efficacy`` block.
+    target
+        A perturbation label of the cells to show (e.g. ``"STAT1"``).
+    adata
+        Cells to show (default: the model's training data).
+    probabilities
+        Precomputed ``model.efficacy_probability(per="cell", adata=adata)`` (default: computed here).
+    n_samples, seed
+        Importance samples and seed of the posterior when it is computed here.
+    figsize
+        Figure size (default: 4.5 x 3.5 inches per panel).
+    save
+        File to write the figure to.
+
+    Returns
+    -------
+    The figure.
+    """
+    import matplotlib.pyplot as plt
+
+    cells = model.adata if adata is None else adata
+    registry = model.registry
+    labels = perturbation_labels(cells, registry)
+    rows = np.flatnonzero(labels == str(target))
+    if rows.size == 0:
+        raise ValueError(f"No cell is labelled {target!r} in obs[{registry.perturbation_key!r}].")
+    if probabilities is None:
+        probabilities = model.efficacy_probability(per="cell", adata=cells, n_samples=n_samples, seed=seed)
+    prob = pd.Series(probabilities).reindex(cells.obs_names[rows]).to_numpy(dtype=np.float64)
+    if np.isnan(prob).any():
+        raise ValueError(f"probabilities lack {int(np.isnan(prob).sum())} of the {rows.size} cells of {target!r}.")
+    counts = get_counts(cells, registry)[rows]
+    depth = row_totals(counts)
+    panels = [("total counts", depth, True)]
+    if str(target) in registry.genes:
+        column = counts[:, registry.genes.index(str(target))]
+        own = np.asarray(column.toarray() if hasattr(column, "toarray") else column, dtype=np.float64).ravel()
+        panels.append((f"{target} log1p(1e4 x / sum x)", np.log1p(1e4 * own / depth), False))
+    if registry.guide_key is not None and registry.guide_key in cells.obs:
+        groups = cells.obs[registry.guide_key].astype(str).to_numpy()[rows]
+    else:
+        groups = np.full(rows.size, str(target))
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=figsize or (4.5 * len(panels), 3.5), squeeze=False, layout="constrained"
+    )
+    for ax, (name, x, log_scale) in zip(axes[0], panels, strict=True):
+        for group in sorted(set(groups)):
+            mask = groups == group
+            ax.scatter(x[mask], prob[mask], s=8, alpha=0.6, label=f"{group} ({int(mask.sum())})")
+        if log_scale:
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel("P(knockout took | cell)")
+        ax.set_ylim(-0.03, 1.03)
+    axes[0][-1].legend(frameon=False, fontsize=8, title="guide" if registry.guide_key else None)
+    fig.suptitle(f"{target}: {rows.size} cells")
     return _finish(fig, save)
 
 

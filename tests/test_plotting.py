@@ -220,3 +220,24 @@ def test_null_qq_draws_each_series_and_refuses_bad_pvalues(tmp_path):
     assert len(fig.axes[0].collections) == 2  # one scatter per series
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         plotting.null_qq(np.array([0.5, 1.5]))
+
+
+def test_efficacy_cells_draws_each_cell_per_panel(tmp_path):
+    import pertpyro
+
+    adata = pertpyro.datasets.simulate(
+        n_cells=300, n_genes=20, n_targets=2, n_combinations=0, seed=0, n_truth_cells=0, n_guides=2
+    )
+    pertpyro.setup_anndata(adata, guide_key="guide")
+    model = pertpyro.PerturbationModel(adata, latent_dim=2, n_hidden=8, seed=0)
+    model.train(max_epochs=1, batch_size=150, progress_bar=False, early_stopping=False, seed=0)
+    n_cells = int((adata.obs["perturbation"] == "G0001").sum())
+    fig = plotting.efficacy_cells(model, "G0001", n_samples=2, save=tmp_path / "efficacy.png")
+    assert (tmp_path / "efficacy.png").exists()
+    axes = fig.axes
+    assert len(axes) == 2  # depth, and the target gene's own expression (G0001 is a measured gene)
+    for ax in axes:
+        assert sum(len(c.get_offsets()) for c in ax.collections) == n_cells
+        assert len(ax.collections) == 2  # one colour per guide
+    with pytest.raises(ValueError, match="No cell is labelled"):
+        plotting.efficacy_cells(model, "G0009")

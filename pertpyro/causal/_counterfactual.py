@@ -25,6 +25,7 @@ from pertpyro.module.sites import (
     EFFECT,
     EFFECT_MASK,
     EFFICACY,
+    EFFICACY_GUIDE_RATE,
     EFFICACY_RATE,
     LATENT_EFFECT,
     PERTURBATION,
@@ -41,6 +42,7 @@ def abduct(guide: GuideLike, batch: dict[str, torch.Tensor]) -> dict[str, torch.
     names = (
         Z_BASAL,
         EFFICACY_RATE,
+        EFFICACY_GUIDE_RATE,
         EFFECT,
         EFFECT_MASK,
         LATENT_EFFECT,

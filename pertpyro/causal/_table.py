@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch.nn import functional
@@ -40,6 +39,7 @@ from torch.nn import functional
 from pertpyro.causal._analytic import TARGET_SITES, expected_log1p
 from pertpyro.causal._expected import arm_distribution
 from pertpyro.data._statistics import TARGET_SUM
+from pertpyro.module._guide_rates import intervention_rates
 from pertpyro.module._program import PerturbationProgram
 from pertpyro.module._targets import TargetSubsample
 from pertpyro.module.sites import (
@@ -167,12 +167,8 @@ def label_offsets(
     logits = (DesignRows.of(designs) if rows is None else rows).sum_rows(effect)  # (L, G)
     depth = designs @ program.library_effect.detach()
     response = None
-    if program.use_efficacy and EFFICACY_RATE in latents:
-        rate = latents[EFFICACY_RATE]
-        efficacy_targets = cast(torch.Tensor | None, program.efficacy_targets)  # a buffer (or None)
-        if efficacy_targets is not None:
-            rate = torch.where(efficacy_targets.unsqueeze(-1), rate, torch.ones(()))
-        response = program.response_probability(designs, rate)
+    if program.use_efficacy and EFFICACY_RATE in latents:  # per target, or the targets' guide mixtures
+        response = program.response_probability(designs, intervention_rates(program, dict(latents)))
     return LabelOffsets(logits, depth, response)
 
 

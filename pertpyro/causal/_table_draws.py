@@ -41,7 +41,14 @@ from pertpyro.causal._table import (
 from pertpyro.data._loader import standalone_args
 from pertpyro.module._program import PerturbationProgram
 from pertpyro.module._types import GuideLike
-from pertpyro.module.sites import ARTIFACT_LOCAL_SITES, EFFECT, EFFECT_MASK, EFFICACY_RATE, LOCAL_SITES
+from pertpyro.module.sites import (
+    ARTIFACT_LOCAL_SITES,
+    EFFECT,
+    EFFECT_MASK,
+    EFFICACY_GUIDE_RATE,
+    EFFICACY_RATE,
+    LOCAL_SITES,
+)
 
 DRAW_CHUNK = 2**22
 """Draws x labels x genes interpolated at once (memory: a few float32 tensors of this size)."""
@@ -49,7 +56,7 @@ SHIFT_MARGIN = 1.0
 """Extra range of the curves' logit shifts on each side, so that later draws reuse them."""
 CHECK_CELLS = 8
 """Population cells on which the escaper arms are compared with the control arm (a property of the program)."""
-TABLE_SITES = (EFFICACY_RATE, EFFECT, EFFECT_MASK)
+TABLE_SITES = (EFFICACY_RATE, EFFICACY_GUIDE_RATE, EFFECT, EFFECT_MASK)
 """The global sites whose draws the labels' offsets read."""
 
 

@@ -21,7 +21,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from pertpyro.data._artifact_evidence import evidence_matrix
 from pertpyro.data._artifact_labels import artifact_labels
 from pertpyro.data._blocks import BlockBatchSampler
-from pertpyro.data._registry import Registry, batch_codes, design_matrix, get_counts, perturbation_labels
+from pertpyro.data._registry import Registry, batch_codes, design_matrix, get_counts, guide_rows, perturbation_labels
 from pertpyro.data._stream import (
     CountStatistics,
     check_row_readable,
@@ -49,6 +49,7 @@ class ProgramArgs(NamedTuple):
     artifact: torch.Tensor | None = None
     targets: TargetSubsample | None = None
     artifact_evidence: torch.Tensor | None = None
+    guide: torch.Tensor | None = None
 
 
 class SparseRows(NamedTuple):
@@ -96,6 +97,9 @@ class CellData(Dataset):
         QC evidence columns of the artifact block: ``(obs column, transform)`` pairs
         (:func:`pertpyro.data._artifact_evidence.evidence_matrix`), added to each minibatch as
         ``"artifact_evidence"`` (``None`` or empty: none).
+    guides
+        Add each cell's guide row (:func:`pertpyro.data._registry.guide_rows`) to each minibatch as ``"guide"``
+        (for per-guide response rates).
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class CellData(Dataset):
         artifact_key: str | None = None,
         require_artifact: bool = True,
         artifact_evidence: Sequence[tuple[str, str]] | None = None,
+        guides: bool = False,
     ) -> None:
         if tuple(map(str, adata.var_names)) != registry.genes:
             raise ValueError(
@@ -131,6 +136,7 @@ class CellData(Dataset):
         if artifact_key is not None and (require_artifact or artifact_key in adata.obs):
             self.artifact = artifact_labels(adata, artifact_key)
         self.artifact_evidence = evidence_matrix(adata, artifact_evidence) if artifact_evidence else None
+        self.guide = guide_rows(adata, registry) if guides else None
 
     @property
     def perturbation(self) -> np.ndarray:
@@ -176,6 +182,8 @@ class CellData(Dataset):
             batch["artifact"] = torch.from_numpy(self.artifact[idx])
         if self.artifact_evidence is not None:
             batch["artifact_evidence"] = torch.from_numpy(self.artifact_evidence[idx])
+        if self.guide is not None:
+            batch["guide"] = torch.from_numpy(self.guide[idx])
         return batch
 
 
@@ -390,6 +398,7 @@ def program_args(
         batch.get("artifact"),
         targets,
         batch.get("artifact_evidence"),
+        batch.get("guide"),
     )
 
 

@@ -216,3 +216,30 @@ def perturbation_labels(adata: AnnData, registry: Registry) -> np.ndarray:
     if registry.perturbation_key not in adata.obs:
         raise ValueError(f"adata.obs has no perturbation column {registry.perturbation_key!r} named in the registry.")
     return adata.obs[registry.perturbation_key].astype(str).to_numpy()
+
+
+def targeting_guides(registry: Registry) -> list[tuple[str, str]]:
+    """The registered guides that target something, each with its perturbation label, in registry order."""
+    return [
+        (g, label) for g, label in zip(registry.guides, registry.guide_labels, strict=True) if label != registry.control
+    ]
+
+
+def guide_rows(adata: AnnData, registry: Registry) -> np.ndarray:
+    """Row of each cell's guide among :func:`targeting_guides` (``int64``); ``-1`` for a control guide.
+
+    Cells whose guide the registry does not know, or whose perturbation label is not its guide's (e.g. cells
+    relabelled as null pseudo-targets), and data without the guide column, get ``-1`` too: the model then gives
+    them their targets' rate.
+    """
+    rows = np.full(adata.n_obs, -1, dtype=np.int64)
+    if registry.guide_key is None or registry.guide_key not in adata.obs:
+        return rows
+    guides = targeting_guides(registry)
+    names = pd.Index([g for g, _ in guides])
+    cell_guides = adata.obs[registry.guide_key].astype(str).to_numpy()
+    found = names.get_indexer(cell_guides)
+    guide_label = np.asarray([label for _, label in guides] + [""], dtype=object)[found]  # "" where not found
+    same = guide_label == perturbation_labels(adata, registry).astype(object)
+    rows[(found >= 0) & same] = found[(found >= 0) & same]
+    return rows

@@ -39,7 +39,9 @@ _CHUNK_ENTRIES = 2**18
 """Cells are generated in chunks of about this many (cell, gene) entries: bounds memory, sets the random streams."""
 
 # Keys of the independent random streams (first element of the spawn key); never renumber, only append.
-_STREAM_BASAL, _STREAM_EFFECTS, _STREAM_ASSIGN, _STREAM_COUNTS, _STREAM_TRUTH, _STREAM_ARTIFACTS = range(6)
+_STREAM_BASAL, _STREAM_EFFECTS, _STREAM_ASSIGN, _STREAM_COUNTS, _STREAM_TRUTH, _STREAM_ARTIFACTS, _STREAM_GUIDES = (
+    range(7)
+)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ def simulate(
     doublet_rate: float = 0.0,
     low_quality_rate: float = 0.0,
     n_mito: int = 5,
+    n_guides: int = 0,
+    guide_spread: float = 1.0,
 ) -> AnnData:
     r"""Simulate a single-cell CRISPR screen with known ground truth.
 
@@ -106,6 +110,8 @@ def simulate(
         z_n ~ N(0, I_K)                        log l_n ~ N(library_size)         b_n ~ Uniform(batches)
         d_n in {0,1}^T  (control: none, single target, or one of n_combinations pairs)
         e_n ~ Bernoulli(prod_{t: d_nt = 1} rho_t)                (escapers, e_n = 0, show no effect)
+        (n_guides > 0: guide g_n of the cell's label, logit rho_g ~ N(logit prod_t rho_t, guide_spread^2),
+         e_n ~ Bernoulli(rho_{g_n}))
         mu_n = l_n * softmax(z_n W + b + o_{b_n} + e_n * d_n (M * E))
         x_ng ~ NegativeBinomial(mean mu_ng, inverse dispersion theta_g)
 
@@ -181,6 +187,12 @@ def simulate(
     n_mito
         Genes renamed ``MT-...`` (the last ones) when ``low_quality_rate > 0``, so that :func:`pertpyro.pp.qc` sees
         the mitochondrial fraction that low-quality cells inflate.
+    n_guides
+        Guides per perturbation label (and non-targeting guides of the control cells), spread evenly over the
+        label's cells in ``obs["guide"]`` (``"G0003_g1"``, ``"control_g2"``, ...), each with its own response rate
+        around its label's (:func:`_draw_guides`); 0 (default): no guide column, every cell at its label's rate.
+    guide_spread
+        Standard deviation of the guides' logit response rates around their label's.
 
     Returns
     -------
@@ -192,6 +204,7 @@ def simulate(
     - ``obs["efficacy"]``: bool truth ``e_n``, whether the cell's perturbation took effect. ``True`` for control
       cells (a product over no targets is 1), so ``~efficacy`` marks exactly the escapers;
     - ``obs["n_counts"]``: total counts of the cell;
+    - ``obs["guide"]`` (with ``n_guides``): the cell's guide;
     - ``uns["truth"]``: the ground truth (schema in the notes below).
 
     Notes
@@ -204,7 +217,9 @@ def simulate(
     ``shift`` (P, G) and ``responder_shift`` (P, G), ``W`` (K, G), ``baseline`` (G,), ``batch_offset`` (B, G),
     ``theta`` (G,), ``batches``, ``control``, ``delimiter``, ``latent_dim``, ``seed``, ``n_truth_cells``, and
     ``params`` (the resolved arguments); with ``grn=True`` also ``grn``, the network (see
-    :func:`pertpyro.data._simulate_grn.simulate_grn`).
+    :func:`pertpyro.data._simulate_grn.simulate_grn`); with ``n_guides`` also ``guides`` (targeting guides),
+    ``guide_labels`` and ``guide_efficacy_prob`` (their response rates); ``perturbation_efficacy_prob`` is then
+    the mixture of a label's guides' rates weighted by their cells.
 
     ``responder_shift[p, g]`` is the population difference of the mean of ``log1p(1e4 * x / sum(x))`` between
     cells that respond to perturbation ``p`` and control cells. It is estimated by Monte Carlo over
@@ -270,6 +285,10 @@ def simulate(
         label_prob=label_prob,
         n_batches=n_batches,
     )
+    guides = None
+    if n_guides > 0:  # each cell responds at its own guide's rate; a label's rate is its guides' mixture
+        guides = _draw_guides(_rng(seed, _STREAM_GUIDES), code, label_prob, n_guides=n_guides, spread=guide_spread)
+        responds, label_prob = guides["responds"], guides["label_prob"]
     # Logit shift of each cell: row P of the extended table is "no shift" (controls and escapers).
     shift_code = np.where(responds & (code < len(labels)), code, len(labels))
     x = _sample_counts(basal, np.vstack([label_effect, np.zeros(n_genes)]), shift_code, batch, seed=seed, n_jobs=n_jobs)
@@ -292,6 +311,10 @@ def simulate(
         },
         index=pd.Index(_names("cell", n_cells), dtype=object),
     )
+    if guides is not None:
+        names = [f"{label}_g{j + 1}" for label in labels for j in range(n_guides)]
+        names += [f"{control}_g{j + 1}" for j in range(n_guides)]
+        obs["guide"] = pd.Categorical.from_codes(guides["guide"], names)
     adata = AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=object)))
     adata.uns[TRUTH_KEY] = {
         "targets": list(targets),
@@ -321,6 +344,11 @@ def simulate(
     }
     if grn_truth is not None:
         adata.uns[TRUTH_KEY]["grn"] = grn_truth
+    if guides is not None:
+        n_targeting = len(labels) * n_guides
+        adata.uns[TRUTH_KEY]["guides"] = names[:n_targeting]
+        adata.uns[TRUTH_KEY]["guide_labels"] = [label for label in labels for _ in range(n_guides)]
+        adata.uns[TRUTH_KEY]["guide_efficacy_prob"] = guides["rate"]
     if doublet_rate > 0 or low_quality_rate > 0:
         add_artifacts(adata, _rng(seed, _STREAM_ARTIFACTS), **artifact_args)
     return adata
@@ -403,6 +431,32 @@ def _draw_effects(
     effect = np.where(mask, effect, 0.0)
     efficacy_prob = rng.uniform(efficacy[0], efficacy[1], size=n_targets)
     return {"effect": effect, "mask": mask, "strong": strong, "effect_sd": effect_sd, "efficacy_prob": efficacy_prob}
+
+
+def _draw_guides(
+    rng: np.random.Generator, code: np.ndarray, label_prob: np.ndarray, *, n_guides: int, spread: float
+) -> dict[str, np.ndarray]:
+    """Guides of every cell, their response rates, the cells' efficacy ``e_n`` and each label's mixed rate.
+
+    ``code`` is each cell's label (``P``: control). Guide ``p * n_guides + j`` is guide ``j`` of label ``p``; the
+    control cells' guides follow the ``P * n_guides`` targeting ones. A label's cells are dealt to its guides in
+    turn, in random order (numbers differ by at most one). ``logit rho_g = logit rho_p + spread * N(0, 1)``.
+    """
+    n_labels = label_prob.shape[0]
+    p = np.clip(label_prob, 1e-6, 1 - 1e-6)
+    logit = np.repeat(np.log(p) - np.log1p(-p), n_guides) + spread * rng.normal(size=n_labels * n_guides)
+    rate = 1.0 / (1.0 + np.exp(-logit))
+    guide = np.empty(code.shape[0], dtype=np.int64)
+    for label in range(n_labels + 1):
+        cells = rng.permutation(np.flatnonzero(code == label))
+        guide[cells] = label * n_guides + np.arange(cells.shape[0]) % n_guides
+    responds = rng.random(code.shape[0]) < np.append(rate, np.ones(n_guides))[guide]
+    counts = np.bincount(guide, minlength=(n_labels + 1) * n_guides)[: n_labels * n_guides].reshape(n_labels, -1)
+    weights = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    mixed = np.where(
+        counts.sum(1) > 0, (weights * rate.reshape(n_labels, -1)).sum(1), rate.reshape(n_labels, -1).mean(1)
+    )
+    return {"guide": guide, "rate": rate, "responds": responds, "label_prob": mixed}
 
 
 def _make_perturbations(
@@ -615,6 +669,8 @@ def _check_args(**args: Any) -> dict[str, Any]:
         ("seed", 0),
     ]:
         _check_int(name, args[name], minimum)
+    _check_int("n_guides", args["n_guides"], 0)
+    _check_float("guide_spread", args["guide_spread"], 0.0, math.inf)
     n_targets, n_genes = args["n_targets"], args["n_genes"]
     if n_targets > n_genes:
         raise ValueError(

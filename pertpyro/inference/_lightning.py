@@ -100,8 +100,14 @@ class SVIModule(pl.LightningModule):
         super().__init__()
         self.validate, self.seed = validate, seed
         n_targets = 0 if target_cells is None else int(target_cells.shape[0])
+        per_guide = getattr(program, "guide_rates", None) is not None  # every guide's rate reads every target's
         if sparse_targets is None:
-            sparse_targets = n_targets >= SPARSE_TARGETS_MIN and getattr(program, "grn", None) is None
+            sparse_targets = n_targets >= SPARSE_TARGETS_MIN and getattr(program, "grn", None) is None and not per_guide
+        if sparse_targets and per_guide:
+            raise ValueError(
+                "sparse_targets does not apply to per-guide response rates (efficacy_per_guide), whose prior reads "
+                "every target's rate; train with sparse_targets=False or build the model with efficacy_per_guide=False."
+            )
         if sparse_targets and target_cells is None:
             raise ValueError("sparse_targets needs target_cells, the number of training cells carrying each target.")
         if sparse_targets and getattr(program, "grn", None) is not None:

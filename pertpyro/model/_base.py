@@ -68,7 +68,7 @@ class ModelBase:
         if check:
             check_query_cells(adata, self.registry)
         kwargs = self._artifact_data_kwargs(required=required) if artifact_labels else {}
-        return CellData(adata, self.registry, **kwargs)
+        return CellData(adata, self.registry, guides=bool(self.init_kwargs.get("efficacy_per_guide")), **kwargs)
 
     def _population_rows(self, cells: AnnData | None, max_cells: int | None, seed: int) -> np.ndarray:
         """Rows of the query population: the training control cells (``cells=None``) or ``cells``, subsampled."""

@@ -18,16 +18,17 @@ from pertpyro.causal._counterfactual import INTERVENABLE_SITES, abduct, interven
 from pertpyro.causal._efficacy import efficacy_probabilities
 from pertpyro.causal._population import subset_batch
 from pertpyro.data._loader import make_loader
-from pertpyro.data._registry import design_matrix
+from pertpyro.data._registry import design_matrix, targeting_guides
 from pertpyro.data._statistics import log_normalise
 from pertpyro.inference._iwelbo import iwelbo_per_cell
 from pertpyro.model._base import ModelBase
 from pertpyro.module._artifacts import ARTIFACT_KINDS, ArtifactKind, artifact_action
+from pertpyro.module._guide_rates import intervention_rates
 from pertpyro.posterior._arviz import to_inference_data
 from pertpyro.posterior._protocol import FittedModel
 
-EfficacyLevel = Literal["target", "cell"]
-EFFICACY_LEVELS: tuple[EfficacyLevel, ...] = ("target", "cell")
+EfficacyLevel = Literal["target", "guide", "cell"]
+EFFICACY_LEVELS: tuple[EfficacyLevel, ...] = ("target", "guide", "cell")
 """Levels of :meth:`CellsMixin.efficacy_probability`."""
 
 EXPECTED_LAYER = "expected_counts"
@@ -333,14 +334,18 @@ class CellsMixin(ModelBase):
         n_samples: int = 30,
         batch_size: int = 2048,
         seed: int = 0,
-    ) -> pd.Series:
-        """Probability that a knockout took effect: per target (response rate) or per cell (posterior).
+        ci: float = 0.9,
+    ) -> pd.Series | pd.DataFrame:
+        """Probability that a knockout took effect: per target or per guide (response rates) or per cell (posterior).
 
         Parameters
         ----------
         per
             ``"target"``: the posterior median of each target's response rate ``rho_t``, the fraction of its cells
-            in which the knockout takes (1 for targets without escapers). ``"cell"``: each cell's posterior
+            in which the knockout takes (1 for targets without escapers); with per-guide rates, the mixture of the
+            target's guides' medians weighted by their training cells (the rate ``do(perturbation=target)`` uses).
+            ``"guide"`` (needs ``efficacy_per_guide``): each targeting guide's rate, posterior median and central
+            ``ci`` interval. ``"cell"``: each cell's posterior
             ``P(efficacy = 1 | counts, depth)``, exact in the efficacy state, the basal state integrated by
             importance sampling (:func:`pertpyro.module._efficacy.efficacy_posterior`); ``NaN`` for control cells.
         adata
@@ -351,19 +356,24 @@ class CellsMixin(ModelBase):
             Cells per chunk (``per="cell"``).
         seed
             Seed of the draws (``per="cell"``).
+        ci
+            Mass of the credible interval (``per="guide"``).
 
         Returns
         -------
-        Series named ``"efficacy"``, indexed by target or by ``obs_names``.
+        Series named ``"efficacy"``, indexed by target or by ``obs_names``; per guide a DataFrame indexed by guide
+        with columns ``perturbation`` (the guide's label), ``n_cells`` (training cells), ``median``, ``lower``,
+        ``upper``.
         """
         if per not in EFFICACY_LEVELS:
             raise ValueError(f"per must be one of {EFFICACY_LEVELS}, got {per!r}.")
+        if per == "guide":
+            return self._guide_efficacy(ci)
         if per == "target":
             if not self.program.use_efficacy:  # no escapers: every cell responds
                 return pd.Series(1.0, index=list(self.registry.targets), name="efficacy")
-            rho = self.guide.efficacy_median().detach().numpy()
-            if self.program.efficacy_targets is not None:  # targets without escapers respond in every cell
-                rho = np.where(self.program.efficacy_targets.numpy(), rho, 1.0)
+            with torch.no_grad():
+                rho = intervention_rates(self.program, self.guide.efficacy_medians()).squeeze(-1).numpy()
             return pd.Series(rho, index=list(self.registry.targets), name="efficacy")
         check_query_args(n_samples=n_samples, batch_size=batch_size, seed=seed)
         self._check_trained()
@@ -376,6 +386,34 @@ class CellsMixin(ModelBase):
         else:  # no escapers: every perturbed cell responds
             values = np.where(data.is_control, np.nan, 1.0)
         return pd.Series(values, index=target.obs_names.copy(), name="efficacy")
+
+    def _guide_efficacy(self, ci: float) -> pd.DataFrame:
+        """Per-guide response rates: median and central ``ci`` interval (``efficacy_probability(per="guide")``)."""
+        rates, program = self.guide.guide_rates, self.program.guide_rates
+        if rates is None or program is None:
+            raise ValueError(
+                "This model has no per-guide response rates: register a guide column (setup_anndata(..., "
+                "guide_key=...)) and build the model with efficacy_per_guide=True."
+            )
+        if not 0 < ci < 1:
+            raise ValueError(f"ci must lie in (0, 1), got {ci}.")
+        with torch.no_grad():
+            median, (lower, upper) = rates.median(), rates.interval(ci)
+            escapes = program.escapes(self.program.efficacy_targets)
+            if escapes is not None:  # guides of targets without escapers: every cell responds
+                keep = escapes.squeeze(-1)
+                median, lower, upper = (torch.where(keep, v, torch.ones(())) for v in (median, lower, upper))
+        guides = targeting_guides(self.registry)
+        return pd.DataFrame(
+            {
+                "perturbation": [label for _, label in guides],
+                "n_cells": program.guide_cells.numpy().astype(np.int64),
+                "median": median.numpy(),
+                "lower": lower.numpy(),
+                "upper": upper.numpy(),
+            },
+            index=pd.Index([g for g, _ in guides], name="guide"),
+        )
 
     def to_inference_data(self, n_samples: int = 200, **kwargs: Any) -> Any:
         """Posterior of the global sites (and optionally a posterior predictive check) as ``arviz.InferenceData``.

@@ -13,7 +13,7 @@ from anndata import AnnData
 
 from pertpyro.data._datasets import collectri
 from pertpyro.data._loader import CellData
-from pertpyro.data._registry import Registry
+from pertpyro.data._registry import Registry, design_matrix, targeting_guides
 from pertpyro.data._statistics import strong_perturbations
 from pertpyro.data._stream import CountStatistics
 from pertpyro.module._grn import GRNPrior, build_grn_prior
@@ -89,6 +89,46 @@ def efficacy_targets(efficacy: bool | str | Sequence[str], targets: Sequence[str
 def efficacy_prior(efficacy: bool | str | Sequence[str]) -> str:
     """The program's prior of the response rates: learned for ``"auto"``, otherwise uniform."""
     return "learned" if efficacy == EFFICACY_AUTO else "uniform"
+
+
+PER_GUIDE_DEFAULT = True
+"""``efficacy_per_guide=None`` turns per-guide rates on when a guide column is registered (and ``efficacy`` is on)."""
+
+
+def resolve_per_guide(per_guide: bool | None, registry: Registry, efficacy: bool | str | Sequence[str]) -> bool:
+    """Whether the model has per-guide response rates; ``None``: :data:`PER_GUIDE_DEFAULT` where guides are known."""
+    if per_guide is None:
+        return (
+            PER_GUIDE_DEFAULT
+            and registry.guide_key is not None
+            and efficacy is not False
+            and bool(targeting_guides(registry))
+        )
+    if per_guide and efficacy is False:
+        raise ValueError("efficacy_per_guide needs the efficacy block: it is off (efficacy=False).")
+    if per_guide and registry.guide_key is None:
+        raise ValueError(
+            "efficacy_per_guide needs a guide column: register it with setup_anndata(..., guide_key='guide')."
+        )
+    return bool(per_guide)
+
+
+def guide_table(registry: Registry, data: CellData) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-guide response rates' inputs: the targets of each targeting guide ``(n_guides, T)`` and its cells.
+
+    Raises a ``ValueError`` when the registry has no guide column or no targeting guide.
+    """
+    if registry.guide_key is None:
+        raise ValueError(
+            "efficacy_per_guide needs a guide column: register it with setup_anndata(..., guide_key='guide')."
+        )
+    guides = targeting_guides(registry)
+    if not guides:
+        raise ValueError("efficacy_per_guide: the registered guide column has no targeting guide.")
+    design = torch.from_numpy(design_matrix([label for _, label in guides], registry))
+    rows = data.guide if data.guide is not None else np.full(len(data), -1)
+    cells = np.bincount(rows[rows >= 0], minlength=len(guides)).astype(np.float32)
+    return design, torch.from_numpy(cells)
 
 
 def build_grn(

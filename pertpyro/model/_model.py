@@ -40,9 +40,11 @@ from pertpyro.model._init import (
     efficacy_prior,
     efficacy_targets,
     gene_log_share,
+    guide_table,
     initial_effects,
     library_moments,
     resolve_efficacy,
+    resolve_per_guide,
 )
 from pertpyro.model._training import TrainingMixin
 from pertpyro.module._artifacts import ArtifactMode, check_artifact_mode, robust_library_init
@@ -100,6 +102,13 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         perturbation embeddings), besides its gene-space ``effect``: a knockout that moves cells along a program of
         basal variation is held by one vector per target rather than by the perturbed cells' basal states, so that
         queries, which draw basal states from control cells, carry it. Not with ``grn``.
+    efficacy_per_guide
+        Per-guide response rates (site ``efficacy_guide_rate``; :mod:`pertpyro.module._guide_rates`): each guide of
+        the registered guide column (``setup_anndata(..., guide_key=...)``) has its own rate, drawn around its
+        target's rate ``efficacy_rate`` with a spread learned across guides, and a cell responds at its own
+        guide's rate. Under ``do(perturbation=...)`` a cell takes the mixture of the target's guides weighted by
+        their training cells (the screen's guides in their proportions). ``None``: on when a guide column is
+        registered and ``efficacy`` is on (targets without escapers keep a rate of 1 for their guides).
     artifacts
         Technical-artifact block (:class:`pertpyro.module.ArtifactBlock`): ``None`` (off); ``"observed"``: the boolean
         labels ``obs[artifact_key]`` (e.g. from :func:`pertpyro.pp.qc`) are the ``artifact`` site's values;
@@ -148,6 +157,7 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         effect_df: float = 4.0,
         independence: float = 0.0,
         latent_effects: bool = False,
+        efficacy_per_guide: bool | None = None,
         artifacts: ArtifactMode | None = None,
         artifact_key: str = "artifact",
         artifact_evidence: Sequence[str] | Sequence[tuple[str, str]] | Literal["auto"] | None = "auto",
@@ -187,6 +197,8 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
             "artifact_evidence": evidence_columns(adata, artifact_evidence) if artifacts is not None else [],
             "seed": seed,
         }
+        if resolve_per_guide(efficacy_per_guide, self.registry, self.init_kwargs["efficacy"]):
+            self.init_kwargs["efficacy_per_guide"] = True  # only stored when on: saved models keep their settings
         if grn:  # only stored when on, so that saved models without the block keep their settings
             self.init_kwargs.update(
                 grn=True,
@@ -218,6 +230,9 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         self.regulators = None
         if kw.get("grn", False):  # 0.731: the response rate the efficacy logits start at (sigmoid(1))
             grn_block, self.regulators = build_grn(self.registry, data, initial_effects(stats, 0.731), kw)
+        guide_kwargs = {}
+        if kw.get("efficacy_per_guide", False):
+            guide_kwargs["guide_design"], guide_kwargs["guide_cells"] = guide_table(self.registry, data)
         self.program = PerturbationProgram(
             self.registry.n_genes,
             self.registry.n_targets,
@@ -234,6 +249,7 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
             effect_df=kw["effect_df"],
             independence=kw.get("independence", 0.0),  # models saved without the setting trained without it
             latent_effects=kw.get("latent_effects", False),
+            **guide_kwargs,
             library_init=library_moments(data, n_batches),
             grn=grn_block,
             artifacts=kw["artifacts"],
@@ -302,11 +318,17 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
             saved = Registry.from_dict(state["registry"])
             init_kwargs = dict(state["init_kwargs"])
             init_kwargs.setdefault("artifact_evidence", None)  # saved before the evidence existed: none
+            init_kwargs.setdefault("efficacy_per_guide", False)  # stored only when on
         except (KeyError, TypeError, ValueError) as err:
             raise ModelFileError(Path(path) / SETTINGS_FILE, f"bad entry: {err}") from err
         current = get_registry(adata)
         if saved.genes != current.genes or saved.targets != current.targets or saved.batches != current.batches:
             raise ValueError("The AnnData's registered genes, targets or batches differ from the saved model's.")
+        if init_kwargs["efficacy_per_guide"] and (saved.guides, saved.guide_labels) != (
+            current.guides,
+            current.guide_labels,
+        ):
+            raise ValueError("The AnnData's registered guides differ from the saved model's (it has per-guide rates).")
         model = cls(adata, **init_kwargs)
         try:
             with local_params():

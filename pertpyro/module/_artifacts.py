@@ -71,7 +71,6 @@ from pertpyro.module.sites import (
     CELLS_PLATE,
     EFFECT,
     EFFECT_MASK,
-    EFFICACY_RATE,
     Z_BASAL,
 )
 
@@ -352,8 +351,8 @@ def posterior_mean_globals(program: torch.nn.Module, guide: GuideLike) -> dict[s
     Sites of other blocks (``grn``) are drawn from the guide with each particle instead.
     """
     fixed = {}
-    if program.n_targets and program.use_efficacy:  # per-target response rates: their posterior median
-        fixed[EFFICACY_RATE] = guide.efficacy_median().detach().unsqueeze(-1)
+    if program.n_targets and program.use_efficacy:  # response rates (per target, per guide): posterior medians
+        fixed.update(guide.efficacy_medians())
     if program.n_targets and program.grn is None:
         fixed[EFFECT] = guide.effect_loc.detach()
         if program.sparse_effects:

@@ -6,6 +6,8 @@ Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k
     a >= 1                                      point-estimated concentration (``efficacy_prior="learned"``)
     rho_t             ~ Beta(a, 1)                                 per-target response rate (``efficacy``)
                         (``efficacy_prior="uniform"``: Beta(1, 1))
+    logit rho_g       ~ Normal(logit prod_{t in l(g)} rho_t, s)    per-guide rate (``efficacy_per_guide``; guides
+                                                                   plate; pertpyro.module._guide_rates)
     effect[t, g]      ~ StudentT(df, 0, sigma_g)                   targets x genes plate (df=0: Normal(0, sigma_g))
     effect_mask[t, g] ~ RelaxedBernoulli(pi)   (hard 0/1 forward)  targets x genes plate (``sparse_effects``)
     (``grn``: instead, effect[t] = the knockout of t propagated through adjacency * adjacency_weight, regulators x
@@ -15,6 +17,7 @@ Generative story (cells ``n``, genes ``g``, targets ``t``, basal latent dims ``k
         z_basal[n]      ~ Normal(0, I_K)
         perturbation[n] ~ Bernoulli(freq_t)    observed multi-hot d_n (so ``poutine.do`` can set it)
         efficacy[n]     ~ Bernoulli(prod_t rho_t ** d_nt)   enumerated in training (``efficacy``)
+                          (per-guide rates: Bernoulli(rho_{g(n)}), the cell's own guide)
         library[n]      ~ Normal(loc_b + efficacy[n] * d_n @ lambda, scale_b)   observed log total counts
         z[n]            = z_basal[n] + efficacy[n] * d_n @ latent_effect          (``latent_effects``; else z_basal[n])
         logits[n]       = decoder(z[n], batch_n) + efficacy[n] * d_n @ (effect * effect_mask)
@@ -72,6 +75,7 @@ from pertpyro.module._distributions import (
     is_enumerated_support,
 )
 from pertpyro.module._grn import GRNGuide, GRNPrior
+from pertpyro.module._guide_rates import GuideRates, GuideRatesGuide
 from pertpyro.module._independence import basal_dependence
 from pertpyro.module._targets import TargetSubsample
 from pertpyro.module.sites import (
@@ -80,6 +84,7 @@ from pertpyro.module.sites import (
     EFFECT,
     EFFECT_MASK,
     EFFICACY,
+    EFFICACY_GUIDE_RATE,
     EFFICACY_RATE,
     GENES_PLATE,
     INDEPENDENCE,
@@ -232,6 +237,10 @@ class PerturbationProgram(PyroModule):
         Whether each target also shifts the latent state the decoder reads (site ``latent_effect``, targets x
         latent, prior of scale ``tau_k`` learned per latent dimension, Student-t with ``effect_df`` degrees of
         freedom); not with ``grn``.
+    guide_design, guide_cells
+        Per-guide response rates (:mod:`pertpyro.module._guide_rates`, site ``efficacy_guide_rate``): the
+        multi-hot targets of each targeting guide's label ``(n_guides, T)`` and its number of training cells
+        ``(n_guides,)``; ``None``: per-target rates only. Needs ``efficacy``.
     """
 
     def __init__(
@@ -257,8 +266,17 @@ class PerturbationProgram(PyroModule):
         independence: float = 0.0,
         efficacy_prior: str = "uniform",
         latent_effects: bool = False,
+        guide_design: torch.Tensor | None = None,
+        guide_cells: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
+        self.guide_rates = None
+        if guide_design is not None:
+            if not efficacy:
+                raise ValueError("Per-guide response rates need the efficacy block (efficacy=False has no escapers).")
+            if guide_cells is None:
+                guide_cells = torch.ones(guide_design.shape[0])
+            self.guide_rates = GuideRates(guide_design, guide_cells)
         if latent_effects and grn is not None:
             raise ValueError(
                 "latent_effects is not available with the grn block: a knockout's effect there is its propagation "
@@ -383,6 +401,7 @@ class PerturbationProgram(PyroModule):
         artifact: torch.Tensor | None = None,
         targets: TargetSubsample | None = None,
         artifact_evidence: torch.Tensor | None = None,
+        guide: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the model on a minibatch of cells.
 
@@ -409,6 +428,11 @@ class PerturbationProgram(PyroModule):
             ``efficacy_rate``) are drawn for these rows only, on the ``targets`` plate subsampled to them, each row's
             terms weighted so that the ELBO stays an unbiased estimate; the ``perturbation`` site then holds the
             present columns (its density that of the full rows). ``None``: every target (queries and the dense step).
+        artifact_evidence
+            QC evidence columns of the artifact block ``(B, C)``, or ``None``.
+        guide
+            Each cell's guide row ``(B,)`` with per-guide rates (``-1``: a control guide or an unknown one); a cell
+            with its factual perturbation responds at its guide's rate. ``None``: every cell at its targets' rate.
 
         Returns
         -------
@@ -423,11 +447,20 @@ class PerturbationProgram(PyroModule):
         genes = global_plates(self, T, G)[1]
         # ---- global sites (scale 1; with ``targets``, each present target's terms weighted by ``targets.weight``) ----
         rate = self.one.expand(R, 1)  # no targets (an all-control data set for the artifact model): no sites
+        guide_rate = None
         if self.use_efficacy and T:  # per-target response rates: their uncertainty enters every query
             with rows():
                 rate = pyro.sample(EFFICACY_RATE, self.response_rate_prior(R))  # (R, 1)
-                if efficacy_targets is not None:  # the other targets: every cell responds
-                    rate = torch.where(efficacy_targets.unsqueeze(-1), rate, self.one)
+            if self.guide_rates is not None:
+                index = None if targets is None else targets.rows
+                with self.guide_rates.plate():
+                    guide_rate = pyro.sample(EFFICACY_GUIDE_RATE, self.guide_rates.prior(rate, index))  # (n_guides, 1)
+                escapes = self.guide_rates.escapes(self.efficacy_targets)
+                if escapes is not None:  # guides of targets without escapers: every cell responds
+                    guide_rate = torch.where(escapes, guide_rate, self.one)
+                rate = self.guide_rates.target_rates(rate, guide_rate, index)  # (R, 1): under an intervention
+            if efficacy_targets is not None:  # the other targets: every cell responds
+                rate = torch.where(efficacy_targets.unsqueeze(-1), rate, self.one)
         if self.grn is not None:
             effect = self.grn()  # (T, G): knockouts propagated through the sampled network (models/_grn.py)
         else:
@@ -467,8 +500,11 @@ class PerturbationProgram(PyroModule):
             factual = d is observed  # not intervened (poutine.do hands back another tensor): no depth change
             factual_library_shift = library_shift if factual else observed @ library_effect  # (B,)
             if self.use_efficacy:
+                response = self.response_probability(d, rate)  # (B,)
+                if guide_rate is not None and guide is not None and factual:  # each cell's own guide
+                    response = GuideRates.cell_probability(guide_rate, guide, response)
                 responds = pyro.sample(
-                    EFFICACY, MarkedBernoulli(self.response_probability(d, rate)), infer={"enumerate": "parallel"}
+                    EFFICACY, MarkedBernoulli(response), infer={"enumerate": "parallel"}
                 )  # (B,) or (2, 1, 1)
                 if is_enumerated_support(responds):  # both arms, stacked: no select, no reductions
                     logits = torch.stack([base, shifted]).reshape(responds.shape[:-1] + base.shape)  # (2, 1, B, G)
@@ -545,6 +581,9 @@ class PerturbationGuide(PyroModule):
         self.use_efficacy = program.use_efficacy
         self.efficacy_loc = nn.Parameter(torch.full((T,), EFFICACY_INIT_LOGIT))
         self.efficacy_raw_scale = nn.Parameter(torch.full((T,), inverse_softplus(0.1)))
+        self.guide_rates = None
+        if program.guide_rates is not None:  # only then: model files without per-guide rates keep their parameters
+            self.guide_rates = GuideRatesGuide(program.guide_rates.n_guides)
         self.register_buffer("mask_temperature", program.mask_temperature.clone())
         self.grn = None if program.grn is None else GRNGuide(program.grn)
         self.artifact_guide = ArtifactGuide(G) if program.artifact_block is not None else None
@@ -565,6 +604,13 @@ class PerturbationGuide(PyroModule):
     def efficacy_median(self) -> torch.Tensor:
         """Posterior median of the per-target response rates, ``(T,)``."""
         return torch.sigmoid(self.efficacy_loc)
+
+    def efficacy_medians(self) -> dict[str, torch.Tensor]:
+        """Posterior medians of the response-rate sites, each ``(rows, 1)``: per target, and per guide when on."""
+        out = {EFFICACY_RATE: self.efficacy_median().detach().unsqueeze(-1)}
+        if self.guide_rates is not None:
+            out[EFFICACY_GUIDE_RATE] = self.guide_rates.median().detach().unsqueeze(-1)
+        return out
 
     def basal_mean(self, counts: torch.Tensor, batch_index: torch.Tensor, perturbation: torch.Tensor) -> torch.Tensor:
         """Posterior mean of ``z_basal`` of cells ``(B, K)``: the encoder's location, less the mean latent shift."""
@@ -588,6 +634,7 @@ class PerturbationGuide(PyroModule):
         artifact: torch.Tensor | None = None,
         targets: TargetSubsample | None = None,
         artifact_evidence: torch.Tensor | None = None,
+        guide: torch.Tensor | None = None,
     ) -> None:
         """Draw the latent sites; same signature as the model (``counts`` is required here).
 
@@ -605,6 +652,9 @@ class PerturbationGuide(PyroModule):
         if self.use_efficacy and T:
             with rows():
                 pyro.sample(EFFICACY_RATE, self.efficacy_distribution(index))
+            if self.guide_rates is not None:
+                with self.guide_rates.plate():
+                    pyro.sample(EFFICACY_GUIDE_RATE, self.guide_rates.distribution())
         if self.grn is not None:
             self.grn()
         else:

@@ -7,7 +7,11 @@ PERTURBATION = "perturbation"
 EFFICACY = "efficacy"
 """Per-cell indicator that the knockout took effect, enumerated during training, shape ``(cells,)``."""
 EFFICACY_RATE = "efficacy_rate"
-"""Per-target probability that a cell carrying the guide responds, shape ``(targets, 1)`` (uniform prior)."""
+"""Per-target probability that a cell carrying the guide responds, shape ``(targets, 1)``; with
+``efficacy_per_guide`` the center of its guides' rates."""
+EFFICACY_GUIDE_RATE = "efficacy_guide_rate"
+"""Per-guide probability that a cell carrying the guide responds (``efficacy_per_guide``), shape
+``(guides, 1)``, around the rate of the guide's targets."""
 EFFECT = "effect"
 """Per-target effect on the decoder's gene logits, shape ``(targets, genes)``."""
 LATENT_EFFECT = "latent_effect"
@@ -39,11 +43,12 @@ CELLS_PLATE = "cells"
 TARGETS_PLATE = "targets"
 GENES_PLATE = "genes"
 LATENT_PLATE = "latent"
+GUIDES_PLATE = "guides"
 REGULATORS_PLATE = "regulators"
 
 LOCAL_SITES = (Z_BASAL, PERTURBATION, EFFICACY, LIBRARY, COUNTS)
 """Sites inside the ``cells`` plate (scaled by ``n_cells / batch_size`` under subsampling)."""
-GLOBAL_SITES = (EFFICACY_RATE, EFFECT, EFFECT_MASK, LATENT_EFFECT, ADJACENCY, ADJACENCY_WEIGHT)
+GLOBAL_SITES = (EFFICACY_RATE, EFFICACY_GUIDE_RATE, EFFECT, EFFECT_MASK, LATENT_EFFECT, ADJACENCY, ADJACENCY_WEIGHT)
 """Sites outside the ``cells`` plate (counted once per step)."""
 ARTIFACT_LOCAL_SITES = (ARTIFACT, ARTIFACT_KIND, ARTIFACT_LABEL, ARTIFACT_EVIDENCE)
 """Local sites of the artifact block (``artifact_label`` only in the latent mode with labels, ``artifact_evidence``
