@@ -100,7 +100,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     mixscape = pd.read_csv(args.calls, index_col=0)
     meta = json.loads(Path(args.calls).with_suffix(".json").read_text())
-    agreement, effects, calls_by_seed = [], [], {}
+    agreement, effects, calls_by_seed, guide_rows = [], [], {}, []
     for seed in args.seeds:
         config = load_config(args.config)
         config["split"]["seed"] = seed
@@ -119,6 +119,7 @@ def main() -> None:
         table_ = call_agreement(ours, theirs, labels, control=control, names=("pertpyro", "Mixscape"))
         agreement.append(table_.assign(seed=seed))
         calls_by_seed[seed] = (ours, theirs, labels, control)
+        guide_rows.append(per_guide(model, adata, ours, theirs, labels, control).assign(seed=seed))
         every = pd.Series(True, index=adata.obs_names).where(perturbed)
         for method, calls in zip(METHODS, (ours, theirs, every), strict=True):
             per = responder_effects(parts["train"], parts["test"], calls, calls)
@@ -126,11 +127,41 @@ def main() -> None:
         print(table_.round(3).to_string(), flush=True)
     agree = pd.concat(agreement)
     per_target = pd.concat(effects, ignore_index=True)
-    write(args, meta, agree, per_target, calls_by_seed)
+    write(args, meta, agree, per_target, calls_by_seed, pd.concat(guide_rows))
+
+
+def per_guide(
+    model: PerturbationModel, adata, ours: pd.Series, theirs: pd.Series, labels: pd.Series, control: str
+) -> pd.DataFrame:
+    """Per targeting guide: cells, each method's responder fraction, pertpyro's per-guide response rate."""
+    guide_key = model.registry.guide_key
+    if guide_key is None:
+        return pd.DataFrame()
+    guides = adata.obs[guide_key].astype(str)
+    cells = labels != control
+    frame = pd.DataFrame(
+        {
+            "target": labels[cells],
+            "guide": guides[cells],
+            "pertpyro": ours[cells].astype(float),
+            "Mixscape": theirs[cells].astype(float),
+        }
+    )
+    out = frame.groupby(["target", "guide"]).agg(
+        cells=("pertpyro", "size"), pertpyro=("pertpyro", "mean"), Mixscape=("Mixscape", "mean")
+    )
+    rates = model.efficacy_probability("guide") if model.init_kwargs.get("efficacy_per_guide") else None
+    out["rate"] = np.nan if rates is None else rates["median"].reindex(out.index.get_level_values("guide")).to_numpy()
+    return out.reset_index()
 
 
 def write(
-    args: argparse.Namespace, meta: dict, agree: pd.DataFrame, per_target: pd.DataFrame, calls_by_seed: dict
+    args: argparse.Namespace,
+    meta: dict,
+    agree: pd.DataFrame,
+    per_target: pd.DataFrame,
+    calls_by_seed: dict,
+    guides: pd.DataFrame,
 ) -> None:
     seeds = sorted(agree["seed"].unique())
     # agreement: one row per target, the seeds side by side
@@ -193,6 +224,16 @@ def write(
     ]
     detail = subset.groupby(["perturbation", "method"], sort=True)[["responders_test", *METRICS]].mean().reset_index()
     detail_rows = detail.to_numpy().tolist()
+    guide_table = []
+    if len(guides):
+        by_guide = guides[guides["target"].isin(shared)].groupby(["target", "guide"], sort=True)
+        mean = by_guide[["cells", "Mixscape", "pertpyro", "rate"]].mean().reset_index()
+        guide_table = [[r.target, r.guide, int(r.cells), r.Mixscape, r.pertpyro, r.rate] for r in mean.itertuples()]
+        both = mean[["Mixscape", "pertpyro"]].to_numpy()
+        guide_corr = float(np.corrcoef(both.T)[0, 1])
+        centred = mean[["Mixscape", "pertpyro"]] - mean.groupby("target")[["Mixscape", "pertpyro"]].transform("mean")
+        within_corr = float(np.corrcoef(centred.to_numpy().T)[0, 1])
+        print(f"guides: Pearson {guide_corr:.3f}, within targets {within_corr:.3f}", flush=True)
     _figure(detail, shared)
     print(pd.DataFrame(summary_rows).round(3).to_string(), flush=True)
     print(paired.round(4).to_string(), flush=True)
@@ -248,6 +289,21 @@ def write(
                 ["other method", "metric", "pairs", "pertpyro", "other", "difference", "lower", "upper"],
                 paired_rows,
                 digits=4,
+            ),
+            *(
+                [
+                    table(
+                        "Per guide of the shared targets: responder fractions (all cells) and pertpyro's per-guide "
+                        f"response rate (posterior median; means over split seeds). Pearson of the two methods' "
+                        f"fractions across guides: {guide_corr:.3f}; of their differences from the target's mean "
+                        f"(guide strength within a target): {within_corr:.3f}",
+                        ["target", "guide", "cells", "Mixscape responders", "pertpyro responders", "pertpyro rate"],
+                        guide_table,
+                        digits=3,
+                    )
+                ]
+                if guide_table
+                else []
             ),
             table(
                 "Per target (mean over split seeds)",
