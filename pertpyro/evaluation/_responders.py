@@ -21,8 +21,9 @@ escaped (``False``). Two questions are asked of the calls of each method:
      as a share of the held-out intent-to-treat shift's projection: ``<s_G, d> / <s_ITT, d>``. The yardstick is the
      same for both methods and was fitted on other cells. All held-out cells together score 1; calls that separate
      escapers give responders above 1 and non-responders near 0. Non-responders that keep part of the effect
-     (``> 0``) mean missed responders; that view cannot be gamed by calling fewer cells, which raises the
-     responders' score and the non-responders' together.
+     (``> 0``) mean missed responders: calls that are too strict. Calling fewer cells raises both scores, so
+     the non-responders' score exposes strictness; it does not expose laxness (calling escapers responders
+     dilutes the responders but leaves the non-responders near 0), so read it with the responder fraction.
    - *positive control*: for a target that is a measured gene, the held-out shift of the target gene itself among
      responders and among non-responders (a knockout that took lowers its own transcript through nonsense-mediated
      decay; an escaper does not). Both methods see this gene among all the others when they call a cell, so it is
