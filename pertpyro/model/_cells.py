@@ -407,7 +407,7 @@ class CellsMixin(ModelBase):
         return pd.DataFrame(
             {
                 "perturbation": [label for _, label in guides],
-                "n_cells": program.guide_cells.numpy().astype(np.int64),
+                "n_cells": cast(torch.Tensor, program.guide_cells).numpy().astype(np.int64),
                 "median": median.numpy(),
                 "lower": lower.numpy(),
                 "upper": upper.numpy(),

@@ -230,9 +230,9 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         self.regulators = None
         if kw.get("grn", False):  # 0.731: the response rate the efficacy logits start at (sigmoid(1))
             grn_block, self.regulators = build_grn(self.registry, data, initial_effects(stats, 0.731), kw)
-        guide_kwargs = {}
+        guide_design, guide_cells = None, None
         if kw.get("efficacy_per_guide", False):
-            guide_kwargs["guide_design"], guide_kwargs["guide_cells"] = guide_table(self.registry, data)
+            guide_design, guide_cells = guide_table(self.registry, data)
         self.program = PerturbationProgram(
             self.registry.n_genes,
             self.registry.n_targets,
@@ -249,7 +249,8 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
             effect_df=kw["effect_df"],
             independence=kw.get("independence", 0.0),  # models saved without the setting trained without it
             latent_effects=kw.get("latent_effects", False),
-            **guide_kwargs,
+            guide_design=guide_design,
+            guide_cells=guide_cells,
             library_init=library_moments(data, n_batches),
             grn=grn_block,
             artifacts=kw["artifacts"],

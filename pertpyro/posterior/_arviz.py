@@ -7,8 +7,8 @@ Groups and variables (dims in brackets; the draws of the guide are independent, 
   optionally ``ate`` [perturbation, gene] (draws of
   ``model.ate``) and ``z_basal`` [cell, latent] (basal states of the checked cells);
 - ``constant_data``: point-estimated (empirical-Bayes) parameters, not sampled: ``efficacy_rate`` [target] (posterior
-  median of the fraction of cells in which the knockout takes), ``library_effect`` [target], ``effect_prior_scale`` [gene],
-  ``dispersion`` [gene];
+  median of the fraction of cells in which the knockout takes), ``efficacy_guide_rate`` [guide] (with per-guide
+  rates: each targeting guide's), ``library_effect`` [target], ``effect_prior_scale`` [gene], ``dispersion`` [gene];
 - ``posterior_predictive`` / ``observed_data`` (when held-out cells are given): ``gene_mean`` [gene], the mean of
   ``log1p(1e4 x / sum x)`` over the cells, and ``zero_fraction`` [gene], the fraction of zero counts; simulated
   by replaying the model on each cell's basal state drawn from the guide (its observed perturbation, depth and
@@ -31,6 +31,7 @@ from pertpyro._settings import local_params, seeded
 from pertpyro.causal._counterfactual import abduct, intervene
 from pertpyro.causal._population import subsample_rows, subset_batch
 from pertpyro.data._loader import CellData, standalone_args
+from pertpyro.data._registry import targeting_guides
 from pertpyro.data._statistics import log_normalise
 from pertpyro.module.sites import EFFECT, EFFECT_MASK, LATENT_EFFECT, Z_BASAL
 from pertpyro.posterior._protocol import FittedModel, require_trained
@@ -172,6 +173,7 @@ def to_inference_data(
         Z_BASAL: ["cell", "latent"],
         "ate": ["perturbation", "gene"],
         "efficacy_rate": ["target"],
+        "efficacy_guide_rate": ["guide"],
         "library_effect": ["target"],
         "effect_prior_scale": ["gene"],
         "dispersion": ["gene"],
@@ -196,6 +198,10 @@ def to_inference_data(
         "effect_prior_scale": program.effect_prior_scale().detach().numpy(),
         "dispersion": program.log_theta.exp().detach().numpy(),
     }
+    guide_rates = getattr(model.guide, "guide_rates", None)
+    if guide_rates is not None:
+        constant["efficacy_guide_rate"] = guide_rates.median().detach().numpy()
+        coords["guide"] = [g for g, _ in targeting_guides(registry)]
 
     def as_chains(values: np.ndarray) -> np.ndarray:
         return values.reshape(chains, n_samples // chains, *values.shape[1:])

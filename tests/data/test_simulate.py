@@ -274,3 +274,33 @@ def test_custom_labels_and_single_batch():
 def test_argument_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         simulate(**{**SMALL, **kwargs})
+
+
+def test_guides_have_their_own_response_rates():
+    plain = simulate(n_cells=3000, n_genes=20, n_targets=3, n_combinations=1, seed=3, n_truth_cells=0)
+    adata = simulate(n_cells=3000, n_genes=20, n_targets=3, n_combinations=1, seed=3, n_truth_cells=0, n_guides=3)
+    assert "guide" not in plain.obs
+    truth = adata.uns["truth"]
+    assert len(truth["guides"]) == 4 * 3  # three singles and one combination, three guides each
+    rate = pd.Series(truth["guide_efficacy_prob"], index=truth["guides"])
+    obs = adata.obs[adata.obs["perturbation"] != "control"]
+    guide = obs["guide"].astype(str)
+    # every cell carries a guide of its own label; a label's cells are dealt evenly to its guides
+    labels = dict(zip(truth["guides"], truth["guide_labels"], strict=True))
+    assert (guide.map(labels) == obs["perturbation"].astype(str)).all()
+    counts = guide.value_counts()
+    spread = counts.groupby(counts.index.map(labels)).agg(lambda c: c.max() - c.min())
+    assert (spread <= 1).all()
+    # realised responder fractions follow each guide's rate (~250 cells a guide: sd <= 0.032)
+    realised = obs["efficacy"].astype(float).groupby(guide).mean()
+    assert np.allclose(realised, rate[realised.index], atol=0.11)
+    # a label's rate is its guides' mixture, weighted by their cells
+    for p, label in enumerate(truth["perturbations"]):
+        mine = counts[[g for g in truth["guides"] if labels[g] == label]]
+        mixture = float((rate[mine.index] * mine).sum() / mine.sum())
+        assert truth["perturbation_efficacy_prob"][p] == pytest.approx(mixture)
+    assert set(adata.obs.loc[adata.obs["perturbation"] == "control", "guide"].astype(str)) == {
+        "control_g1",
+        "control_g2",
+        "control_g3",
+    }
