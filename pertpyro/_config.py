@@ -77,7 +77,7 @@ class ModelSection(_Section):
     effect_df: PositiveFloat = 4.0
     independence: NonNegativeFloat = 0.0
     latent_effects: bool = False
-    efficacy_per_guide: bool | None = None
+    efficacy_per_guide: bool = False
     artifacts: Literal["observed", "latent"] | None = None
     artifact_key: str = "artifact"
     artifact_evidence: Literal["auto"] | list[str] | None = "auto"

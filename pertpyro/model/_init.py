@@ -91,19 +91,8 @@ def efficacy_prior(efficacy: bool | str | Sequence[str]) -> str:
     return "learned" if efficacy == EFFICACY_AUTO else "uniform"
 
 
-PER_GUIDE_DEFAULT = True
-"""``efficacy_per_guide=None`` turns per-guide rates on when a guide column is registered (and ``efficacy`` is on)."""
-
-
-def resolve_per_guide(per_guide: bool | None, registry: Registry, efficacy: bool | str | Sequence[str]) -> bool:
-    """Whether the model has per-guide response rates; ``None``: :data:`PER_GUIDE_DEFAULT` where guides are known."""
-    if per_guide is None:
-        return (
-            PER_GUIDE_DEFAULT
-            and registry.guide_key is not None
-            and efficacy is not False
-            and bool(targeting_guides(registry))
-        )
+def resolve_per_guide(per_guide: bool, registry: Registry, efficacy: bool | str | Sequence[str]) -> bool:
+    """Whether the model has per-guide response rates; a ``ValueError`` where they cannot be."""
     if per_guide and efficacy is False:
         raise ValueError("efficacy_per_guide needs the efficacy block: it is off (efficacy=False).")
     if per_guide and registry.guide_key is None:

@@ -107,8 +107,9 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         the registered guide column (``setup_anndata(..., guide_key=...)``) has its own rate, drawn around its
         target's rate ``efficacy_rate`` with a spread learned across guides, and a cell responds at its own
         guide's rate. Under ``do(perturbation=...)`` a cell takes the mixture of the target's guides weighted by
-        their training cells (the screen's guides in their proportions). ``None``: on when a guide column is
-        registered and ``efficacy`` is on (targets without escapers keep a rate of 1 for their guides).
+        their training cells (the screen's guides in their proportions); the guides of targets without escapers
+        keep a rate of 1. Off by default: on Papalexi it raises the held-out likelihood but not the held-out
+        effects (``benchmarks/results/guide_efficacy_papalexi.json``).
     artifacts
         Technical-artifact block (:class:`pertpyro.module.ArtifactBlock`): ``None`` (off); ``"observed"``: the boolean
         labels ``obs[artifact_key]`` (e.g. from :func:`pertpyro.pp.qc`) are the ``artifact`` site's values;
@@ -157,7 +158,7 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         effect_df: float = 4.0,
         independence: float = 0.0,
         latent_effects: bool = False,
-        efficacy_per_guide: bool | None = None,
+        efficacy_per_guide: bool = False,
         artifacts: ArtifactMode | None = None,
         artifact_key: str = "artifact",
         artifact_evidence: Sequence[str] | Sequence[tuple[str, str]] | Literal["auto"] | None = "auto",

@@ -20,8 +20,7 @@ from pertpyro.module.sites import EFFICACY
 def escaper_screen():
     """Three strong knockouts (effect sd 1, own gene at -2), two guides each whose logit rates spread by 1.5.
 
-    With seed 0 the guides of G0000 respond in 99% and 60% of their cells. The model is the default one on a
-    screen with a guide column: per-guide rates.
+    With seed 0 the guides of G0000 respond in 99% and 60% of their cells. The model has per-guide rates.
     """
     pertpyro.set_seed(0)
     adata = pertpyro.datasets.simulate(
@@ -38,7 +37,7 @@ def escaper_screen():
         guide_spread=1.5,
     )
     pertpyro.setup_anndata(adata, batch_key="batch", guide_key="guide")
-    model = pertpyro.PerturbationModel(adata, latent_dim=3, n_hidden=32, seed=0)
+    model = pertpyro.PerturbationModel(adata, latent_dim=3, n_hidden=32, seed=0, efficacy_per_guide=True)
     model.train(max_epochs=40, batch_size=256, lr=2e-2, seed=0, progress_bar=False, early_stopping=False)
     return adata, model, model.efficacy_probability(per="cell", n_samples=10)
 
@@ -74,9 +73,10 @@ def test_cell_posterior_is_calibrated(escaper_screen):
 
 def test_cell_posterior_options(escaper_screen):
     adata, model, _ = escaper_screen
-    first = model.efficacy_probability(per="cell", adata=adata[:300], n_samples=3, batch_size=64, seed=1)
-    again = model.efficacy_probability(per="cell", adata=adata[:300], n_samples=3, batch_size=64, seed=1)
-    assert first.index.equals(adata.obs_names[:300])
+    cells = adata[:200].copy()
+    first = model.efficacy_probability(per="cell", adata=cells, n_samples=2, batch_size=64, seed=1)
+    again = model.efficacy_probability(per="cell", adata=cells, n_samples=2, batch_size=64, seed=1)
+    assert first.index.equals(cells.obs_names)
     pd.testing.assert_series_equal(first, again)  # deterministic under seed
     rates = model.efficacy_probability()  # default: per target
     assert list(rates.index) == list(model.registry.targets)
@@ -96,7 +96,7 @@ def test_guide_rates_recover_a_weak_and_a_strong_guide(escaper_screen):
     strong, weak = table.loc["G0000_g1", "median"], table.loc["G0000_g2", "median"]
     assert truth["G0000_g1"] > 0.95
     assert truth["G0000_g2"] < 0.65
-    # ~200 cells per guide: a rate's sampling sd is <= 0.035, and responders are told from escapers almost surely
+    # ~160 cells per guide: a rate's sampling sd is <= 0.04, and responders are told from escapers almost surely
     assert abs(strong - truth["G0000_g1"]) < 0.1
     assert abs(weak - truth["G0000_g2"]) < 0.1
     assert strong > weak + 0.25  # one rate per target (the model without guides) cannot tell them apart
@@ -141,7 +141,7 @@ def test_guide_rates_save_load_and_refusals(escaper_screen, tmp_path):
     pd.testing.assert_frame_equal(loaded.ate("G0001", n_samples=3), model.ate("G0001", n_samples=3))
     with pytest.raises(ValueError, match="sparse_targets"):
         model.train(max_epochs=1, sparse_targets=True, progress_bar=False)
-    off = pertpyro.PerturbationModel(adata, latent_dim=3, n_hidden=8, efficacy_per_guide=False)
+    off = pertpyro.PerturbationModel(adata, latent_dim=3, n_hidden=8)  # per-guide rates are an option
     with pytest.raises(ValueError, match="no per-guide response rates"):
         off.efficacy_probability(per="guide")
     with pytest.raises(ValueError, match="needs the efficacy block"):
