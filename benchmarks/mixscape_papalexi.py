@@ -228,7 +228,11 @@ def write(
     if len(guides):
         by_guide = guides[guides["target"].isin(shared)].groupby(["target", "guide"], sort=True)
         mean = by_guide[["cells", "Mixscape", "pertpyro", "rate"]].mean().reset_index()
-        guide_table = [[r.target, r.guide, int(r.cells), r.Mixscape, r.pertpyro, r.rate] for r in mean.itertuples()]
+        with_rates = bool(mean["rate"].notna().any())  # per-guide response rates in the model
+        guide_table = [
+            [r.target, r.guide, int(r.cells), r.Mixscape, r.pertpyro, *([r.rate] if with_rates else [])]
+            for r in mean.itertuples()
+        ]
         both = mean[["Mixscape", "pertpyro"]].to_numpy()
         guide_corr = float(np.corrcoef(both.T)[0, 1])
         centred = mean[["Mixscape", "pertpyro"]] - mean.groupby("target")[["Mixscape", "pertpyro"]].transform("mean")
@@ -293,11 +297,19 @@ def write(
             *(
                 [
                     table(
-                        "Per guide of the shared targets: responder fractions (all cells) and pertpyro's per-guide "
-                        f"response rate (posterior median; means over split seeds). Pearson of the two methods' "
+                        "Per guide of the shared targets: responder fractions (all cells"
+                        + ("; pertpyro's per-guide response rate, posterior median" if with_rates else "")
+                        + f"; means over split seeds). Pearson of the two methods' "
                         f"fractions across guides: {guide_corr:.3f}; of their differences from the target's mean "
                         f"(guide strength within a target): {within_corr:.3f}",
-                        ["target", "guide", "cells", "Mixscape responders", "pertpyro responders", "pertpyro rate"],
+                        [
+                            "target",
+                            "guide",
+                            "cells",
+                            "Mixscape responders",
+                            "pertpyro responders",
+                            *(["pertpyro rate"] if with_rates else []),
+                        ],
                         guide_table,
                         digits=3,
                     )
