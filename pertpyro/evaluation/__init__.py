@@ -32,6 +32,12 @@ from pertpyro.evaluation._grn import (
 )
 from pertpyro.evaluation._metrics import METRIC_COLUMNS, shift_metrics, summarise, topk_jaccard
 from pertpyro.evaluation._repeated import format_paired, paired_differences, repeated_evaluation, repeated_metrics
+from pertpyro.evaluation._responders import (
+    ResponderShifts,
+    call_agreement,
+    responder_effects,
+    responder_shifts,
+)
 from pertpyro.evaluation._runner import ShiftPredictor, ate_metrics, format_table, to_perturbed_reference
 from pertpyro.evaluation._splits import split_cells, split_heldout_combinations, split_heldout_perturbations
 from pertpyro.evaluation._strength import corrected_slope, effect_strength
@@ -70,6 +76,10 @@ __all__ = [
     "heldout_reference",
     "report_labels",
     "format_table",
+    "ResponderShifts",
+    "call_agreement",
+    "responder_effects",
+    "responder_shifts",
     "no_change",
     "format_paired",
     "repeated_evaluation",
