@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from _results import table, write_result
 
@@ -72,13 +73,9 @@ def fit(seed: int, name: str, options: dict, records: Path, epochs: int | None) 
     score(seed, name, records)
 
 
-def score(seed: int, name: str, records: Path) -> None:
-    """Score the saved model of ``name`` on split ``seed``; writes the record ``NAME_sSEED.json``."""
-    torch.set_num_threads(1)
-    folder = records / f"{name}_s{seed}"
-    fitted = json.loads((folder / "fit.json").read_text())
-    _, parts = _parts(seed, fitted["options"])
-    model = PerturbationModel.load(folder, parts["train"])
+def heldout_scores(model: PerturbationModel, parts: dict) -> tuple[dict, pd.DataFrame]:
+    """Held-out metrics of a fitted model beside the baselines (all knockouts and the strong six), the strong six's
+    raw slopes, and the predicted shifts of every held-out label."""
     labels = sorted(set(observed_shift(parts["test"]).index))
     predicted = model.predict_shift(labels)
     per = evaluation.ate_metrics(
@@ -93,16 +90,31 @@ def score(seed: int, name: str, records: Path) -> None:
     )
     per = per[per["reference"] == "control"]
     observed = observed_shift(parts["test"], labels=STRONG)
+    scores = {
+        "epochs": len(model.history_) if model.history_ is not None else None,
+        "summary": per.groupby("method")[METRICS].mean().to_dict(orient="index"),
+        "strong": per[per["perturbation"].isin(STRONG)].groupby("method")[METRICS].mean().to_dict(orient="index"),
+        "slope": {t: _slope(observed.loc[t].to_numpy(), predicted.loc[t].to_numpy()) for t in STRONG},
+    }
+    return scores, predicted
+
+
+def score(seed: int, name: str, records: Path) -> None:
+    """Score the saved model of ``name`` on split ``seed``; writes the record ``NAME_sSEED.json``."""
+    torch.set_num_threads(1)
+    folder = records / f"{name}_s{seed}"
+    fitted = json.loads((folder / "fit.json").read_text())
+    _, parts = _parts(seed, fitted["options"])
+    model = PerturbationModel.load(folder, parts["train"])
+    scores, predicted = heldout_scores(model, parts)
     training = observed_shift(parts["train"], labels=STRONG)
+    observed = observed_shift(parts["test"], labels=STRONG)
     record = {
         "name": name,
         "seed": seed,
         "options": fitted["options"],
         "fit_s": fitted["fit_s"],
-        "epochs": len(model.history_) if model.history_ is not None else None,
-        "summary": per.groupby("method")[METRICS].mean().to_dict(orient="index"),
-        "strong": per[per["perturbation"].isin(STRONG)].groupby("method")[METRICS].mean().to_dict(orient="index"),
-        "slope": {t: _slope(observed.loc[t].to_numpy(), predicted.loc[t].to_numpy()) for t in STRONG},
+        **scores,
         "training_mean_slope": {t: _slope(observed.loc[t].to_numpy(), training.loc[t].to_numpy()) for t in STRONG},
         "corrected_slope": _corrected(predicted, parts["test"]),
         "training_mean_corrected_slope": _corrected(training, parts["test"]),

@@ -7,9 +7,9 @@ every guide's response rate.
 
 Run::
 
-    python benchmarks/guide_efficacy_papalexi.py fit --seed 0 --per-guide 1 --records /tmp/guides
-    python benchmarks/guide_efficacy_papalexi.py fit --seed 0 --per-guide 0 --records /tmp/guides
-    python benchmarks/guide_efficacy_papalexi.py report --records /tmp/guides
+    python benchmarks/guide_efficacy_papalexi.py fit --seed 0 --per-guide 1 --records runs/guide_efficacy_papalexi
+    python benchmarks/guide_efficacy_papalexi.py fit --seed 0 --per-guide 0 --records runs/guide_efficacy_papalexi
+    python benchmarks/guide_efficacy_papalexi.py report --records runs/guide_efficacy_papalexi
 
 ``fit`` trains, saves the model to ``NAME_sSEED/`` and writes the record ``NAME_sSEED.json`` (``NAME``: ``per_guide``
 or ``per_target``); ``report`` writes ``benchmarks/results/guide_efficacy_papalexi.json`` from all records.
@@ -23,11 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from _results import table, write_result
-from defaults_papalexi import BASELINES, METRICS, STRONG, _parts, _slope
+from defaults_papalexi import BASELINES, STRONG, _parts, heldout_scores
 from scipy import stats
 
-from pertpyro import evaluation
-from pertpyro.data._statistics import observed_shift
 from pertpyro.model import PerturbationModel
 
 NAMES = {True: "per_guide", False: "per_target"}
@@ -49,29 +47,13 @@ def fit(seed: int, per_guide: bool, records: Path, efficacy: str | None = None) 
     model.train(validation_adata=parts["val"], **dict(config["train"], progress_bar=False))
     elapsed = time.perf_counter() - start
     model.save(records / f"{name}_s{seed}", overwrite=True)
-    labels = sorted(set(observed_shift(parts["test"]).index))
-    predicted = model.predict_shift(labels)
-    per = evaluation.ate_metrics(
-        model,
-        parts["test"],
-        adata_train=parts["train"],
-        per_perturbation=True,
-        iwelbo=False,
-        strong=STRONG,
-        baselines=BASELINES,
-        predictions=predicted,
-    )
-    per = per[per["reference"] == "control"]
-    observed = observed_shift(parts["test"], labels=STRONG)
+    scores, _ = heldout_scores(model, parts)
     record = {
         "name": name,
         "seed": seed,
         "options": options,
         "fit_s": elapsed,
-        "epochs": len(model.history_) if model.history_ is not None else None,
-        "summary": per.groupby("method")[METRICS].mean().to_dict(orient="index"),
-        "strong": per[per["perturbation"].isin(STRONG)].groupby("method")[METRICS].mean().to_dict(orient="index"),
-        "slope": {t: _slope(observed.loc[t].to_numpy(), predicted.loc[t].to_numpy()) for t in STRONG},
+        **scores,
         "iwelbo": model.iwelbo(parts["test"], n_samples=IWELBO_SAMPLES),
         "efficacy": {k: float(v) for k, v in model.efficacy_probability().round(4).items()},
     }
