@@ -211,6 +211,16 @@ def shift_from_moments(
     return moments.mean.loc[list(labels)] - ref
 
 
+def shift_variance_from_moments(moments: LabelMoments, control: str, labels: Sequence[str]) -> pd.DataFrame:
+    """Sampling variance of the observed shifts of ``labels`` versus ``control``: ``s2_pg / n_p + s2_cg / n_c``.
+
+    Variances of log-normalised expression with ``ddof=1`` (NaN for a label with one cell); labels x genes.
+    """
+    labels = list(labels)
+    noise_c = moments.var.loc[control] / moments.n.loc[control]
+    return moments.var.loc[labels].div(moments.n.loc[labels], axis=0) + noise_c
+
+
 def observed_shift(
     adata: AnnData,
     *,
@@ -274,7 +284,6 @@ def strong_from_moments(moments: LabelMoments, control: str, *, threshold: float
     if control not in moments.mean.index:
         raise ValueError(f"No control cells (label {control!r}): cannot rank perturbations by effect.")
     shift = shift_from_moments(moments, control)
-    noise_c = moments.var.loc[control] / moments.n.loc[control]
-    noise = moments.var.loc[shift.index].div(moments.n.loc[shift.index], axis=0) + noise_c
+    noise = shift_variance_from_moments(moments, control, shift.index)
     ratio = (shift**2).sum(axis=1) / noise.sum(axis=1, skipna=False)
     return sorted(ratio.index[ratio.to_numpy() >= threshold].tolist())

@@ -10,8 +10,8 @@ independent of the held-out cells' noise), so the training mean of an independen
 a model below 1 shrinks the effect, above 1 inflates it.
 
 The sampling variance of the observed shift of label ``p`` on gene ``g`` is ``s2_pg / n_p + s2_cg / n_c``
-(variances of log-normalised expression with ``ddof=1``, ``c`` the control cells), the same estimate that
-:func:`pertpyro.data.strong_perturbations` uses.
+(variances of log-normalised expression with ``ddof=1``, ``c`` the control cells;
+:func:`pertpyro.data._statistics.shift_variance_from_moments`, which :func:`pertpyro.data.strong_perturbations` uses too).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pandas as pd
 from anndata import AnnData
 
 from pertpyro.data._registry import get_registry
-from pertpyro.data._statistics import label_moments, shift_from_moments
+from pertpyro.data._statistics import label_moments, shift_from_moments, shift_variance_from_moments
 
 MIN_RELIABILITY = 0.2
 """Labels whose observed shifts are less reliable than this get no corrected slope (the correction would divide by
@@ -106,9 +106,7 @@ def effect_strength(
     absent = genes.difference(predicted.columns)
     if len(absent):
         raise ValueError(f"predicted lacks {len(absent)} genes of the held-out cells, e.g. {list(absent[:3])}.")
-    noise = moments.var.loc[list(labels), genes].div(moments.n.loc[list(labels)], axis=0) + (
-        moments.var.loc[control, genes] / moments.n.loc[control]
-    )
+    noise = shift_variance_from_moments(moments, control, labels)[genes]
     rows = [
         corrected_slope(
             predicted.loc[lab, genes].to_numpy(),
