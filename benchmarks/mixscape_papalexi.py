@@ -37,21 +37,14 @@ from _results import table, write_result
 
 from pertpyro.cli import load_config, make_split
 from pertpyro.evaluation import call_agreement, paired_differences, responder_effects
+from pertpyro.evaluation._responders import EFFECT_COLUMNS
 from pertpyro.model import PerturbationModel
 from pertpyro.runs import load_data, subsets
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE = "docs/figures/mixscape_papalexi.png"
 METHODS = ("pertpyro", "Mixscape", "every cell")
-METRICS = [
-    "pearson_all",
-    "pearson_topk",
-    "mse_all",
-    "responder_effect",
-    "nonresponder_effect",
-    "target_responders",
-    "target_nonresponders",
-]
+METRICS = list(EFFECT_COLUMNS[EFFECT_COLUMNS.index("pearson_all") :])  # responder_effects' metric columns
 LOWER_IS_BETTER = {"mse_all", "nonresponder_effect", "target_responders"}
 
 
