@@ -40,7 +40,7 @@ from pertpyro.evaluation import artifact_detection, energy_distance, qc_pass_rat
 
 def _recovery(model: pertpyro.PerturbationModel, truth) -> tuple[float, float]:
     """Pearson of predicted vs true shifts (labels x genes) and the least-squares slope of predicted on true."""
-    predicted = model.predict_shift(list(truth.index), n_samples=30).to_numpy().ravel()
+    predicted = model.predict_shift(list(truth.index), n_samples=30, basal="control").to_numpy().ravel()
     true = truth.to_numpy().ravel()
     return float(np.corrcoef(true, predicted)[0, 1]), float(true @ predicted / (true @ true))
 

@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the config's max_epochs")
     parser.add_argument("--n-controls", type=int, default=2)
     parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--basal", choices=["own", "control"], default="own", help="predict_shift's basal states")
     parser.add_argument("--threshold", type=float, default=0.1)
     parser.add_argument("--fdr", type=float, default=0.1)
     parser.add_argument("--models", default="runs/controls_papalexi", help="fitted models are kept (and reused) here")
@@ -115,7 +116,7 @@ def main() -> None:
                 adata_train=parts["as shipped"]["train"],
                 top_k=20,
                 iwelbo=False,
-                predict_kwargs={"n_samples": args.samples},
+                predict_kwargs={"n_samples": args.samples, "basal": args.basal},
                 baselines=("shrunk_training_mean",),
             )
             for row in metrics[metrics["reference"] == "control"].itertuples():

@@ -55,7 +55,9 @@ def subsample(train: pd.Series, labels: pd.Series, n: int | None, control: str, 
     return pd.Index(np.concatenate(keep))
 
 
-def run_one(adata, seed: int, n: int | None, model_kwargs: dict, train_kwargs: dict) -> pd.DataFrame:
+def run_one(
+    adata, seed: int, n: int | None, model_kwargs: dict, train_kwargs: dict, predict_kwargs: dict
+) -> pd.DataFrame:
     split = split_cells(adata, fractions=(0.8, 0.0, 0.2), seed=seed)
     control = get_registry(adata).control
     labels = adata.obs["perturbation"].astype(str)
@@ -70,6 +72,7 @@ def run_one(adata, seed: int, n: int | None, model_kwargs: dict, train_kwargs: d
         test_labels,
         model_kwargs=model_kwargs,
         train_kwargs={"seed": seed, "progress_bar": False, **train_kwargs},
+        predict_kwargs=predict_kwargs,
     )
     elapsed = time.perf_counter() - start
 
@@ -148,6 +151,7 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", default=["10", "25", "50", "100", "all"])
     parser.add_argument("--model-kwargs", type=json.loads, default={}, help="JSON of PerturbationModel options")
     parser.add_argument("--train-kwargs", type=json.loads, default={}, help="JSON of train options")
+    parser.add_argument("--predict-kwargs", type=json.loads, default={}, help="JSON of predict_shift options")
     parser.add_argument("--report-only", action="store_true", help="write the result from the CSV, fit nothing")
     parser.add_argument("--csv", default=None, help="table of every fit (default: results/data_efficiency.csv)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -157,7 +161,7 @@ def main() -> None:
     csv = Path(args.csv) if args.csv else _results_dir(None) / f"{NAME}.csv"
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = {"model": args.model_kwargs, "train": args.train_kwargs}
+    config = {"model": args.model_kwargs, "train": args.train_kwargs, "predict": args.predict_kwargs}
     if args.merge:
         merged = pd.concat([pd.read_csv(p, dtype={"cells": str}) for p in args.merge], ignore_index=True)
         merged.drop_duplicates(["seed", "cells", "method", "subset", "reference"]).to_csv(csv, index=False)
@@ -169,7 +173,9 @@ def main() -> None:
             for n in args.cells:
                 if len(rows) and ((rows["seed"] == seed) & (rows["cells"] == n)).any():
                     continue
-                table = run_one(adata, seed, None if n == "all" else int(n), args.model_kwargs, args.train_kwargs)
+                table = run_one(
+                    adata, seed, None if n == "all" else int(n), args.model_kwargs, args.train_kwargs, args.predict_kwargs
+                )
                 rows = pd.concat([rows, table], ignore_index=True)
                 Path(csv).parent.mkdir(parents=True, exist_ok=True)
                 rows.to_csv(csv, index=False)

@@ -73,11 +73,11 @@ def fit(seed: int, name: str, options: dict, records: Path, epochs: int | None) 
     score(seed, name, records)
 
 
-def heldout_scores(model: PerturbationModel, parts: dict) -> tuple[dict, pd.DataFrame]:
+def heldout_scores(model: PerturbationModel, parts: dict, basal: str = "own") -> tuple[dict, pd.DataFrame]:
     """Held-out metrics of a fitted model beside the baselines (all knockouts and the strong six), the strong six's
-    raw slopes, and the predicted shifts of every held-out label."""
+    raw slopes, and the predicted shifts of every held-out label (``model.predict_shift(..., basal=basal)``)."""
     labels = sorted(set(observed_shift(parts["test"]).index))
-    predicted = model.predict_shift(labels)
+    predicted = model.predict_shift(labels, basal=basal)
     per = evaluation.ate_metrics(
         model,
         parts["test"],

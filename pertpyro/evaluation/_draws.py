@@ -1,10 +1,10 @@
 """Posterior draws of held-out shifts for the benchmark, batch-matched and batch-standardised from one simulation.
 
-``pertpyro evaluate`` needs two things from the ATE engine: the posterior-mean shift each label's held-out cells
-will show (``model.predict_shift``: each arm at the batch composition of the label's training cells) and draws of
-the batch-standardised shift whose intervals are scored (``model.ate_draws``, in
-:func:`~pertpyro.evaluation.calibration_report`). Both average the *same* simulated population cells, only with
-different weights, so :func:`heldout_draws` simulates them once and weights them twice. Under the same seed the
+Two quantities of the ATE engine average the *same* simulated control cells with different weights: the
+batch-matched shift (``model.predict_shift(..., basal="control")``: each arm at the batch composition of the label's
+training cells) and the batch-standardised draws whose intervals ``pertpyro evaluate`` scores (``model.ate_draws``,
+in :func:`~pertpyro.evaluation.calibration_report`), so :func:`heldout_draws` simulates them once and weights them
+twice. Under the same seed the
 two outputs equal those two calls' draws (same latents, same count noise), at half the cost.
 """
 
@@ -51,7 +51,7 @@ def heldout_draws(
     Returns
     -------
     ``(matched, standard)``, each ``(n_samples, labels, genes)``: ``matched.mean(0)`` is
-    ``model.predict_shift(labels, n_samples=n_samples, seed=seed)``, ``standard`` is
+    ``model.predict_shift(labels, n_samples=n_samples, seed=seed, basal="control")``, ``standard`` is
     ``model.ate_draws(labels, n_samples=n_samples, seed=seed)`` (both up to float rounding when
     ``n_counts`` is their default).
     """

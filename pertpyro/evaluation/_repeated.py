@@ -168,6 +168,7 @@ def fit_and_predict(
     model_kwargs: dict[str, Any] | None = None,
     train_kwargs: dict[str, Any] | None = None,
     n_samples: int = 30,
+    predict_kwargs: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Fit a :class:`~pertpyro.PerturbationModel` on ``train`` and predict the shifts of ``labels``.
 
@@ -185,6 +186,8 @@ def fit_and_predict(
         Keyword arguments of :meth:`~pertpyro.PerturbationModel.train`.
     n_samples
         Posterior draws of :meth:`~pertpyro.PerturbationModel.predict_shift`.
+    predict_kwargs
+        Further keyword arguments of :meth:`~pertpyro.PerturbationModel.predict_shift` (e.g. ``{"basal": "control"}``).
 
     Returns
     -------
@@ -192,7 +195,7 @@ def fit_and_predict(
     """
     model = PerturbationModel(train, **dict(model_kwargs or {}))
     model.train(validation_adata=val, **dict(train_kwargs or {}))
-    return model.predict_shift(list(labels), n_samples=n_samples)
+    return model.predict_shift(list(labels), n_samples=n_samples, **dict(predict_kwargs or {}))
 
 
 def repeated_metrics(

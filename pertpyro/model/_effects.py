@@ -8,19 +8,27 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
+import torch
 from anndata import AnnData
 
 from pertpyro._validate import check_query_args
 from pertpyro.causal._ate import Estimator, average_treatment_effect, label_shift_draws
+from pertpyro.causal._factual import own_cell_shifts, shrunk_depth_shifts
+from pertpyro.causal._population import subsample_rows, subset_batch
 from pertpyro.causal._probability import FdrRule, check_query, exceedance_table
 from pertpyro.data._controls import negative_control_labels
-from pertpyro.data._registry import perturbation_labels
+from pertpyro.data._registry import design_matrix, perturbation_labels
 from pertpyro.model._base import ModelBase
 from pertpyro.posterior._intervals import IntervalCalibration, null_calibration
 from pertpyro.posterior._protocol import FittedModel
 from pertpyro.posterior._replica import calibrate_by_replica
 
 logger = logging.getLogger(__name__)
+
+Basal = Literal["own", "control"]
+"""Whose basal states :meth:`EffectsMixin.predict_shift` predicts a label from: its own training cells' or the
+control cells'."""
+BASALS = ("own", "control")
 
 
 class EffectsMixin(ModelBase):
@@ -197,15 +205,77 @@ class EffectsMixin(ModelBase):
             rule=rule,
         )
 
-    def predict_shift(self, labels: Sequence[str], *, n_samples: int = 30, seed: int = 0) -> pd.DataFrame:
+    def predict_shift(
+        self,
+        labels: Sequence[str],
+        *,
+        n_samples: int = 30,
+        seed: int = 0,
+        basal: Basal = "own",
+        max_cells: int | None = 2000,
+    ) -> pd.DataFrame:
         """Posterior-mean observed shift per label, ``labels x genes`` (what :func:`pertpyro.evaluation.ate_metrics` reads).
 
-        The shift a held-out sample of the label's cells will show against control cells: the ATE with each arm
-        at its own batch composition (``ate(..., match_batches=True)``).
+        The shift a new sample of the label's cells will show against control cells.
+
+        Parameters
+        ----------
+        labels
+            Perturbation labels (seen targets, combinations of them, the control label).
+        n_samples
+            Posterior draws.
+        seed
+            Seed of the draws and of the subsamples of cells.
+        basal
+            ``"own"`` (default): a label with training cells is predicted from those cells, each at its own
+            posterior basal state and depth under ``do(label)``, against the control cells under ``do(control)``
+            (:mod:`pertpyro.causal._factual`). The fit's basal states of a knockout's cells hold part of its
+            effect (on the shipped Papalexi screen the corrected held-out slope of the six strong knockouts is 0.78
+            / 0.71 over control cells' basal states and 0.89 / 0.80 over their own,
+            ``benchmarks/results/defaults_papalexi.json``); this keeps that part. Labels without training cells
+            (unseen combinations, held-out targets) are predicted as with ``"control"``. ``"control"``: every label
+            from the control cells' basal states, the ATE with each arm at its label's batch composition
+            (``ate(..., match_batches=True)``), the causal effect the intervals of :meth:`ate` describe.
+        max_cells
+            Cells per population (each label's own cells, the control cells), at most.
         """
-        table = self.ate(list(labels), n_samples=n_samples, seed=seed, match_batches=True)
-        wide = table.pivot(index="perturbation", columns="gene", values="mean")
-        return wide.loc[list(labels), list(self.registry.genes)]
+        if basal not in BASALS:
+            raise ValueError(f"basal must be one of {BASALS}, got {basal!r}.")
+        check_query_args(n_samples=n_samples, max_cells=max_cells, seed=seed)
+        self._check_trained()
+        labels = self._labels(labels)
+        genes = list(self.registry.genes)
+        train_labels = perturbation_labels(self.adata, self.registry)
+        own = []
+        if basal == "own":
+            seen = set(train_labels.tolist()) - {self.registry.control}
+            own = [label for label in dict.fromkeys(labels) if label in seen]
+        others = [label for label in dict.fromkeys(labels) if label not in own]
+        out = pd.DataFrame(np.nan, index=list(dict.fromkeys(labels)), columns=genes)
+        if others:
+            table = self.ate(others, n_samples=n_samples, seed=seed, match_batches=True, max_cells=max_cells)
+            out.loc[others] = table.pivot(index="perturbation", columns="gene", values="mean").loc[others, genes]
+        if own:
+            depth = shrunk_depth_shifts(np.log(self.cell_data.library), train_labels, self.registry.control)
+            populations = []
+            for label in own:
+                cells = subset_batch(
+                    self.cell_data, subsample_rows(np.flatnonzero(train_labels == label), max_cells, seed)
+                )
+                raw, shrunk = depth[label]
+                cells["library"] = cells["library"] * float(np.exp(shrunk - raw))  # the label's depth shift, shrunk
+                populations.append(cells)
+            shifts = own_cell_shifts(
+                self.program,
+                self.guide,
+                populations,
+                torch.from_numpy(design_matrix(own, self.registry)),
+                self._population(None, max_cells, seed),
+                n_samples=n_samples,
+                seed=seed,
+            )
+            out.loc[own] = shifts.numpy()
+        return out.loc[labels]
 
     def calibrate(
         self,

@@ -30,7 +30,7 @@ def test_one_simulation_gives_both_draws(trained):
     assert matched.shape == standard.shape == (4, len(labels), model.registry.n_genes)
     separate = model.ate_draws(labels, n_samples=4, seed=3)  # n_counts: the engine default
     np.testing.assert_allclose(heldout_draws(model, labels, n_samples=4, seed=3)[1], separate, atol=1e-5)
-    predicted = model.predict_shift(labels, n_samples=4, seed=3)
+    predicted = model.predict_shift(labels, n_samples=4, seed=3, basal="control")
     np.testing.assert_allclose(heldout_draws(model, labels, n_samples=4, seed=3)[0].mean(0), predicted, atol=1e-5)
     # batches differ in composition between labels' training cells, so the two weightings do differ
     assert not torch.allclose(matched, standard)
