@@ -174,7 +174,12 @@ def main() -> None:
                 if len(rows) and ((rows["seed"] == seed) & (rows["cells"] == n)).any():
                     continue
                 table = run_one(
-                    adata, seed, None if n == "all" else int(n), args.model_kwargs, args.train_kwargs, args.predict_kwargs
+                    adata,
+                    seed,
+                    None if n == "all" else int(n),
+                    args.model_kwargs,
+                    args.train_kwargs,
+                    args.predict_kwargs,
                 )
                 rows = pd.concat([rows, table], ignore_index=True)
                 Path(csv).parent.mkdir(parents=True, exist_ok=True)

@@ -231,7 +231,7 @@ class EffectsMixin(ModelBase):
             posterior basal state and depth under ``do(label)``, against the control cells under ``do(control)``
             (:mod:`pertpyro.causal._factual`). The fit's basal states of a knockout's cells hold part of its
             effect (on the shipped Papalexi screen the corrected held-out slope of the six strong knockouts is 0.78
-            / 0.71 over control cells' basal states and 0.89 / 0.80 over their own,
+            / 0.71 over control cells' basal states and 0.88 / 0.80 over their own,
             ``benchmarks/results/defaults_papalexi.json``); this keeps that part. Labels without training cells
             (unseen combinations, held-out targets) are predicted as with ``"control"``. ``"control"``: every label
             from the control cells' basal states, the ATE with each arm at its label's batch composition
