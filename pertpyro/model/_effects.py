@@ -228,8 +228,8 @@ class EffectsMixin(ModelBase):
             Seed of the draws and of the subsamples of cells.
         basal
             ``"own"`` (default): a label with training cells is predicted from those cells, each at its own
-            posterior basal state and depth under ``do(label)``, against the control cells under ``do(control)``
-            (:mod:`pertpyro.causal._factual`). The fit's basal states of a knockout's cells hold part of its
+            posterior basal state under ``do(label)`` (their depths moved together to the label's empirical-Bayes
+            shrunk depth shift), against the control cells under ``do(control)`` (:mod:`pertpyro.causal._factual`). The fit's basal states of a knockout's cells hold part of its
             effect (on the shipped Papalexi screen the corrected held-out slope of the six strong knockouts is 0.78
             / 0.71 over control cells' basal states and 0.88 / 0.80 over their own,
             ``benchmarks/results/defaults_papalexi.json``); this keeps that part. Labels without training cells
