@@ -57,17 +57,23 @@ def _parts(seed: int, options: dict) -> tuple[dict, dict]:
     return config, subsets(adata, make_split(adata, config))
 
 
-def fit(seed: int, name: str, options: dict, records: Path, epochs: int | None) -> None:
-    """Train one setting on one split and save the model to ``records/NAME_sSEED/``, then score it."""
-    torch.set_num_threads(1)
-    config, parts = _parts(seed, options)
+def train_config(parts: dict, config: dict, epochs: int | None) -> tuple[PerturbationModel, float]:
+    """A model with ``config["model"]`` trained on ``parts["train"]`` as ``config["train"]`` says (``epochs``, when
+    given, replaces its ``max_epochs``; ``parts["val"]`` for early stopping), and the seconds it took."""
     train = dict(config["train"], progress_bar=False)
     if epochs is not None:
         train["max_epochs"] = epochs
     start = time.perf_counter()
     model = PerturbationModel(parts["train"], **config["model"])
     model.train(validation_adata=parts["val"], **train)
-    elapsed = time.perf_counter() - start
+    return model, time.perf_counter() - start
+
+
+def fit(seed: int, name: str, options: dict, records: Path, epochs: int | None) -> None:
+    """Train one setting on one split and save the model to ``records/NAME_sSEED/``, then score it."""
+    torch.set_num_threads(1)
+    config, parts = _parts(seed, options)
+    model, elapsed = train_config(parts, config, epochs)
     model.save(records / f"{name}_s{seed}", overwrite=True)
     (records / f"{name}_s{seed}" / "fit.json").write_text(json.dumps({"fit_s": elapsed, "options": options}))
     score(seed, name, records)

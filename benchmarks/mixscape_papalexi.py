@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 from _results import table, write_result
+from defaults_papalexi import train_config
 
 from pertpyro.cli import load_config, make_split
 from pertpyro.evaluation import call_agreement, paired_differences, responder_effects
@@ -51,15 +52,10 @@ LOWER_IS_BETTER = {"mse_all", "nonresponder_effect", "target_responders"}
 def fit_or_load(folder: Path, parts: dict, config: dict, epochs: int | None) -> PerturbationModel:
     if (folder / "model.pt").exists():
         return PerturbationModel.load(folder, parts["train"])
-    settings = dict(config["train"], progress_bar=False)
-    if epochs is not None:
-        settings["max_epochs"] = epochs
-    start = time.perf_counter()
-    model = PerturbationModel(parts["train"], **config["model"])
-    model.train(validation_adata=parts["val"], **settings)
+    model, elapsed = train_config(parts, config, epochs)
     model.save(folder, overwrite=True)
     print(
-        f"fit {folder.name}: {time.perf_counter() - start:.0f} s, {0 if model.history_ is None else len(model.history_)} epochs",
+        f"fit {folder.name}: {elapsed:.0f} s, {0 if model.history_ is None else len(model.history_)} epochs",
         flush=True,
     )
     return model

@@ -26,20 +26,18 @@ import torch
 
 from pertpyro._settings import seeded
 from pertpyro.causal._ate import simulate_label_means
+from pertpyro.data._statistics import MIN_LABELS_FOR_PRIOR, normal_shrinkage_weights
 from pertpyro.module._program import PerturbationProgram
 from pertpyro.module._types import GuideLike
-
-MIN_LABELS_FOR_PRIOR = 3
-"""Labels needed to estimate the spread of the depth shifts; with fewer the raw shifts are kept."""
 
 
 def shrunk_depth_shifts(log_depth: np.ndarray, labels: np.ndarray, control: str) -> dict[str, tuple[float, float]]:
     """Raw and empirical-Bayes shrunk shift of each label's mean log depth against the control cells.
 
     The raw shift ``d_t`` of a label with ``n_t`` cells has sampling variance ``s2_t = v_t / n_t + v_c / n_c`` (``v``
-    the within-group variance of the log depth); under a normal prior ``N(0, tau2)`` with ``tau2 = max(0, Var_t(d_t)
-    - mean_t(s2_t))`` (method of moments over the labels with two or more cells) the posterior mean is
-    ``d_t tau2 / (tau2 + s2_t)``. Labels with one cell get a shrunk shift of 0.
+    the within-group variance of the log depth); the shrunk shift is ``d_t`` times the weight of
+    :func:`pertpyro.data._statistics.normal_shrinkage_weights` over the labels with two or more cells (with too few
+    such labels the raw shifts are kept). Labels with one cell get a shrunk shift of 0.
 
     Returns
     -------
@@ -47,21 +45,19 @@ def shrunk_depth_shifts(log_depth: np.ndarray, labels: np.ndarray, control: str)
     """
     reference = log_depth[labels == control]
     reference_var = reference.var(ddof=1) / len(reference) if len(reference) > 1 else 0.0
-    raw, variance = {}, {}
-    for label in np.unique(labels[labels != control]):
+    names = np.unique(labels[labels != control])
+    raw, variance = np.zeros(len(names)), np.full(len(names), np.inf)
+    for i, label in enumerate(names):
         values = log_depth[labels == label]
-        raw[label] = float(values.mean() - reference.mean())
-        variance[label] = float(values.var(ddof=1) / len(values) + reference_var) if len(values) > 1 else np.inf
-    finite = [label for label in raw if np.isfinite(variance[label])]
-    if len(finite) < MIN_LABELS_FOR_PRIOR:
-        return {label: (shift, shift) for label, shift in raw.items()}
-    shifts = np.array([raw[label] for label in finite])
-    tau2 = max(float(shifts.var() - np.mean([variance[label] for label in finite])), 0.0)
-    out = {}
-    for label, shift in raw.items():
-        total = tau2 + variance[label]
-        out[label] = (shift, shift * tau2 / total if np.isfinite(total) and total > 0 else 0.0)
-    return out
+        raw[i] = values.mean() - reference.mean()
+        if len(values) > 1:
+            variance[i] = values.var(ddof=1) / len(values) + reference_var
+    finite = np.isfinite(variance)
+    weight = np.zeros(len(names))
+    weight[finite] = normal_shrinkage_weights(raw[finite], variance[finite])
+    if finite.sum() < MIN_LABELS_FOR_PRIOR:
+        weight[:] = 1.0
+    return {str(label): (float(r), float(r * w)) for label, r, w in zip(names, raw, weight, strict=True)}
 
 
 @torch.no_grad()

@@ -221,6 +221,25 @@ def shift_variance_from_moments(moments: LabelMoments, control: str, labels: Seq
     return moments.var.loc[labels].div(moments.n.loc[labels], axis=0) + noise_c
 
 
+MIN_LABELS_FOR_PRIOR = 3
+"""Labels needed to estimate the prior variance of :func:`normal_shrinkage_weights`; with fewer, no shrinkage."""
+
+
+def normal_shrinkage_weights(shifts: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """Empirical-Bayes weights ``tau2 / (tau2 + s2)`` of observed shifts under a zero-centred normal prior.
+
+    ``shifts`` and their sampling ``variances`` are ``(labels, ...)``; the prior variance of each column is the method
+    of moments estimate over the labels, ``tau2 = max(0, Var_labels(shifts) - mean_labels(variances))`` (``ddof=0``),
+    and a shift is kept in the fraction ``tau2 / (tau2 + s2)`` (0 where both are 0). With fewer than
+    :data:`MIN_LABELS_FOR_PRIOR` labels the prior is not estimable and every weight is 1.
+    """
+    if shifts.shape[0] < MIN_LABELS_FOR_PRIOR:
+        return np.ones_like(shifts, dtype=np.float64)
+    tau2 = np.maximum(shifts.var(axis=0) - variances.mean(axis=0), 0.0)
+    total = tau2 + variances
+    return np.divide(tau2, total, out=np.zeros_like(total, dtype=np.float64), where=total > 0)
+
+
 def observed_shift(
     adata: AnnData,
     *,

@@ -20,7 +20,13 @@ import pandas as pd
 from anndata import AnnData
 
 from pertpyro.data._registry import Registry, get_registry
-from pertpyro.data._statistics import CHUNK_SIZE, LabelMoments, label_moments
+from pertpyro.data._statistics import (
+    CHUNK_SIZE,
+    MIN_LABELS_FOR_PRIOR,
+    LabelMoments,
+    label_moments,
+    normal_shrinkage_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +142,7 @@ def shrunk_training_mean(
     control = registry.control
     shifts = _training_shifts(moments, control)
     d = shifts.to_numpy()
-    if len(shifts) < 3:
+    if len(shifts) < MIN_LABELS_FOR_PRIOR:
         logger.warning("shrunk_training_mean: %d training labels cannot estimate the prior; no shrinkage.", len(d))
         posterior = d
     else:
@@ -146,11 +152,8 @@ def shrunk_training_mean(
         within = moments.var.loc[shifts.index].to_numpy()
         within = np.where(np.isfinite(within), within, control_var)  # single-cell labels borrow the control variance
         s2 = within / moments.n.loc[shifts.index].to_numpy()[:, None] + control_var / moments.n.loc[control]
-        tau2 = np.maximum(d.var(axis=0) - s2.mean(axis=0), 0.0)
         mu = np.zeros(d.shape[1]) if prior_mean == "control" else d.mean(axis=0)
-        total = tau2 + s2
-        weight = np.divide(tau2, total, out=np.zeros_like(total), where=total > 0)
-        posterior = mu + weight * (d - mu)
+        posterior = mu + normal_shrinkage_weights(d - mu, s2) * (d - mu)
     rows = {lab: posterior[i] for i, lab in enumerate(shifts.index)}
     rows[control] = np.zeros(d.shape[1])
     return _finish(rows, labels, moments.mean.columns, "shrunk_training_mean")

@@ -229,8 +229,8 @@ class EffectsMixin(ModelBase):
         basal
             ``"own"`` (default): a label with training cells is predicted from those cells, each at its own
             posterior basal state under ``do(label)`` (their depths moved together to the label's empirical-Bayes
-            shrunk depth shift), against the control cells under ``do(control)`` (:mod:`pertpyro.causal._factual`). The fit's basal states of a knockout's cells hold part of its
-            effect (on the shipped Papalexi screen the corrected held-out slope of the six strong knockouts is 0.78
+            shrunk depth shift), against the control cells under ``do(control)`` (:mod:`pertpyro.causal._factual`).
+            The fit's basal states of a knockout's cells hold part of its effect (on the shipped Papalexi screen the corrected held-out slope of the six strong knockouts is 0.78
             / 0.71 over control cells' basal states and 0.88 / 0.80 over their own,
             ``benchmarks/results/defaults_papalexi.json``); this keeps that part. Labels without training cells
             (unseen combinations, held-out targets) are predicted as with ``"control"``. ``"control"``: every label
@@ -244,14 +244,15 @@ class EffectsMixin(ModelBase):
         check_query_args(n_samples=n_samples, max_cells=max_cells, seed=seed)
         self._check_trained()
         labels = self._labels(labels)
+        unique = list(dict.fromkeys(labels))
         genes = list(self.registry.genes)
         train_labels = perturbation_labels(self.adata, self.registry)
         own = []
         if basal == "own":
             seen = set(train_labels.tolist()) - {self.registry.control}
-            own = [label for label in dict.fromkeys(labels) if label in seen]
-        others = [label for label in dict.fromkeys(labels) if label not in own]
-        out = pd.DataFrame(np.nan, index=list(dict.fromkeys(labels)), columns=genes)
+            own = [label for label in unique if label in seen]
+        others = [label for label in unique if label not in own]
+        out = pd.DataFrame(np.nan, index=unique, columns=genes)
         if others:
             table = self.ate(others, n_samples=n_samples, seed=seed, match_batches=True, max_cells=max_cells)
             out.loc[others] = table.pivot(index="perturbation", columns="gene", values="mean").loc[others, genes]
