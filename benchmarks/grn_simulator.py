@@ -74,6 +74,12 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.05, help="prior inclusion probability of an edge")
     parser.add_argument("--weight-scale", type=float, default=1.0, help="prior sd of the edge weights")
     parser.add_argument("--k", type=int, default=50, help="precision at the top k edges")
+    parser.add_argument(
+        "--grn-init-lasso",
+        type=float,
+        default=None,
+        help="PerturbationModel's grn_init_lasso (default: edges start at 0)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("pertpyro").setLevel(logging.ERROR)
@@ -104,6 +110,7 @@ def main() -> None:
         grn_steps=args.steps,
         grn_density=args.density,
         grn_weight_scale=args.weight_scale,
+        grn_init_lasso=args.grn_init_lasso,
         latent_dim=5,
         seed=args.seed,
     )
@@ -168,9 +175,12 @@ def main() -> None:
 
     n_pairs, prevalence = int(ranked["n_pairs"].iloc[0]), float(ranked["prevalence"].iloc[0])
     metrics = table[(table["subset"] == "all") & (table["reference"] == "control")]
+    lasso = "" if args.grn_init_lasso is None else "_lasso"
     write_result(
-        f"grn_simulator_seed{args.seed}",
-        title=f"Regulatory network recovery on the simulator (seed {args.seed})",
+        f"grn_simulator{lasso}_seed{args.seed}",
+        title=f"Regulatory network recovery on the simulator (seed {args.seed}"
+        + ("" if args.grn_init_lasso is None else f", edges started by a Lasso, grn_init_lasso={args.grn_init_lasso}")
+        + ")",
         summary=SUMMARY,
         tables=[
             result_table(

@@ -89,6 +89,7 @@ class ModelSection(_Section):
     grn_density: Annotated[float, Field(gt=0, le=1)] = 0.05
     grn_prior_inclusion: Probability = 0.5
     grn_weight_scale: PositiveFloat = 1.0
+    grn_init_lasso: PositiveFloat | None = None
 
 
 class TrainSection(_Section):

@@ -27,9 +27,13 @@ with as many included edges (``p -> h`` is needed either way): only the Normal w
 apart, by ``(1 - 1 / A_ph^2) sum_c A_pc^2 / (2 s_w^2)`` nats in favour of the route through ``h`` (against it when
 ``|A_ph| < 1``), which is small when ``|A_ph|`` is near 1; the mean-field guide can then settle on the direct
 edges and ``h``'s knockout is predicted at about zero. Several knockouts that move ``h`` (its children shift in each,
-in proportion to ``h``'s shift) or a prior network listing ``h``'s targets make its edges identifiable. The network
-acts on the knockouts' effects only: the covariation of genes among unperturbed cells is the basal state's (the
-decoder's latent programs), so a regulator's natural variation in control cells does not inform its edges.
+in proportion to ``h``'s shift) or a prior network listing ``h``'s targets make its edges identifiable, but a fit
+started at zero can still settle on one direct edge per knockout: those get their gradient at once (``A_pc``), the
+route through ``h`` only in proportion to ``A_ph``. ``grn_init_lasso`` starts the guide from a sparse regression of
+the knockouts' moment effects on the regulators' activities (:func:`lasso_edge_init`), whose L1 penalty prefers the
+one edge out of ``h``. The network acts on the knockouts' effects only: the covariation of genes among unperturbed
+cells is the basal state's (the decoder's latent programs), so a regulator's natural variation in control cells does
+not inform its edges.
 
 A target that is not a measured gene has no incoming edges and no ``direct`` term (its row still carries outgoing
 edges: with no target measured, the block is a sparse one-step target -> gene model).
@@ -56,6 +60,9 @@ from torch import nn
 
 from pertpyro.module._components import inverse_softplus
 from pertpyro.module.sites import ADJACENCY, ADJACENCY_WEIGHT, GENES_PLATE, REGULATORS_PLATE
+
+LASSO_EDGE_INCLUSION = (0.9, 0.5)
+"""Starting inclusion probability in the guide of the edges :func:`lasso_edge_init` selects, and of the others."""
 
 
 def _logit(p: float) -> float:
@@ -213,6 +220,12 @@ class GRNGuide(PyroModule):
         R, G = prior.n_regulators, prior.n_genes
         self.logit = nn.Parameter(torch.full((R, G), _logit(inclusion_init)))
         self.weight_loc = nn.Parameter(torch.zeros(R, G))
+        start = getattr(prior, "weight_init", None)  # lasso_edge_init's edges
+        if start is not None:
+            selected, other = (_logit(p) for p in LASSO_EDGE_INCLUSION)
+            with torch.no_grad():
+                self.weight_loc.copy_(start)
+                self.logit.copy_(torch.where(start != 0, torch.tensor(selected), torch.tensor(other)))
         self.weight_raw_scale = nn.Parameter(torch.full((R, G), inverse_softplus(0.05)))
         self.register_buffer("temperature", prior.temperature.clone())
 
@@ -420,6 +433,9 @@ def build_grn_prior(
     n_steps: int,
     weight_scale: float,
     own_effect: np.ndarray | None = None,
+    moment_effects: np.ndarray | None = None,
+    has_cells: np.ndarray | None = None,
+    lasso: float | None = None,
 ) -> tuple[GRNPrior, list[str]]:
     """The model side of the block for a registry's targets and genes; also returns the regulator names.
 
@@ -439,6 +455,10 @@ def build_grn_prior(
         Prior sd of the edge weights.
     own_effect
         Moment estimate of each target's effect on its own gene (NaN where unknown), ``(T,)``: starts ``direct``.
+    moment_effects, has_cells, lasso
+        Moment estimates of the targets' effects ``(T, G)``, whether each target has training cells ``(T,)``, and the
+        L1 penalty of :func:`lasso_edge_init`, which then gives the guide its starting edges; ``None``: edges start at
+        weight 0.
     """
     if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer) or n_steps < 1:
         raise ValueError(f"grn_steps must be a positive integer, got {n_steps!r}.")
@@ -460,4 +480,63 @@ def build_grn_prior(
         direct_init=direct_init,
         prior_mask=network_mask(regulators, genes, network),
     )
+    if lasso is not None and moment_effects is not None:
+        rows = np.ones(len(targets), dtype=bool) if has_cells is None else np.asarray(has_cells, dtype=bool)
+        prior.weight_init = torch.from_numpy(lasso_edge_init(moment_effects, rows, gene_index, alpha=lasso))
     return prior, regulators
+
+
+def lasso_edge_init(
+    effects: np.ndarray, has_cells: np.ndarray, regulator_gene: np.ndarray, *, alpha: float
+) -> np.ndarray:
+    """Starting edge weights ``(R, G)``: each gene's knockout shifts regressed on the regulators' activities (L1).
+
+    The block's story, read with observed shifts in place of the propagated ones: in the knockout of target ``k``
+    every gene ``c`` moves by ``sum_r act_kr A_rc``, where the activity change ``act_kr`` is ``-1`` for ``r = k`` and
+    the shift of ``r``'s own gene for any other measured regulator (:meth:`GRNPrior.regulator_effects`). With the
+    targets' moment effects ``effects`` as the shifts, each gene's column of ``A`` is a Lasso regression over the
+    knockouts with training cells (no intercept; a regulator's own gene is fitted without that regulator and without
+    its own knockout, whose ``direct`` term it holds). The L1 penalty prefers one edge out of a regulator that all
+    the knockouts moving a gene also move over one direct edge per knockout: the explanation that a fit started at
+    zero misses, because the direct edges get their gradient first (``A_kc``) and the route through ``r`` only in
+    proportion to ``A_kr``.
+
+    Parameters
+    ----------
+    effects
+        Moment estimates of the targets' effects on every gene ``(T, G)`` (log expression ratios).
+    has_cells
+        Whether each target has training cells ``(T,)``; the others enter only as regulators.
+    regulator_gene
+        Gene index of each regulator ``(R,)``, ``-1`` for one that is not a measured gene.
+    alpha
+        L1 penalty (scikit-learn's ``Lasso``, on the mean squared error over knockouts).
+    """
+    from sklearn.linear_model import Lasso
+
+    T, G = effects.shape
+    R = len(regulator_gene)
+    rows = np.flatnonzero(has_cells)
+    measured = np.flatnonzero(regulator_gene >= 0)
+    activity = np.zeros((len(rows), R))
+    activity[:, measured] = effects[np.ix_(rows, regulator_gene[measured])]
+    activity[np.arange(len(rows)), rows] = -1.0  # the knocked-out target itself
+    weights = np.zeros((R, G), dtype=np.float32)
+    if len(rows) == 0:
+        return weights
+    shifts = effects[rows]
+    own_columns = set(regulator_gene[measured].tolist())
+    plain = np.array([c for c in range(G) if c not in own_columns], dtype=int)
+    if len(plain):
+        fit = Lasso(alpha=alpha, fit_intercept=False, max_iter=5000).fit(activity, shifts[:, plain])
+        weights[:, plain] = fit.coef_.reshape(len(plain), R).T
+    for r in measured:
+        c, others = regulator_gene[r], np.flatnonzero(np.arange(R) != r)
+        keep = rows != r
+        if keep.sum() == 0 or len(others) == 0:
+            continue
+        fit = Lasso(alpha=alpha, fit_intercept=False, max_iter=5000).fit(
+            activity[np.ix_(keep, others)], shifts[keep, c]
+        )
+        weights[others, c] = fit.coef_
+    return weights
