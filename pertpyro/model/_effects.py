@@ -230,12 +230,13 @@ class EffectsMixin(ModelBase):
             ``"own"`` (default): a label with training cells is predicted from those cells, each at its own
             posterior basal state under ``do(label)`` (their depths moved together to the label's empirical-Bayes
             shrunk depth shift), against the control cells under ``do(control)`` (:mod:`pertpyro.causal._factual`).
-            The fit's basal states of a knockout's cells hold part of its effect (on the shipped Papalexi screen the corrected held-out slope of the six strong knockouts is 0.78
-            / 0.71 over control cells' basal states and 0.88 / 0.80 over their own,
-            ``benchmarks/results/defaults_papalexi.json``); this keeps that part. Labels without training cells
-            (unseen combinations, held-out targets) are predicted as with ``"control"``. ``"control"``: every label
-            from the control cells' basal states, the ATE with each arm at its label's batch composition
-            (``ate(..., match_batches=True)``), the causal effect the intervals of :meth:`ate` describe.
+            The fit's basal states of a knockout's cells hold part of its effect (on the shipped Papalexi screen the
+            corrected held-out slope of the six strong knockouts is 0.78 / 0.71 over control cells' basal states and
+            0.88 / 0.80 over their own, ``benchmarks/results/defaults_papalexi.json``); this keeps that part. Labels
+            without training cells (unseen combinations, held-out targets) are predicted as with ``"control"``.
+            ``"control"``: every label from the control cells' basal states, the ATE with each arm at its label's
+            batch composition (``ate(..., match_batches=True)``), the causal effect the intervals of :meth:`ate`
+            describe.
         max_cells
             Cells per population (each label's own cells, the control cells), at most.
         """

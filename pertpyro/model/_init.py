@@ -149,7 +149,7 @@ def build_grn(
         n_steps=kw["grn_steps"],
         weight_scale=kw["grn_weight_scale"],
         own_effect=own,
-        moment_effects=effects.numpy() if kw.get("grn_init_lasso") else None,
+        moment_effects=effects.numpy(),
         has_cells=has_cells,
         lasso=kw.get("grn_init_lasso"),
     )

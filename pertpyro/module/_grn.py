@@ -514,7 +514,7 @@ def lasso_edge_init(
     """
     from sklearn.linear_model import Lasso
 
-    T, G = effects.shape
+    G = effects.shape[1]
     R = len(regulator_gene)
     rows = np.flatnonzero(has_cells)
     measured = np.flatnonzero(regulator_gene >= 0)
