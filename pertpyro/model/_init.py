@@ -91,6 +91,57 @@ def efficacy_prior(efficacy: bool | str | Sequence[str]) -> str:
     return "learned" if efficacy == EFFICACY_AUTO else "uniform"
 
 
+BLOCK_OPTIONS: dict[str, tuple[str, ...]] = {
+    "grn": (
+        "grn_prior",
+        "grn_regulators",
+        "grn_steps",
+        "grn_density",
+        "grn_prior_inclusion",
+        "grn_weight_scale",
+        "grn_init_lasso",
+    ),
+    "sparse_effects": ("mask_prior",),
+    "artifacts": ("artifact_key", "artifact_evidence"),
+}
+"""The options that only one block reads, by the switch that turns the block on."""
+
+
+def _is_set(value: Any, default: Any) -> bool:
+    """Whether an option was given a value of its own: not its default, ``None`` or an empty list."""
+    if value is None or value is default or (isinstance(value, list | tuple) and not value):
+        return False
+    return isinstance(value, pd.DataFrame) or value != default
+
+
+def orphan_options(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:
+    """Options in ``options`` set for a block whose switch is off (``False`` or ``None``), in a fixed order.
+
+    Options that are absent count as their ``defaults``.
+    """
+    return [
+        name
+        for switch, names in BLOCK_OPTIONS.items()
+        if options.get(switch, defaults[switch]) in (False, None)
+        for name in names
+        if _is_set(options.get(name, defaults[name]), defaults[name])
+    ]
+
+
+def check_block_options(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """A ``ValueError`` naming every option set for a block that is off (it would be ignored)."""
+    orphans = orphan_options(options, defaults)
+    if orphans:
+        blocks = {name: switch for switch, names in BLOCK_OPTIONS.items() for name in names}
+        hints = {
+            "grn": "grn=True",
+            "sparse_effects": "sparse_effects=True",
+            "artifacts": "artifacts='latent' or 'observed'",
+        }
+        needed = ", ".join(f"{name} needs {hints[blocks[name]]}" for name in orphans)
+        raise ValueError(f"Options of a block that is off would be ignored: {needed} (or leave them at their default).")
+
+
 def resolve_per_guide(per_guide: bool, registry: Registry, efficacy: bool | str | Sequence[str]) -> bool:
     """Whether the model has per-guide response rates; a ``ValueError`` where they cannot be."""
     if per_guide and efficacy is False:

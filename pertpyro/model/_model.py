@@ -7,6 +7,7 @@ cell-level queries (:mod:`._cells`) and the network (:mod:`._grn`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -37,12 +38,14 @@ from pertpyro.model._effects import EffectsMixin
 from pertpyro.model._grn import GRNMixin
 from pertpyro.model._init import (
     build_grn,
+    check_block_options,
     efficacy_prior,
     efficacy_targets,
     gene_log_share,
     guide_table,
     initial_effects,
     library_moments,
+    orphan_options,
     resolve_efficacy,
     resolve_per_guide,
 )
@@ -128,6 +131,9 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
     grn
         Replace the free per-target effects by knockouts propagated through a sparse regulator -> gene network
         (sites ``adjacency``, ``adjacency_weight``; :class:`pertpyro.module.GRNPrior`). Regulators are the targets, then ``grn_regulators``.
+        The ``grn_*`` options belong to this block, as ``mask_prior`` belongs to ``sparse_effects`` and
+        ``artifact_key`` / ``artifact_evidence`` to ``artifacts``: set while their block is off they raise a
+        ``ValueError`` instead of being ignored (models saved with such a setting load with it at its default).
     grn_prior
         Prior network ``DataFrame(source, target[, weight])``, e.g. :func:`pertpyro.datasets.collectri` (or the
         string ``"collectri"``, or a CSV path, for configs): its edges get prior inclusion ``grn_prior_inclusion``;
@@ -181,6 +187,22 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
         grn_init_lasso: float | None = None,
     ) -> None:
         self.registry = get_registry(adata)
+        block_options = {
+            "grn": grn,
+            "grn_prior": grn_prior,
+            "grn_regulators": grn_regulators,
+            "grn_steps": grn_steps,
+            "grn_density": grn_density,
+            "grn_prior_inclusion": grn_prior_inclusion,
+            "grn_weight_scale": grn_weight_scale,
+            "grn_init_lasso": grn_init_lasso,
+            "sparse_effects": sparse_effects,
+            "mask_prior": mask_prior,
+            "artifacts": artifacts,
+            "artifact_key": artifact_key,
+            "artifact_evidence": artifact_evidence,
+        }
+        check_block_options(block_options, OPTION_DEFAULTS)
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be positive, got {latent_dim}.")
         check_artifact_mode(artifacts)
@@ -344,7 +366,13 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
             current.guide_labels,
         ):
             raise ValueError("The AnnData's registered guides differ from the saved model's (it has per-guide rates).")
+        for name in orphan_options(init_kwargs, OPTION_DEFAULTS):  # saved when such options were ignored
+            init_kwargs[name] = OPTION_DEFAULTS[name]
+        # The Lasso only gives starting values, which the saved parameters replace: not run again on loading.
+        lasso = init_kwargs.pop("grn_init_lasso", None)
         model = cls(adata, **init_kwargs)
+        if lasso is not None:
+            model.init_kwargs["grn_init_lasso"] = lasso
         try:
             with local_params():
                 model.program.load_state_dict(tensors["program"])
@@ -367,5 +395,12 @@ class PerturbationModel(TrainingMixin, EffectsMixin, CellsMixin, GRNMixin):
             f"latent_dim={self.init_kwargs['latent_dim']}, {status})"
         )
 
+
+OPTION_DEFAULTS: dict[str, object] = {
+    name: parameter.default
+    for name, parameter in inspect.signature(PerturbationModel.__init__).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+"""The default of every option of :class:`PerturbationModel`."""
 
 __all__ = ["PerturbationModel"]
