@@ -76,8 +76,10 @@ def summary_rankings(edges):
 
 
 def parse_variant(text):
-    """``"grn_steps=1"`` -> ``("grn_steps", 1)`` (int, then float, else the string)."""
+    """``"grn_steps=1"`` -> ``("grn_steps", 1)`` (a bool for true/false, then int, then float, else the string)."""
     key, _, value = text.partition("=")
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
     for kind in (int, float):
         try:
             return key, kind(value)
