@@ -22,6 +22,9 @@ from pertpyro.inference._memory import kept_freed_memory
 from pertpyro.inference._resume import TrainingInterrupted
 from pertpyro.model._base import ModelBase
 
+DEFAULT_PATIENCE = 20
+"""Epochs without improvement of the validation ELBO before early stopping ends training."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -42,7 +45,7 @@ class TrainingMixin(ModelBase):
         devices: int | str = "auto",
         strategy: str = "auto",
         early_stopping: bool = True,
-        patience: int = 20,
+        patience: int = DEFAULT_PATIENCE,
         seed: int = 0,
         log_dir: str | Path | None = None,
         progress_bar: bool = True,
@@ -73,7 +76,7 @@ class TrainingMixin(ModelBase):
         early_stopping
             Stop when the validation ELBO stalls for ``patience`` epochs.
         patience
-            Epochs without improvement before stopping.
+            Epochs without improvement before stopping (a setting of early stopping: refused without it).
         seed
             Seed of minibatch order and of every Monte-Carlo draw (results are reproducible on CPU).
         log_dir
@@ -119,6 +122,11 @@ class TrainingMixin(ModelBase):
         ``PERTPYRO_KEEP_FREED_MEMORY=0``). Python's, NumPy's and torch's global random states are the same after
         training as before (the fit draws from ``seed``).
         """
+        if not early_stopping and patience != DEFAULT_PATIENCE:
+            raise ValueError(
+                f"patience={patience} is the patience of early stopping: it needs early_stopping=True (or leave it "
+                "at its default)."
+            )
         if sparse_targets and block_size != 1:
             raise ValueError("sparse_targets needs block_size=1 (minibatches that are uniformly random cell subsets).")
         given_spans = {"span_size": span_size, "num_workers": num_workers}  # re-resolved on every call

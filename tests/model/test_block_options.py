@@ -80,3 +80,11 @@ def test_loading_a_lasso_started_model_does_not_rerun_the_lasso(monkeypatch, tmp
     assert loaded.init_kwargs["grn_init_lasso"] == 0.02
     assert loaded.guide.grn.weight_loc.detach().equal(model.guide.grn.weight_loc.detach())
     assert loaded.guide.grn.logit.detach().equal(model.guide.grn.logit.detach())
+
+
+def test_patience_without_early_stopping_is_refused(tiny_adata):
+    model = pertpyro.PerturbationModel(tiny_adata, latent_dim=2, n_hidden=8)
+    with pytest.raises(ValueError, match="patience.*early_stopping=True"):
+        model.train(max_epochs=1, early_stopping=False, patience=5, progress_bar=False)
+    model.train(max_epochs=1, early_stopping=False, progress_bar=False)  # the default patience is not a setting
+    assert model.is_trained
