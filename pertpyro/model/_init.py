@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -108,10 +108,15 @@ BLOCK_OPTIONS: dict[str, tuple[str, ...]] = {
 
 
 def _is_set(value: Any, default: Any) -> bool:
-    """Whether an option was given a value of its own: not its default, ``None`` or an empty list."""
-    if value is None or value is default or (isinstance(value, list | tuple) and not value):
+    """Whether an option was given a value of its own: not its default, ``None`` or an empty collection."""
+    if value is None or value is default:
         return False
-    return isinstance(value, pd.DataFrame) or value != default
+    if isinstance(value, Sized) and not isinstance(value, str) and len(value) == 0:
+        return False
+    try:
+        return bool(value != default)
+    except (TypeError, ValueError):  # arrays and frames compare elementwise: any such value is a setting
+        return True
 
 
 def orphan_options(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:

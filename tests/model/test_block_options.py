@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,6 +20,8 @@ NETWORK = pd.DataFrame({"source": ["A"], "target": ["g0"]})
         ({"grn_prior": NETWORK}, "grn=True"),
         ({"grn_prior": "collectri"}, "grn=True"),
         ({"grn_regulators": ["g5"]}, "grn=True"),
+        ({"grn_regulators": np.array(["g5", "g6"])}, "grn=True"),
+        ({"grn_regulators": pd.Index(["g5", "g6"])}, "grn=True"),
         ({"grn_prior_inclusion": 0.9}, "grn=True"),
         ({"grn_weight_scale": 2.0}, "grn=True"),
         ({"grn_init_lasso": 0.02}, "grn=True"),
