@@ -115,13 +115,23 @@ def record_path(records: Path, name: str, seed: int, basal: str) -> Path:
     return records / (f"{name}_s{seed}.json" if basal == "own" else f"{name}-{basal}_s{seed}.json")
 
 
-def score(seed: int, name: str, records: Path, basal: str = "own", samples: int = 30) -> None:
-    """Score the saved model of ``name`` on split ``seed`` (``predict_shift(basal=basal)``); writes its record."""
+def load_fit(seed: int, name: str, records: Path) -> tuple[PerturbationModel, dict, dict]:
+    """The saved model of ``name`` on split ``seed``, that split's parts and the fit's ``fit.json``."""
     torch.set_num_threads(1)
     folder = records / f"{name}_s{seed}"
     fitted = json.loads((folder / "fit.json").read_text())
     _, parts = _parts(seed, fitted["options"])
-    model = PerturbationModel.load(folder, parts["train"])
+    return PerturbationModel.load(folder, parts["train"]), parts, fitted
+
+
+def setting_label(record: dict) -> str:
+    """The model options of a record as ``key=value, ...`` (``"defaults"`` for none)."""
+    return ", ".join(f"{k}={v}" for k, v in record["options"].items()) or "defaults"
+
+
+def score(seed: int, name: str, records: Path, basal: str = "own", samples: int = 30) -> None:
+    """Score the saved model of ``name`` on split ``seed`` (``predict_shift(basal=basal)``); writes its record."""
+    model, parts, fitted = load_fit(seed, name, records)
     scores, predicted = heldout_scores(model, parts, basal, samples)
     training = observed_shift(parts["train"], labels=STRONG)
     observed = observed_shift(parts["test"], labels=STRONG)
@@ -144,11 +154,7 @@ def score(seed: int, name: str, records: Path, basal: str = "own", samples: int 
 
 def loglik(seed: int, name: str, records: Path, samples: int = 20) -> None:
     """Add the held-out cells' mean IWELBO per label (``model.iwelbo``, nats per cell) to the record of ``name``."""
-    torch.set_num_threads(1)
-    folder = records / f"{name}_s{seed}"
-    fitted = json.loads((folder / "fit.json").read_text())
-    _, parts = _parts(seed, fitted["options"])
-    model = PerturbationModel.load(folder, parts["train"])
+    model, parts, _ = load_fit(seed, name, records)
     test = parts["test"]
     labels = test.obs["perturbation"].astype(str)
     values = {
@@ -172,7 +178,7 @@ def loglik_rows(fits: list[dict]) -> list[list]:
         strong = [diff[t] for t in STRONG]
         weak = [v for label, v in diff.items() if label not in STRONG and label != "control"]
         better = sum(v > diff["control"] for v in weak)
-        label = ", ".join(f"{k}={v}" for k, v in f["options"].items())
+        label = setting_label(f)
         rows.append(
             [label, f["seed"], diff["control"], float(np.mean(strong)), float(np.mean(weak)), better, len(weak)]
         )
@@ -193,7 +199,7 @@ def report(records: Path) -> None:
                 slopes = [_mean_of(first, "training_mean_slope"), _mean_of(first, "training_mean_corrected_slope")]
             rows.append([method, seed, s["pearson_all"], s["pearson_topk"], s["mse_all"], st["pearson_topk"], *slopes])
     for f in sorted(fits, key=lambda f: (f["name"], f["seed"])):
-        label = ", ".join(f"{k}={v}" for k, v in f["options"].items()) or "defaults"
+        label = setting_label(f)
         if f.get("basal", "control") != "own":  # records without the key were scored over control cells
             label += " (basal=control)"
         model = next(m for m in f["summary"] if m not in BASELINES)
